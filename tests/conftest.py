@@ -1,0 +1,26 @@
+"""Shared fixtures: small real data sets that ship with scikit-learn."""
+
+import os
+
+# Lets scikit-learn run its array-API check on numpy too (read when scipy is imported).
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.datasets import load_breast_cancer, load_digits  # noqa: E402
+
+#: few epochs: enough to exercise every code path, cheap enough for many fits
+FAST = dict(epochs=3, hidden_dims=(16,), latent_dim=2, n_score_samples=4, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def cancer():
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return X, y
+
+
+@pytest.fixture(scope="session")
+def digit_images():
+    """load_digits as uint8 images (n, 8, 8) scaled to 0..255."""
+    X, y = load_digits(return_X_y=True)
+    return (X * 255 / 16).round().astype(np.uint8).reshape(-1, 8, 8), y

@@ -1,0 +1,227 @@
+"""VAEDetector behaviour on real data: determinism, persistence, pandas, errors, quality."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import roc_auc_score
+
+from vaeanom import InvalidParameterError, TrainingDivergedError, VAEDetector
+from vaeanom.datasets import breast_cancer_one_class, digits_one_class
+
+from .conftest import FAST
+
+
+@pytest.fixture(scope="module")
+def fitted(cancer):
+    X, _ = cancer
+    return VAEDetector(epochs=20, random_state=0).fit(X.iloc[:300]), X
+
+
+# ----------------------------------------------------------- determinism
+def test_same_random_state_gives_bit_identical_scores(cancer):
+    X, _ = cancer
+    a = VAEDetector(**FAST).fit(X).score_samples(X)
+    b = VAEDetector(**FAST).fit(X).score_samples(X)
+    np.testing.assert_array_equal(a, b)
+    c = VAEDetector(**{**FAST, "random_state": 1}).fit(X).score_samples(X)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("kind", ["elbo", "reconstruction"])
+def test_scores_do_not_depend_on_batch_size_or_order(fitted, kind):
+    det, X = fitted
+    det = clone(det).set_params(score_kind=kind).fit(X.iloc[:300])
+    full = det.score_samples(X)
+    for size in (1, 7, 512):
+        parts = [det.score_samples(X.iloc[i:i + size]) for i in range(0, len(X), size)]
+        np.testing.assert_array_equal(np.concatenate(parts), full)
+    order = np.random.RandomState(0).permutation(len(X))
+    np.testing.assert_array_equal(det.score_samples(X.iloc[order]), full[order])
+
+
+def test_fit_leaves_global_rng_untouched(cancer):
+    X, _ = cancer
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    VAEDetector(**{**FAST, "random_state": None}).fit(X)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], np_state[1])
+
+
+# ----------------------------------------------------------- persistence
+def test_save_load_pickle_clone_round_trip(fitted, tmp_path):
+    det, X = fitted
+    expected = det.score_samples(X)
+    det.save(tmp_path / "m.safetensors")
+    loaded = VAEDetector.load(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(loaded.score_samples(X), expected)
+    assert loaded.get_params() == det.get_params()
+    np.testing.assert_array_equal(loaded.feature_names_in_, det.feature_names_in_)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(det)).score_samples(X), expected)
+    refit = clone(det).fit(X.iloc[:300])
+    np.testing.assert_array_equal(refit.score_samples(X), expected)
+
+
+def test_load_rejects_corrupt_and_foreign_files(fitted, tmp_path):
+    det, _ = fitted
+    path = tmp_path / "m.safetensors"
+    det.save(path)
+    good = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="not a readable vaeanom model"):
+        VAEDetector.load(tmp_path / "trunc.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model at all")
+    with pytest.raises(ValueError, match="not a readable vaeanom model"):
+        VAEDetector.load(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a vaeanom model"):
+        VAEDetector.load(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError):
+        VAEDetector.load(tmp_path / "missing.safetensors")
+
+
+def test_failed_save_keeps_the_previous_file(fitted, tmp_path, monkeypatch):
+    det, _ = fitted
+    path = tmp_path / "m.safetensors"
+    det.save(path)
+    before = path.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("vaeanom.estimators.persistence.save_file", explode)
+    with pytest.raises(OSError, match="disk full"):
+        det.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+# ---------------------------------------------------------------- pandas
+def test_score_frame_keeps_the_callers_index(fitted):
+    det, X = fitted
+    X = X.iloc[:40].set_index(pd.Index([f"row{i}" for i in range(40)], name="id"))
+    frame = det.score_frame(X)
+    assert frame.index.equals(X.index)
+    assert list(frame.columns) == ["score", "reconstruction_error", "kl", "elbo", "is_outlier"]
+    np.testing.assert_array_equal(frame["score"], det.score_samples(X))
+    np.testing.assert_array_equal(frame["is_outlier"], det.predict(X) == -1)
+    assert (frame["kl"] > 0).all()
+
+
+def test_transform_to_pandas_names_latent_columns(fitted):
+    det, X = fitted
+    out = clone(det).set_output(transform="pandas").fit(X.iloc[:300]).transform(X.iloc[:5])
+    assert list(out.columns) == [f"z{i}" for i in range(det.latent_dim)]
+    assert out.index.equals(X.index[:5])
+    np.testing.assert_allclose(out.to_numpy(), det.encode(X.iloc[:5]))
+
+
+def test_columns_reordered_or_missing_are_rejected(fitted):
+    det, X = fitted
+    with pytest.raises(ValueError, match="Feature names"):
+        det.score_samples(X[X.columns[::-1]])
+    with pytest.raises(ValueError, match="Feature names|features"):
+        det.score_samples(X.drop(columns=X.columns[0]))
+
+
+# ------------------------------------------------------------- bad input
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+@pytest.mark.parametrize("bad, match", [
+    (np.full((5, 30), np.nan), "NaN"),
+    (np.full((5, 30), np.inf), "infinity"),
+    (np.zeros((5, 29)), "29 features"),
+    (np.zeros((0, 30)), "0 sample"),
+    (np.array([["a"] * 30] * 3), "convert|strings"),
+])
+def test_bad_input_to_a_fitted_model(fitted, bad, match):
+    det, _ = fitted
+    with pytest.raises(ValueError, match=match):
+        det.score_samples(bad)
+
+
+def test_bad_input_to_fit():
+    with pytest.raises(ValueError, match="1 sample"):
+        VAEDetector(**FAST).fit(np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        VAEDetector(**FAST).fit(np.array([[1.0, np.nan], [2.0, 3.0]]))
+    with pytest.raises(NotFittedError):
+        VAEDetector().score_samples(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(latent_dim=0), r"'latent_dim' must be an int in \[1, inf\]; got 0"),
+    (dict(contamination=0.7), "'contamination' must be"),
+    (dict(score_kind="elbow"), "'score_kind' must be one of 'elbo', 'reconstruction'"),
+    (dict(hidden_dims=()), "'hidden_dims' must be a non-empty tuple"),
+    (dict(backbone="conv"), "backbone='conv' needs images"),
+])
+def test_parameters_are_validated_in_fit_with_named_messages(params, match):
+    det = VAEDetector(**{**FAST, **params})  # nothing happens in __init__
+    with pytest.raises(ValueError, match=match):
+        det.fit(np.random.RandomState(0).rand(10, 3))
+
+
+def test_divergence_raises_a_clear_error():
+    X = np.random.RandomState(0).rand(64, 5)
+    with pytest.raises(TrainingDivergedError, match="lower learning_rate"):
+        VAEDetector(**{**FAST, "learning_rate": 1e30, "clip_grad_norm": None}).fit(X)
+
+
+def test_bernoulli_needs_unit_range():
+    with pytest.raises(ValueError, match=r"needs data in \[0, 1\]"):
+        VAEDetector(**{**FAST, "likelihood": "bernoulli"}).fit(np.array([[0.0, 2.0], [1.0, 0.5]]))
+
+
+# ---------------------------------------------------------------- images
+def test_images_use_the_conv_backbone_and_round_trip_shapes(digit_images):
+    images, y = digit_images
+    det = VAEDetector(epochs=5, latent_dim=4, random_state=0).fit(images[y == 0])
+    assert type(det.model_.encoder).__name__ == "ConvEncoder"
+    assert det.input_shape_ == (8, 8) and det.n_features_in_ == 64
+    assert det.encode(images[:3]).shape == (3, 4)
+    recon = det.reconstruct(images[:3])
+    assert recon.shape == (3, 8, 8) and recon.dtype == np.float64
+    assert det.sample(5, random_state=0).shape == (5, 8, 8)
+    np.testing.assert_array_equal(det.score_samples(images[:10]),
+                                  det.score_samples(images[:10].reshape(10, 64)))
+    with pytest.raises(ValueError, match=r"fitted on images of shape \(8, 8\)"):
+        det.score_samples(np.zeros((2, 1, 9, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match="channels-last"):
+        det.score_samples(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+
+
+def test_decode_checks_latent_width(fitted):
+    det, X = fitted
+    assert det.decode(det.encode(X.iloc[:2])).shape == (2, 30)
+    with pytest.raises(ValueError, match="latent_dim=16"):
+        det.decode(np.zeros((2, 3)))
+
+
+def test_early_stopping_uses_only_the_requested_hold_out(cancer):
+    X, _ = cancer
+    det = VAEDetector(**{**FAST, "epochs": 200, "validation_fraction": 0.2, "patience": 2}).fit(X)
+    assert "val_loss" in det.history_[0]
+    assert len(det.history_) < 200
+    assert "val_loss" not in VAEDetector(**FAST).fit(X).history_[0]
+
+
+# ------------------------------------------------------------ quality floors
+def test_digits_one_class_mean_roc_auc_floor():
+    aucs = []
+    for digit in range(10):
+        split = digits_one_class(digit, seed=0)
+        det = VAEDetector(random_state=0).fit(split.X_train)
+        aucs.append(roc_auc_score(split.y_test, -det.score_samples(split.X_test)))
+    assert np.mean(aucs) >= 0.97, aucs
+
+
+def test_breast_cancer_roc_auc_floor():
+    split = breast_cancer_one_class(n_train=200, seed=0)
+    det = VAEDetector(random_state=0).fit(split.X_train)
+    assert roc_auc_score(split.y_test, -det.score_samples(split.X_test)) >= 0.93

@@ -1,0 +1,78 @@
+"""Data loaders: the embedded one-class protocols and local table/array files.
+
+The embedded sets ship with scikit-learn, so the demo and the tests never need
+a network or files of ours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_breast_cancer, load_digits
+
+from .fileio import atomic_write
+
+
+class OneClassSplit(NamedTuple):
+    """Train on normal rows only; test labels are 1 for anomalies, 0 for normal rows."""
+
+    X_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+def digits_one_class(digit: int, seed: int = 0) -> OneClassSplit:
+    """load_digits (pixels / 16): a random half of ``digit`` trains; the other half
+    plus every other digit tests, the other digits being the anomalies."""
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    own = np.flatnonzero(y == digit)
+    np.random.RandomState(seed).shuffle(own)
+    train, test_own = own[: len(own) // 2], own[len(own) // 2:]
+    test = np.concatenate([test_own, np.flatnonzero(y != digit)])
+    return OneClassSplit(X[train], X[test], (y[test] != digit).astype(int))
+
+
+def breast_cancer_one_class(n_train: int = 200, seed: int = 0) -> OneClassSplit:
+    """load_breast_cancer: ``n_train`` random benign rows train; the rest test,
+    malignant tumours being the anomalies."""
+    X, y = load_breast_cancer(return_X_y=True)
+    benign = np.flatnonzero(y == 1)
+    train = np.random.RandomState(seed).choice(benign, n_train, replace=False)
+    test = np.setdiff1d(np.arange(len(X)), train)
+    return OneClassSplit(X[train], X[test], (y[test] == 0).astype(int))
+
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npy")
+
+
+def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFrame | np.ndarray:
+    """Read a CSV or Parquet file into a DataFrame, or a .npy file into an array.
+
+    .npy files are read with ``allow_pickle=False``: a data file never runs code.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"cannot read {str(path)!r}: expected one of {', '.join(TABLE_SUFFIXES)}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file at {str(path)!r}")
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".csv":
+        return pd.read_csv(path, index_col=index_col)
+    return pd.read_parquet(path)
+
+
+def write_frame(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a DataFrame as CSV or Parquet (by suffix), atomically, keeping its index."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        atomic_write(path, lambda tmp: frame.to_csv(tmp))
+    elif suffix in (".parquet", ".pq"):
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp))
+    else:
+        raise ValueError(f"cannot write {str(path)!r}: use a .csv or .parquet file name.")

@@ -1,0 +1,7 @@
+"""The scikit-learn estimators: a shared base and one thin class per model family."""
+
+from .base import BaseDetector
+from .params import InvalidParameterError
+from .vae import VAEDetector
+
+__all__ = ["BaseDetector", "VAEDetector", "InvalidParameterError"]

@@ -1,0 +1,236 @@
+"""The scikit-learn facade shared by every vaeanom detector.
+
+A subclass supplies three hooks: ``_build_model`` (the torch module for an
+input shape), ``_loss`` (one training step's loss) and ``_make_scorer`` (a
+module mapping preprocessed rows to scores, with any Monte-Carlo noise fixed).
+This class owns everything else: parameter and input validation, preprocessing,
+the fit loop, the outlier threshold, batch-independent scoring, pandas output
+and persistence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
+from sklearn.utils.validation import _check_feature_names_in, check_array, check_is_fitted
+from torch import Tensor, nn
+
+from .. import training
+from . import inputs, persistence
+from .params import Rule, validate_params
+
+#: Rows are scored in chunks of exactly this many (the last one zero-padded), so
+#: every row goes through identically shaped kernels: a row's score is then the
+#: same bits whatever the batch it came in (BLAS picks other kernels for tiny M).
+SCORE_CHUNK = 64
+
+
+def _seed_from(random_state: Any) -> int:
+    """A 63-bit seed from ``random_state`` without touching any global RNG."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % 2**63)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    return int(random_state)
+
+
+class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
+    """Validation, preprocessing, training, thresholds and I/O for torch-backed detectors."""
+
+    _rules: ClassVar[dict[str, Rule]] = {}
+
+    # ----------------------------------------------------------------- hooks
+    def _build_model(self, shape: tuple[int, ...], images: bool) -> nn.Module:
+        raise NotImplementedError
+
+    def _loss(self, model: nn.Module, batch: Tensor,
+              generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def _make_scorer(self) -> nn.Module:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, X, y=None):
+        """Fit the model to X (rows or images); ``y`` is ignored. Returns self."""
+        validate_params(self, self._rules)
+        x = self._preprocess(X, fitting=True)
+        seed = _seed_from(self.random_state)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # layer init uses the global RNG: fence it
+            torch.manual_seed(seed)
+            model = self._build_model(tuple(x.shape[1:]), self.is_image_)
+        device = training.resolve_device(self.device)
+        self.model_ = model.to(device)
+        self.history_ = training.fit(self.model_, self._loss, x.to(device),
+                                     self._training_config(), generator)
+        self._on_fitted(generator)
+        self.offset_ = self._offset_from(self._score_model_units(x))
+        return self
+
+    def _training_config(self) -> training.TrainingConfig:
+        return training.TrainingConfig(
+            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm,
+            validation_fraction=self.validation_fraction, patience=self.patience,
+            verbose=self.verbose)
+
+    def _on_fitted(self, generator: torch.Generator) -> None:
+        """Draw whatever fixed state scoring needs (e.g. Monte-Carlo noise)."""
+
+    def _offset_from(self, train_scores: np.ndarray) -> float:
+        """Threshold on score_samples: the contamination quantile, or Tukey's lower fence."""
+        if self.contamination == "auto":
+            q1, q3 = np.percentile(train_scores, [25, 75])
+            return float(q1 - 1.5 * (q3 - q1))
+        return float(np.percentile(train_scores, 100.0 * self.contamination))
+
+    # ---------------------------------------------------------- preprocessing
+    def _preprocess(self, X, *, fitting: bool = False) -> Tensor:
+        """Validate X and map it to model units: a float32 tensor (n, *model shape)."""
+        if fitting:
+            return self._preprocess_fit(X)
+        check_is_fitted(self)
+        if self.is_image_:
+            if not inputs.is_image_input(X):  # flattened pixels are fine too
+                X = inputs.unflatten_images(self, X, self.input_shape_)
+            images, shape = inputs.check_images(self, X, fitting=False)
+            if tuple(shape) != tuple(self.input_shape_):
+                raise ValueError(f"{type(self).__name__} was fitted on images of shape "
+                                 f"{tuple(self.input_shape_)}; got images of shape {tuple(shape)}.")
+            return torch.from_numpy(images)
+        rows = inputs.check_rows(self, X, fitting=False)
+        return torch.from_numpy(((rows - self.center_) / self.scale_).astype(np.float32))
+
+    def _preprocess_fit(self, X) -> Tensor:
+        self.is_image_ = inputs.is_image_input(X)
+        if self.is_image_:
+            images, shape = inputs.check_images(self, X, fitting=True)
+            self.input_shape_ = tuple(int(s) for s in shape)
+            self.n_features_in_ = int(np.prod(shape))
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            self.center_ = np.zeros(images.shape[1:])
+            self.scale_ = np.ones(images.shape[1:])
+            self._check_range(images)
+            return torch.from_numpy(images)
+        rows = inputs.check_rows(self, X, fitting=True)
+        self.input_shape_ = (rows.shape[1],)
+        if self._needs_unit_range():
+            self.center_, self.scale_ = np.zeros(rows.shape[1]), np.ones(rows.shape[1])
+            self._check_range(rows)
+        else:
+            self.center_, self.scale_ = inputs.standardisation(rows)
+        return torch.from_numpy(((rows - self.center_) / self.scale_).astype(np.float32))
+
+    def _needs_unit_range(self) -> bool:
+        """True when the likelihood needs data in [0, 1] (no standardisation)."""
+        return False
+
+    def _check_range(self, data: np.ndarray) -> None:
+        if self._needs_unit_range() and (data.min() < 0 or data.max() > 1):
+            raise ValueError(
+                f"likelihood={self.likelihood!r} needs data in [0, 1]; got values in "
+                f"[{data.min():.4g}, {data.max():.4g}]. Scale X to [0, 1] (uint8 images are "
+                "scaled for you) or use likelihood='gaussian'.")
+
+    def _to_user_units(self, x: np.ndarray) -> np.ndarray:
+        """Undo the standardisation; images come back as floats in [0, 1]."""
+        return (x * self.scale_ + self.center_).reshape(len(x), *self.input_shape_)
+
+    # -------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def _map_chunks(self, fn: Callable[[Tensor], Any], x: Tensor) -> Any:
+        """Apply fn to fixed-size, zero-padded chunks of x; concatenate as float64 numpy.
+
+        fn returns a tensor or a NamedTuple of tensors (one row each per input row).
+        """
+        self.model_.eval()
+        device = next(self.model_.parameters()).device
+        pieces = []
+        for start in range(0, len(x), SCORE_CHUNK):
+            chunk = x[start:start + SCORE_CHUNK]
+            padded = torch.zeros((SCORE_CHUNK, *x.shape[1:]), dtype=x.dtype)
+            padded[:len(chunk)] = chunk
+            out = fn(padded.to(device))
+            pieces.append([t[:len(chunk)].cpu() for t in (out if isinstance(out, tuple) else (out,))])
+        columns = [torch.cat(col).double().numpy() for col in zip(*pieces)]
+        return type(out)(*columns) if isinstance(out, tuple) else columns[0]
+
+    def _score_model_units(self, x: Tensor) -> np.ndarray:
+        return self._map_chunks(self._make_scorer(), x)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Per-row score, higher = more normal (see the ``score_kind`` parameter for its units)."""
+        return self._score_model_units(self._preprocess(X))
+
+    def decision_function(self, X) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """+1 for inliers, -1 for outliers (scikit-learn's outlier convention)."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    # ------------------------------------------------------------ pandas out
+    def _index_of(self, X) -> pd.Index:
+        return X.index if isinstance(X, (pd.DataFrame, pd.Series)) else pd.RangeIndex(len(X))
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Latent column names ``z0, z1, ...`` (what ``transform`` returns)."""
+        check_is_fitted(self)
+        if not self.is_image_:
+            _check_feature_names_in(self, input_features)
+        return np.asarray([f"z{i}" for i in range(self._n_latent_columns())], dtype=object)
+
+    def _n_latent_columns(self) -> int:
+        raise NotImplementedError
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+    # ----------------------------------------------------------- persistence
+    #: fitted numpy arrays and JSON-able values that ``save`` writes besides the weights
+    _fitted_arrays: ClassVar[tuple[str, ...]] = ("center_", "scale_")
+    _fitted_values: ClassVar[tuple[str, ...]] = (
+        "offset_", "n_features_in_", "feature_names_in_", "input_shape_", "is_image_", "history_")
+
+    def save(self, path) -> None:
+        """Write the fitted detector to one .safetensors file (weights + JSON config).
+
+        The write is atomic: on any error the previous file at ``path`` is untouched.
+        """
+        check_is_fitted(self)
+        persistence.save(self, path)
+
+    @classmethod
+    def load(cls, path, device: str = "auto"):
+        """Read a detector written by ``save``. Executes no code from the file."""
+        meta, tensors = persistence.read(path)
+        if meta["estimator"] != cls.__name__:
+            raise ValueError(f"{str(path)!r} holds a {meta['estimator']}, not a {cls.__name__}; "
+                             f"load it with vaeanom.{meta['estimator']}.load.")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
+        detector = cls(**params)
+        for name, value in meta["fitted"].items():
+            if name == "feature_names_in_":
+                value = np.asarray(value, dtype=object)
+            elif name == "input_shape_":
+                value = tuple(value)
+            setattr(detector, name, value)
+        for name in cls._fitted_arrays:
+            setattr(detector, name, tensors.pop(f"array.{name}").numpy())
+        with torch.random.fork_rng(devices=[]):
+            model = detector._build_model(tuple(detector.center_.shape), detector.is_image_)
+        state = {k.removeprefix("model."): v for k, v in tensors.items()}
+        model.load_state_dict(state, strict=True)
+        detector.model_ = model.to(training.resolve_device(device)).eval()
+        return detector

@@ -1,0 +1,61 @@
+"""Input validation and preprocessing shared by every estimator.
+
+Rows (2-D arrays, DataFrames) are standardised with statistics learned in
+``fit``. Images, (n, H, W) or (n, C, H, W), are taken as pixels: uint8 is
+divided by 255, other dtypes are used as they are (expected in [0, 1]).
+Everything ends as a float32 tensor in "model units".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.utils.validation import check_array, validate_data
+
+
+def is_image_input(X) -> bool:
+    """True for arrays of 3 or 4 dimensions: (n, H, W) or (n, C, H, W)."""
+    ndim = getattr(X, "ndim", None)
+    if ndim is None:
+        try:
+            ndim = np.asarray(X, dtype=object).ndim
+        except ValueError:  # ragged nested lists: let check_array explain
+            return False
+    return ndim >= 3
+
+
+def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Validate an image batch; return (n, C, H, W) float32 in [0, 1] and the per-image shape."""
+    images = check_array(X, allow_nd=True, dtype="numeric", ensure_min_samples=2 if fitting else 1,
+                         input_name="X", estimator=estimator)
+    if images.ndim not in (3, 4):
+        raise ValueError(f"images must have shape (n, H, W) or (n, C, H, W); got {images.shape}.")
+    if images.ndim == 4 and images.shape[1] > 4 and images.shape[-1] <= 4:
+        raise ValueError(f"images of shape {images.shape} look channels-last; vaeanom expects "
+                         "(n, C, H, W): pass X.transpose(0, 3, 1, 2).")
+    per_image = images.shape[1:]
+    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    nchw = images.reshape(len(images), -1, *images.shape[-2:])
+    return (nchw.astype(np.float32) * np.float32(scale)), per_image
+
+
+def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:
+    """Rows of flattened pixels (n, prod(shape)) -> images (n, *shape), dtype kept."""
+    rows = check_array(X, dtype="numeric", input_name="X", estimator=estimator)
+    if rows.shape[1] != int(np.prod(shape)):
+        raise ValueError(f"X has {rows.shape[1]} features, but {type(estimator).__name__} was "
+                         f"fitted on images of shape {tuple(shape)} ({int(np.prod(shape))} pixels).")
+    return rows.reshape(len(rows), *shape)
+
+
+def check_rows(estimator, X, *, fitting: bool) -> np.ndarray:
+    """Validate tabular rows with scikit-learn's own checks (names, width, NaN, dtype)."""
+    return validate_data(estimator, X, reset=fitting, dtype=[np.float64, np.float32],
+                         ensure_min_samples=2 if fitting else 1)
+
+
+def standardisation(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std; a constant feature gets scale 1 (it stays centred at 0)."""
+    center = rows.mean(axis=0, dtype=np.float64)
+    scale = rows.std(axis=0, dtype=np.float64)
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+    return center, scale

@@ -1,0 +1,223 @@
+"""VAEDetector: a variational autoencoder as a scikit-learn outlier detector."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.utils.validation import check_array, check_is_fitted
+from torch import Tensor, nn
+
+from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
+                      MLPDecoder, MLPEncoder)
+from ..scoring import SCORE_KINDS, Scorer
+from .base import BaseDetector, _seed_from
+from .params import AnyOf, IntTuple, Number, OneOf, RandomState
+
+
+class VAEDetector(BaseDetector):
+    """Anomaly detector and encoder built on a Gaussian-posterior VAE (beta-VAE).
+
+    Rows (2-D arrays or DataFrames) are standardised and modelled by an MLP;
+    images ``(n, H, W)`` / ``(n, C, H, W)`` go to a convolutional model when
+    ``backbone="auto"``. Scores are per row, higher = more normal.
+
+    Parameters
+    ----------
+    latent_dim : int, default=16
+        Size of the latent code z.
+    hidden_dims : tuple of int, default=(256, 128)
+        Widths of the MLP encoder's hidden layers (the decoder mirrors them).
+    conv_channels : tuple of int, default=(32, 64)
+        Channels of the convolutional stages; each stage halves height and width.
+    backbone : {"auto", "mlp", "conv"}, default="auto"
+        "auto" picks "conv" for images and "mlp" for rows.
+    likelihood : {"gaussian", "bernoulli"}, default="gaussian"
+        p(x|z). "bernoulli" needs data in [0, 1] and is not standardised.
+    sigma : "learned" or float, default="learned"
+        Standard deviation of the Gaussian likelihood in model units: learned per
+        feature (or pixel), or fixed. Ignored for "bernoulli".
+    beta : float, default=1.0
+        Weight of the KL term in the training loss (beta-VAE). Scores always use
+        the true ELBO (weight 1).
+    score_kind : {"elbo", "reconstruction"}, default="elbo"
+        What ``score_samples`` returns: the ELBO in nats (of the preprocessed
+        data), or minus the mean squared reconstruction error. See
+        :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
+        name for the ``score(X, y)`` method that model selection calls.)
+    n_score_samples : int, default=16
+        Monte-Carlo samples of z per row for the ELBO; the noise is drawn once at
+        fit time and shared by all rows, so scores are deterministic.
+    contamination : float in (0, 0.5] or "auto", default=0.1
+        Share of training rows flagged as outliers; sets ``offset_``. "auto" uses
+        Tukey's lower fence (Q1 - 1.5 IQR) of the training scores instead.
+    epochs, batch_size, learning_rate, weight_decay : training schedule (Adam).
+    clip_grad_norm : float or None, default=10.0
+        Clip the global gradient norm; None turns clipping off.
+    validation_fraction : float in (0, 0.5] or None, default=None
+        Hold this share of rows out for early stopping; None trains on all rows.
+    patience : int, default=10
+        Epochs without validation improvement before stopping.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    verbose : int, default=0
+        A progress bar when > 0.
+    random_state : int, RandomState or None, default=None
+        Seeds weights, batches and the scoring noise. Same value, same numbers.
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module
+    offset_ : float
+    history_ : list of dict
+        Per-epoch means of loss, elbo, reconstruction (-log p(x|z)) and kl.
+    n_features_in_, feature_names_in_, input_shape_, is_image_
+    center_, scale_ : ndarray
+        Standardisation learned in fit (zeros and ones for images).
+    noise_ : ndarray of shape (n_score_samples, latent_dim)
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> det = VAEDetector(epochs=5, random_state=0).fit(X[y == 1])
+    >>> det.predict(X[:3]).tolist()
+    [-1, -1, -1]
+    """
+
+    _rules: ClassVar = {
+        "latent_dim": Number(1, integer=True),
+        "hidden_dims": IntTuple(),
+        "conv_channels": IntTuple(),
+        "backbone": OneOf(("auto", "mlp", "conv")),
+        "likelihood": OneOf(("gaussian", "bernoulli")),
+        "sigma": AnyOf((OneOf(("learned",)), Number(0.0, low_open=True))),
+        "beta": Number(0.0),
+        "score_kind": OneOf(SCORE_KINDS),
+        "n_score_samples": Number(1, integer=True),
+        "contamination": AnyOf((OneOf(("auto",)), Number(0.0, 0.5, low_open=True))),
+        "epochs": Number(1, integer=True),
+        "batch_size": Number(1, integer=True),
+        "learning_rate": Number(0.0, low_open=True),
+        "weight_decay": Number(0.0),
+        "clip_grad_norm": AnyOf((OneOf((None,)), Number(0.0, low_open=True))),
+        "validation_fraction": AnyOf((OneOf((None,)), Number(0.0, 0.5, low_open=True))),
+        "patience": Number(1, integer=True),
+        "device": OneOf(("auto", "cpu", "cuda")),
+        "verbose": Number(0, integer=True),
+        "random_state": RandomState(),
+    }
+    _fitted_arrays: ClassVar = ("center_", "scale_", "noise_")
+
+    def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),
+                 backbone="auto", likelihood="gaussian", sigma="learned", beta=1.0,
+                 score_kind="elbo", n_score_samples=16, contamination=0.1, epochs=100,
+                 batch_size=128, learning_rate=1e-3, weight_decay=0.0, clip_grad_norm=10.0,
+                 validation_fraction=None, patience=10, device="auto", verbose=0,
+                 random_state=None):
+        self.latent_dim = latent_dim
+        self.hidden_dims = hidden_dims
+        self.conv_channels = conv_channels
+        self.backbone = backbone
+        self.likelihood = likelihood
+        self.sigma = sigma
+        self.beta = beta
+        self.score_kind = score_kind
+        self.n_score_samples = n_score_samples
+        self.contamination = contamination
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.clip_grad_norm = clip_grad_norm
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.device = device
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # ----------------------------------------------------------------- hooks
+    def _build_model(self, shape: tuple[int, ...], images: bool) -> VAE:
+        backbone = self.backbone if self.backbone != "auto" else ("conv" if images else "mlp")
+        if backbone == "conv" and not images:
+            raise ValueError("backbone='conv' needs images (n, H, W) or (n, C, H, W); got rows. "
+                             "Use backbone='mlp' or 'auto'.")
+        if backbone == "conv":
+            encoder = ConvEncoder(shape, self.conv_channels, self.latent_dim)
+            decoder = ConvDecoder(self.latent_dim, self.conv_channels, shape)
+        else:
+            encoder = MLPEncoder(int(np.prod(shape)), self.hidden_dims, self.latent_dim)
+            decoder = MLPDecoder(self.latent_dim, self.hidden_dims, shape)
+        if self.likelihood == "bernoulli":
+            likelihood = BernoulliLikelihood()
+        else:
+            likelihood = GaussianLikelihood(shape, None if self.sigma == "learned" else self.sigma)
+        return VAE(encoder, decoder, likelihood, self.latent_dim)
+
+    def _loss(self, model: VAE, batch: Tensor, generator: torch.Generator):
+        eps = torch.randn((1, len(batch), self.latent_dim), generator=generator)
+        terms = model(batch, eps.to(batch.device))
+        loss = -terms.elbo(self.beta).mean()
+        return loss, {"elbo": terms.elbo().mean(), "reconstruction": -terms.log_px.mean(),
+                      "kl": terms.kl.mean()}
+
+    def _on_fitted(self, generator: torch.Generator) -> None:
+        self.noise_ = torch.randn((self.n_score_samples, self.latent_dim),
+                                  generator=generator).numpy()
+
+    def _make_scorer(self, kind: str | None = None) -> Scorer:
+        noise = torch.from_numpy(self.noise_).to(next(self.model_.parameters()).device)
+        return Scorer(self.model_, noise, kind or self.score_kind)
+
+    def _needs_unit_range(self) -> bool:
+        return self.likelihood == "bernoulli"
+
+    def _n_latent_columns(self) -> int:
+        return self.latent_dim
+
+    # ----------------------------------------------------- latent space API
+    def encode(self, X) -> np.ndarray:
+        """Posterior means E[z|x], shape (n, latent_dim)."""
+        return self._map_chunks(lambda x: self.model_.encode(x)[0], self._preprocess(X))
+
+    def decode(self, Z) -> np.ndarray:
+        """Mean of p(x|z) in the user's units (standardisation undone; images in [0, 1])."""
+        check_is_fitted(self)
+        Z = check_array(Z, dtype=np.float32, input_name="Z")
+        if Z.shape[1] != self.latent_dim:
+            raise ValueError(f"Z has {Z.shape[1]} columns, but {type(self).__name__} has "
+                             f"latent_dim={self.latent_dim}.")
+        decoded = self._map_chunks(self.model_.decode, torch.from_numpy(Z))
+        return self._to_user_units(decoded)
+
+    def transform(self, X) -> np.ndarray:
+        """Alias of :meth:`encode` (scikit-learn transformer API)."""
+        return self.encode(X)
+
+    def inverse_transform(self, Z) -> np.ndarray:
+        """Alias of :meth:`decode`."""
+        return self.decode(Z)
+
+    def reconstruct(self, X) -> np.ndarray:
+        """decode(encode(X)): what the model makes of X, in the user's units."""
+        return self.decode(self.encode(X))
+
+    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images."""
+        check_is_fitted(self)
+        generator = torch.Generator().manual_seed(_seed_from(random_state))
+        z = torch.randn((int(n_samples), self.latent_dim), generator=generator)
+        return self._to_user_units(self._map_chunks(self.model_.decode, z))
+
+    def score_frame(self, X) -> pd.DataFrame:
+        """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier."""
+        terms = self._map_chunks(self._make_scorer().terms, self._preprocess(X))
+        score = terms.elbo if self.score_kind == "elbo" else -terms.reconstruction_error
+        return pd.DataFrame({
+            "score": score,
+            "reconstruction_error": terms.reconstruction_error,
+            "kl": terms.kl,
+            "elbo": terms.elbo,
+            "is_outlier": score - self.offset_ < 0,
+        }, index=self._index_of(X))

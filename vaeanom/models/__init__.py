@@ -1,0 +1,16 @@
+"""torch modules only: encoder/decoder bodies, likelihoods, the VAE itself.
+
+Nothing here imports numpy, pandas or scikit-learn; the estimators compose these.
+"""
+
+from .conv import ConvDecoder, ConvEncoder
+from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, bernoulli_log_prob,
+                          gaussian_kl_standard_normal, gaussian_log_prob)
+from .mlp import MLPDecoder, MLPEncoder
+from .vae import VAE, ELBOTerms
+
+__all__ = [
+    "VAE", "ELBOTerms", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
+    "GaussianLikelihood", "BernoulliLikelihood", "gaussian_log_prob", "bernoulli_log_prob",
+    "gaussian_kl_standard_normal",
+]

@@ -1,0 +1,65 @@
+"""Convolutional encoder and decoder bodies for images of any height and width.
+
+Each stage is a stride-2 convolution (kernel 3, padding 1), which maps a side
+of length s to ceil(s / 2). The decoder mirrors the encoder with transposed
+convolutions whose ``output_padding`` is chosen per stage so that it lands on
+exactly the encoder's sizes, so 28x28, 8x8 or 30x17 images all round-trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+def _stage_sizes(side: int, n_stages: int) -> list[int]:
+    """Side lengths before each stage and after the last: [s, ceil(s/2), ...]."""
+    sizes = [side]
+    for _ in range(n_stages):
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Images (b, C, H, W) -> posterior mean and log-variance, each (b, latent_dim)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: Sequence[int],
+                 latent_dim: int) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *channels[:-1]], channels):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        h_out, w_out = _stage_sizes(h, len(channels))[-1], _stage_sizes(w, len(channels))[-1]
+        self.head = nn.Linear(channels[-1] * h_out * w_out, 2 * latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_var = self.head(self.body(x)).chunk(2, dim=1)
+        return mu, log_var
+
+
+class ConvDecoder(nn.Module):
+    """z (b, latent_dim) -> likelihood parameters of shape (b, C, H, W)."""
+
+    def __init__(self, latent_dim: int, channels: Sequence[int],
+                 image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        hs, ws = _stage_sizes(h, len(channels)), _stage_sizes(w, len(channels))
+        self.grid = (channels[-1], hs[-1], ws[-1])
+        self.head = nn.Linear(latent_dim, channels[-1] * hs[-1] * ws[-1])
+        layers: list[nn.Module] = []
+        stages = list(reversed(channels))
+        for i, (c_in, c_out) in enumerate(zip(stages, [*stages[1:], stages[-1]])):
+            # Undo stage k: size hs[k+1] -> hs[k]; output = 2 * in - 1 + output_padding.
+            k = len(channels) - 1 - i
+            pad = (hs[k] - (2 * hs[k + 1] - 1), ws[k] - (2 * ws[k + 1] - 1))
+            layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1,
+                                                     output_padding=pad)]
+        layers += [nn.SiLU(), nn.Conv2d(stages[-1], c, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(self.head(z).view(-1, *self.grid))

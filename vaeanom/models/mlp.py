@@ -1,0 +1,44 @@
+"""Fully connected encoder and decoder bodies for tabular rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers of the given sizes with SiLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """x (b, d) -> posterior mean and log-variance, each (b, latent_dim)."""
+
+    def __init__(self, n_features: int, hidden_dims: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        self.net = mlp([n_features, *hidden_dims, 2 * latent_dim])
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_var = self.net(x.flatten(1)).chunk(2, dim=1)
+        return mu, log_var
+
+
+class MLPDecoder(nn.Module):
+    """z (b, latent_dim) -> likelihood parameters with the data's shape."""
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int],
+                 output_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        n_out = int(torch.Size(self.output_shape).numel())
+        self.net = mlp([latent_dim, *reversed(hidden_dims), n_out])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, *self.output_shape)

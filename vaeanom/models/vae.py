@@ -1,0 +1,59 @@
+"""Gaussian-posterior VAE: q(z|x) = N(mu(x), diag(sigma(x)^2)), p(z) = N(0, I).
+
+The module knows nothing of numpy or scikit-learn. Noise is always passed in
+(``eps``), never drawn inside ``forward``: training draws it from the
+estimator's generator, scoring uses a tensor fixed at fit time, and an ONNX
+export bakes that tensor in as a constant.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .likelihoods import gaussian_kl_standard_normal
+
+
+class ELBOTerms(NamedTuple):
+    """Per-row ELBO pieces in nats: ``log_px`` = E_q[log p(x|z)], ``kl`` = KL(q || p)."""
+
+    log_px: Tensor
+    kl: Tensor
+
+    def elbo(self, beta: float = 1.0) -> Tensor:
+        return self.log_px - beta * self.kl
+
+
+class VAE(nn.Module):
+    """Encoder, decoder and likelihood glued by the reparameterisation trick."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module,
+                 latent_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance, each (b, latent_dim)."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Mean of p(x|z) in the model's (preprocessed) units."""
+        return self.likelihood.mean(self.decoder(z))
+
+    def forward(self, x: Tensor, eps: Tensor) -> ELBOTerms:
+        """ELBO terms for x (b, ...) with reparameterisation noise eps (L, b|1, latent_dim).
+
+        E_q[log p(x|z)] is the mean over the L samples z_l = mu + sigma * eps_l.
+        """
+        mu, log_var = self.encoder(x)
+        z = mu + torch.exp(0.5 * log_var) * eps                    # (L, b, d)
+        n_samples, batch = z.shape[0], x.shape[0]
+        decoded = self.decoder(z.reshape(n_samples * batch, -1))    # (L b, ...)
+        x_rep = x.expand(n_samples, *x.shape).reshape(n_samples * batch, *x.shape[1:])
+        log_px = self.likelihood.log_prob(x_rep, decoded).view(n_samples, batch).mean(0)
+        return ELBOTerms(log_px=log_px, kl=gaussian_kl_standard_normal(mu, log_var))

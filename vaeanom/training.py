@@ -1,0 +1,135 @@
+"""The fit loop shared by every vaeanom estimator.
+
+Adam on shuffled mini-batches, optional early stopping on a hold-out the user
+asks for (never a silent one), gradient clipping, a tqdm bar when verbose and a
+per-epoch history. All randomness comes from the ``torch.Generator`` passed in;
+global RNG state is never read or written.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+#: loss_fn(model, batch, generator) -> (scalar loss to minimise, named per-batch means)
+LossFn = Callable[[nn.Module, Tensor, torch.Generator], tuple[Tensor, dict[str, Tensor]]]
+
+
+class TrainingDivergedError(ArithmeticError):
+    """The loss became NaN or infinite; the message says what to try."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float = 0.0
+    clip_grad_norm: float | None = None
+    validation_fraction: float | None = None
+    patience: int = 10
+    verbose: int = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when a GPU is really present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no GPU; "
+                         "use device='cpu' or device='auto'.")
+    return torch.device(device)
+
+
+def _split(n: int, fraction: float | None, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    order = torch.randperm(n, generator=generator)
+    if not fraction:
+        return order, order[:0]
+    n_val = max(1, int(round(n * fraction)))
+    if n_val >= n:
+        raise ValueError(f"validation_fraction={fraction} leaves no training rows out of {n}; "
+                         "use a smaller fraction or more data.")
+    return order[n_val:], order[:n_val]
+
+
+def _check_finite(loss: Tensor, epoch: int, config: TrainingConfig) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch + 1}: the loss is {loss.item()}. "
+            f"Try a lower learning_rate (now {config.learning_rate}), set clip_grad_norm "
+            "(e.g. 1.0), or check the input for extreme values.")
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loss_fn: LossFn, data: Tensor, batch_size: int,
+              generator: torch.Generator) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        batch = data[start:start + batch_size]
+        loss, _ = loss_fn(model, batch, generator)
+        total += loss.item() * len(batch)
+    return total / len(data)
+
+
+def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
+        generator: torch.Generator) -> list[dict[str, float]]:
+    """Train ``model`` in place on ``data`` (already on the model's device).
+
+    Returns the history: one dict per epoch with the mean of each named term,
+    plus ``val_loss`` when a validation fraction was given. With early stopping
+    the weights of the best validation epoch are restored at the end.
+    """
+    train_idx, val_idx = _split(len(data), config.validation_fraction, generator)
+    train, val = data[train_idx.to(data.device)], data[val_idx.to(data.device)]
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    history: list[dict[str, float]] = []
+    best = (math.inf, None, -1)  # (val loss, state, epoch)
+    bar = tqdm(range(config.epochs), desc="fit", unit="epoch", disable=not config.verbose,
+               leave=False)
+    for epoch in bar:
+        record = _train_epoch(model, loss_fn, train, config, optimiser, generator, epoch)
+        if len(val):
+            record["val_loss"] = _evaluate(model, loss_fn, val, config.batch_size, generator)
+            if record["val_loss"] < best[0]:
+                best = (record["val_loss"], copy.deepcopy(model.state_dict()), epoch)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}")
+        logger.debug("epoch %d: %s", epoch + 1, record)
+        if len(val) and epoch - best[2] >= config.patience:
+            logger.info("early stop at epoch %d (best %d)", epoch + 1, best[2] + 1)
+            break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    model.eval()
+    return history
+
+
+def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
+                 optimiser: torch.optim.Optimizer, generator: torch.Generator,
+                 epoch: int) -> dict[str, float]:
+    model.train()
+    order = torch.randperm(len(data), generator=generator).to(data.device)
+    sums: dict[str, float] = {}
+    for start in range(0, len(data), config.batch_size):
+        batch = data[order[start:start + config.batch_size]]
+        loss, terms = loss_fn(model, batch, generator)
+        _check_finite(loss, epoch, config)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+        optimiser.step()
+        for name, value in {"loss": loss, **terms}.items():
+            sums[name] = sums.get(name, 0.0) + value.item() * len(batch)
+    return {"epoch": epoch + 1, **{k: v / len(data) for k, v in sums.items()}}
