@@ -1,0 +1,77 @@
+"""Training speed: VAEDetector vs PyOD's VAE on the same 6000 x 784 rows, same run.
+
+Data: the first 6000 training images of Fashion-MNIST class 0 (T-shirt/top),
+flattened to 784 features, from --data-dir. VAEDetector: MLP 512-256, latent 16,
+batch 128. PyOD 3.6 VAE: its defaults (batch 32, 128-64-32 layers, dropout)
+and, for a like-for-like line, the same 512-256/16/128 shape.
+
+    python benchmarks/training_speed.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from _common import DEFAULT_DATA_DIR, load_fashion, versions, write_results
+from vaeanom import VAEDetector
+
+
+def time_fit(make, X: np.ndarray, epochs: int) -> float:
+    """Seconds per epoch: (fit with 1 + epochs epochs - fit with 1 epoch) / epochs.
+
+    The difference cancels what a fit does once (model build, scoring the
+    training set for the threshold) and the first-call warm-up of torch.
+    """
+    def fit_seconds(n_epochs: int) -> float:
+        model = make(n_epochs)
+        start = time.perf_counter()
+        model.fit(X)
+        return time.perf_counter() - start
+
+    fit_seconds(1)  # warm-up
+    return (fit_seconds(1 + epochs) - fit_seconds(1)) / epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args()
+
+    images, labels = load_fashion(args.data_dir)
+    X = images[labels == 0][:6000].reshape(6000, -1).astype(np.float32) / 255.0
+    from pyod.models.vae import VAE as PyodVAE
+
+    contenders = {
+        "vaeanom VAEDetector (MLP 512-256, latent 16, batch 128)": lambda e: VAEDetector(
+            hidden_dims=(512, 256), latent_dim=16, batch_size=128, epochs=e, device="cpu",
+            random_state=0),
+        "PyOD VAE, defaults (batch 32)": lambda e: PyodVAE(
+            epoch_num=e, device="cpu", verbose=0),
+        "PyOD VAE, same shape (512-256, latent 16, batch 128)": lambda e: PyodVAE(
+            epoch_num=e, device="cpu", verbose=0, batch_size=128, latent_dim=16,
+            encoder_neuron_list=[512, 256], decoder_neuron_list=[256, 512]),
+    }
+    rows = []
+    for name, make in contenders.items():
+        seconds = time_fit(make, X, args.epochs)
+        rows.append({"model": name, "s_per_epoch": seconds, "epochs_per_s": 1.0 / seconds})
+        print(f"{name:58s} {seconds:7.3f} s/epoch  {1 / seconds:6.2f} epochs/s")
+
+    table = ["| model | s/epoch | epochs/s |", "|---|---:|---:|"]
+    table += [f"| {r['model']} | {r['s_per_epoch']:.3f} | {r['epochs_per_s']:.2f} |" for r in rows]
+    payload = {"data": "Fashion-MNIST class 0, first 6000 training rows, 784 features",
+               "epochs_timed": args.epochs, "torch_threads": torch.get_num_threads(),
+               "versions": versions("vaeanom", "torch", "pyod", "numpy"), "rows": rows}
+    write_results("training_speed", payload,
+                  "# Training speed (CPU, same run)\n\n" + "\n".join(table)
+                  + f"\n\n{args.epochs} epochs timed per model, torch threads = "
+                  f"{torch.get_num_threads()}. Timings vary run to run; compare within one run.")
+
+
+if __name__ == "__main__":
+    main()

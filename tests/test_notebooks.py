@@ -1,0 +1,33 @@
+"""Every notebook's code cells run top to bottom (in-process, no Jupyter kernel needed)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path):
+    cells = json.loads(path.read_text())["cells"]
+    namespace: dict = {}
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), f"{path.name}", "exec"), namespace)
+    assert NOTEBOOKS
+
+
+def test_readme_test_command_is_what_ci_runs():
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    assert "<!-- ci:test -->" in readme and "ci:test" in (root / ".ci" / "run").read_text()
+
+
+def test_docstring_examples():
+    import doctest
+
+    import vaeanom.estimators.vae
+
+    result = doctest.testmod(vaeanom.estimators.vae)
+    assert result.attempted > 0 and result.failed == 0
