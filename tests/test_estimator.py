@@ -32,7 +32,7 @@ def test_same_random_state_gives_bit_identical_scores(cancer):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("kind", ["elbo", "reconstruction"])
+@pytest.mark.parametrize("kind", ["elbo", "iwae", "reconstruction"])
 def test_scores_do_not_depend_on_batch_size_or_order(fitted, kind):
     det, X = fitted
     det = clone(det).set_params(score_kind=kind).fit(X.iloc[:300])
@@ -157,7 +157,7 @@ def test_bad_input_to_fit():
 @pytest.mark.parametrize("params, match", [
     (dict(latent_dim=0), r"'latent_dim' must be an int in \[1, inf\]; got 0"),
     (dict(contamination=0.7), "'contamination' must be"),
-    (dict(score_kind="elbow"), "'score_kind' must be one of 'elbo', 'reconstruction'"),
+    (dict(score_kind="elbow"), "'score_kind' must be one of 'elbo', 'iwae', 'reconstruction'"),
     (dict(hidden_dims=()), "'hidden_dims' must be a non-empty tuple"),
     (dict(backbone="conv"), "backbone='conv' needs images"),
 ])

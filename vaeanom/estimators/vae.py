@@ -42,13 +42,14 @@ class VAEDetector(BaseDetector):
     beta : float, default=1.0
         Weight of the KL term in the training loss (beta-VAE). Scores always use
         the true ELBO (weight 1).
-    score_kind : {"elbo", "reconstruction"}, default="elbo"
-        What ``score_samples`` returns: the ELBO in nats (of the preprocessed
-        data), or minus the mean squared reconstruction error. See
+    score_kind : {"elbo", "iwae", "reconstruction"}, default="elbo"
+        What ``score_samples`` returns: the ELBO or the importance-weighted
+        bound (K = ``n_score_samples``) in nats of the preprocessed data, or
+        minus the mean squared reconstruction error. See
         :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
         name for the ``score(X, y)`` method that model selection calls.)
     n_score_samples : int, default=16
-        Monte-Carlo samples of z per row for the ELBO; the noise is drawn once at
+        Monte-Carlo samples of z per row for the ELBO and IWAE bounds; the noise is drawn once at
         fit time and shared by all rows, so scores are deterministic.
     contamination : float in (0, 0.5] or "auto", default=0.1
         Share of training rows flagged as outliers; sets ``offset_``. "auto" uses
@@ -213,11 +214,10 @@ class VAEDetector(BaseDetector):
     def score_frame(self, X) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier."""
         terms = self._map_chunks(self._make_scorer().terms, self._preprocess(X))
-        score = terms.elbo if self.score_kind == "elbo" else -terms.reconstruction_error
         return pd.DataFrame({
-            "score": score,
+            "score": terms.score,
             "reconstruction_error": terms.reconstruction_error,
             "kl": terms.kl,
             "elbo": terms.elbo,
-            "is_outlier": score - self.offset_ < 0,
+            "is_outlier": terms.score - self.offset_ < 0,
         }, index=self._index_of(X))
