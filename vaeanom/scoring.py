@@ -68,6 +68,8 @@ class Scorer(nn.Module):
 
     def terms(self, x: Tensor) -> ScoreTerms:
         elbo_terms = self.model(x, self.eps)
-        score = elbo_terms.elbo() if self.kind == "elbo" else self(x)
-        return ScoreTerms(score=score, elbo=elbo_terms.elbo(), log_px=elbo_terms.log_px, kl=elbo_terms.kl,
-                          reconstruction_error=reconstruction_error(self.model, x))
+        recon = reconstruction_error(self.model, x)
+        score = {"elbo": elbo_terms.elbo, "reconstruction": lambda: -recon,
+                 "iwae": lambda: self.model.iwae(x, self.eps)}[self.kind]()
+        return ScoreTerms(score=score, elbo=elbo_terms.elbo(), log_px=elbo_terms.log_px,
+                          kl=elbo_terms.kl, reconstruction_error=recon)

@@ -49,8 +49,8 @@ class VAEDetector(BaseDetector):
         :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
         name for the ``score(X, y)`` method that model selection calls.)
     n_score_samples : int, default=16
-        Monte-Carlo samples of z per row for the ELBO and IWAE bounds; the noise is drawn once at
-        fit time and shared by all rows, so scores are deterministic.
+        Monte-Carlo samples of z per row for the ELBO and IWAE bounds; the noise
+        is drawn once at fit time and shared by all rows, so scores are deterministic.
     contamination : float in (0, 0.5] or "auto", default=0.1
         Share of training rows flagged as outliers; sets ``offset_``. "auto" uses
         Tukey's lower fence (Q1 - 1.5 IQR) of the training scores instead.

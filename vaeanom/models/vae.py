@@ -46,15 +46,15 @@ class VAE(nn.Module):
         """Mean of p(x|z) in the model's (preprocessed) units."""
         return self.likelihood.mean(self.decoder(z))
 
-    def _sample(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Posterior parameters and log p(x|z_l) for z_l = mu + sigma * eps_l: (L, b)."""
+    def _sample(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Posterior parameters, z_l = mu + sigma * eps_l (L, b, d) and log p(x|z_l) (L, b)."""
         mu, log_var = self.encoder(x)
         z = mu + torch.exp(0.5 * log_var) * eps                    # (L, b, d)
         n_samples, batch = z.shape[0], x.shape[0]
         decoded = self.decoder(z.reshape(n_samples * batch, -1))    # (L b, ...)
         x_rep = x.expand(n_samples, *x.shape).reshape(n_samples * batch, *x.shape[1:])
         log_px = self.likelihood.log_prob(x_rep, decoded).view(n_samples, batch)
-        return mu, log_var, log_px
+        return mu, log_var, z, log_px
 
     def forward(self, x: Tensor, eps: Tensor) -> ELBOTerms:
         """ELBO terms for x (b, ...) with reparameterisation noise eps (L, b|1, latent_dim).
@@ -62,7 +62,7 @@ class VAE(nn.Module):
         E_q[log p(x|z)] is the mean over the L samples z_l = mu + sigma * eps_l;
         the KL term is in closed form.
         """
-        mu, log_var, log_px = self._sample(x, eps)
+        mu, log_var, _, log_px = self._sample(x, eps)
         return ELBOTerms(log_px=log_px.mean(0), kl=gaussian_kl_standard_normal(mu, log_var))
 
     def iwae(self, x: Tensor, eps: Tensor) -> Tensor:
@@ -72,8 +72,7 @@ class VAE(nn.Module):
         With z = mu + sigma * eps, log p(z) - log q(z|x) = sum(-z^2/2 + eps^2/2 + log sigma):
         the 2 pi terms cancel.
         """
-        mu, log_var, log_px = self._sample(x, eps)
-        z = mu + torch.exp(0.5 * log_var) * eps
+        _, log_var, z, log_px = self._sample(x, eps)
         log_ratio = (-0.5 * z * z + 0.5 * eps * eps + 0.5 * log_var).sum(-1)   # (L, b)
         log_w = log_px + log_ratio
         return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
