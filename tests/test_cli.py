@@ -58,7 +58,29 @@ def test_npy_files_are_accepted(table):
     assert main(["fit", str(tmp / "rows.npy"), "--model", str(tmp / "m.st"), "--set", "epochs=2"]) == 0
 
 
+def test_export_then_score_with_onnx_matches_the_saved_model(table):
+    frame, tmp = table
+    model = str(tmp / "m.safetensors")
+    assert main(["fit", str(tmp / "rows.parquet"), "--model", model, "--set", "epochs=3",
+                 "--set", "random_state=0", "--set", "hidden_dims=(16,)"]) == 0
+    assert main(["export", "--model", model, str(tmp / "scorer.onnx")]) == 0
+    assert main(["score", str(tmp / "rows.parquet"), "--onnx", str(tmp / "scorer.onnx"),
+                 "-o", str(tmp / "scores.csv")]) == 0
+    scores = pd.read_csv(tmp / "scores.csv", index_col=0)
+    assert scores.index.tolist() == frame.index.tolist()
+    expected = VAEDetector.load(model).score_frame(frame)
+    np.testing.assert_allclose(scores["score"], expected["score"], rtol=1e-5)
+    assert (scores["is_outlier"] == expected["is_outlier"]).all()
+    assert main(["export", "--model", model, "--triton", str(tmp / "repo"), "--name", "cancer",
+                 "--part", "encoder"]) == 0
+    assert (tmp / "repo" / "cancer" / "config.pbtxt").is_file()
+    assert (tmp / "repo" / "cancer" / "1" / "model.onnx").is_file()
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["score", "rows.csv", "--model", "m.st", "--onnx", "m.onnx"], "exactly one of --model"),
+    (["score", "rows.csv", "--onnx", "missing.onnx"], "no ONNX model"),
+    (["export", "--model", "missing.st", "out.onnx"], "no model file"),
     (["score", "missing.csv", "--model", "missing.st"], "no model file"),
     (["fit", "data.txt", "--model", "m.st"], "expected one of .csv"),
     (["fit", "rows.csv", "--model", "m.st", "--set", "latent_dim=-1"], "'latent_dim' must be"),

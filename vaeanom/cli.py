@@ -1,4 +1,4 @@
-"""The ``vaeanom`` command: demo, fit, score.
+"""The ``vaeanom`` command: demo, fit, score, export.
 
 Each subcommand is a parser builder plus a pure worker; ``main(argv)`` takes
 its arguments so tests run it in-process. Output goes through logging (``-v``
@@ -97,16 +97,50 @@ def run_fit(data: Path, model: Path, params: dict, index_col=None) -> None:
     logger.info("fitted VAEDetector on %d rows; saved to %s", len(X), model)
 
 
-def run_score(model: Path, data: Path, output: Path | None, index_col=None) -> pd.DataFrame:
-    from . import VAEDetector
+def load_detector(path: Path):
+    """Whichever vaeanom estimator wrote ``path`` (read from the file's metadata)."""
+    from . import estimators
+    from .estimators.persistence import read
+
+    estimator = read(path)[0]["estimator"]
+    if estimator not in estimators.DETECTORS:
+        raise ValueError(f"{str(path)!r} holds an unknown estimator {estimator!r}.")
+    return getattr(estimators, estimator).load(path)
+
+
+def run_score(model: Path | None, data: Path, output: Path | None, index_col=None,
+              onnx: Path | None = None) -> pd.DataFrame:
+    """Score a data file with a saved model, or with an exported ONNX scorer (no torch)."""
     from .datasets import read_data, write_frame
 
-    detector = VAEDetector.load(model)
-    frame = detector.score_frame(read_data(data, index_col=index_col))
+    if (model is None) == (onnx is None):
+        raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
+    if onnx is not None:
+        from .runtime import OnnxModel
+        scorer = OnnxModel(onnx)
+    else:
+        scorer = load_detector(model)
+    frame = scorer.score_frame(read_data(data, index_col=index_col))
     if output is not None:
         write_frame(frame, output)
         logger.info("wrote %d scores to %s", len(frame), output)
     return frame
+
+
+def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype: str,
+               triton: Path | None, name: str, max_batch_size: int) -> Path:
+    """Export a saved model to one ONNX file, or to a Triton model repository."""
+    if (out is None) == (triton is None):
+        raise ValueError("give exactly one of OUT.onnx or --triton REPO_DIR.")
+    detector = load_detector(model)
+    if triton is not None:
+        folder = detector.export_triton(triton, name, part, fp16=fp16, input_dtype=input_dtype,
+                                        max_batch_size=max_batch_size)
+        logger.info("wrote Triton model %s", folder)
+        return folder
+    detector.export_onnx(out, part, fp16=fp16, input_dtype=input_dtype)
+    logger.info("wrote the %s of %s to %s", part, model, out)
+    return out
 
 
 # ----------------------------------------------------------------- parser
@@ -130,10 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a data file with a saved model")
     score.add_argument("data", type=Path)
-    score.add_argument("--model", type=Path, required=True)
+    score.add_argument("--model", type=Path, default=None, help="a model saved by fit")
+    score.add_argument("--onnx", type=Path, default=None,
+                       help="an exported scorer (.onnx) instead of --model; runs without torch")
     score.add_argument("--output", "-o", type=Path, default=None,
                        help=".csv or .parquet file (default: CSV on standard output)")
     score.add_argument("--index-col", default=None, help="CSV column holding the row index")
+
+    export = sub.add_parser("export", help="export a saved model to ONNX or a Triton repository")
+    export.add_argument("out", type=Path, nargs="?", default=None, help="the .onnx file to write")
+    export.add_argument("--model", type=Path, required=True)
+    export.add_argument("--part", choices=("scorer", "encoder", "decoder"), default="scorer")
+    export.add_argument("--fp16", action="store_true", help="half-precision networks (for GPUs)")
+    export.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
+                        help="uint8: the graph takes 8-bit pixels (image models)")
+    export.add_argument("--triton", type=Path, default=None, metavar="REPO_DIR",
+                        help="write REPO_DIR/NAME/config.pbtxt and NAME/1/model.onnx instead")
+    export.add_argument("--name", default="vaeanom", help="Triton model name (default: %(default)s)")
+    export.add_argument("--max-batch-size", type=int, default=4096)
     return parser
 
 
@@ -153,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fit":
             run_fit(args.data, args.model, parse_params(args.params), _index_col(args.index_col))
         elif args.command == "score":
-            frame = run_score(args.model, args.data, args.output, _index_col(args.index_col))
+            frame = run_score(args.model, args.data, args.output, _index_col(args.index_col),
+                              onnx=args.onnx)
             if args.output is None:
                 frame.to_csv(sys.stdout)
+        elif args.command == "export":
+            run_export(args.model, args.out, args.part, args.fp16, args.input_dtype, args.triton,
+                       args.name, args.max_batch_size)
     except Exception as err:  # one readable line, no traceback, unless -vv
         logger.debug("traceback", exc_info=True)
         print(f"vaeanom {args.command}: error: {err}", file=sys.stderr)

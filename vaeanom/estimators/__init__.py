@@ -4,4 +4,7 @@ from .base import BaseDetector
 from .params import InvalidParameterError
 from .vae import VAEDetector
 
-__all__ = ["BaseDetector", "VAEDetector", "InvalidParameterError"]
+#: the estimator names a saved model file may name
+DETECTORS = ("VAEDetector",)
+
+__all__ = ["BaseDetector", "VAEDetector", "InvalidParameterError", "DETECTORS"]

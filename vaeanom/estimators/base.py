@@ -56,6 +56,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _make_scorer(self) -> nn.Module:
         raise NotImplementedError
 
+    def _onnx_part(self, part: str, fp16: bool = False):
+        """The :class:`vaeanom.export.PartSpec` of ``part`` ("scorer", "encoder", "decoder")."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):
         """Fit the model to X (rows or images); ``y`` is ignored. Returns self."""
@@ -196,6 +200,24 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+    # ---------------------------------------------------------------- export
+    def export_onnx(self, path, part: str = "scorer", *, fp16: bool = False,
+                    input_dtype: str = "float32"):
+        """Write ``part`` ("scorer", "encoder" or "decoder") to one ONNX file.
+
+        The scorer takes raw rows or images and returns ``score_samples``;
+        preprocessing and the fixed Monte-Carlo noise are inside the graph. Load
+        it with :class:`vaeanom.OnnxModel` (no torch) or any ONNX runtime. See
+        :mod:`vaeanom.export` for ``fp16`` and ``input_dtype``.
+        """
+        from ..export import export_onnx
+        return export_onnx(self, path, part, fp16=fp16, input_dtype=input_dtype)
+
+    def export_triton(self, repo_dir, name: str = "vaeanom", part: str = "scorer", **kwargs):
+        """Write ``repo_dir/<name>/config.pbtxt`` and ``<name>/1/model.onnx`` for Triton."""
+        from ..export import export_triton
+        return export_triton(self, repo_dir, name, part, **kwargs)
 
     # ----------------------------------------------------------- persistence
     #: fitted numpy arrays and JSON-able values that ``save`` writes besides the weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import numpy as np
@@ -15,6 +16,20 @@ from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, Gaussi
 from ..scoring import SCORE_KINDS, Scorer
 from .base import BaseDetector, _seed_from
 from .params import AnyOf, IntTuple, Number, OneOf, RandomState
+
+
+class _Encode(nn.Module):
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.encode(x)
+
+
+class _Decode(_Encode):
+    def forward(self, z: Tensor) -> Tensor:
+        return self.model.decode(z)
 
 
 class VAEDetector(BaseDetector):
@@ -170,6 +185,19 @@ class VAEDetector(BaseDetector):
     def _make_scorer(self, kind: str | None = None) -> Scorer:
         noise = torch.from_numpy(self.noise_).to(next(self.model_.parameters()).device)
         return Scorer(self.model_, noise, kind or self.score_kind)
+
+    def _onnx_part(self, part: str, fp16: bool = False):
+        from ..export import PartSpec, half_precision
+
+        model = half_precision(self.model_) if fp16 else copy.deepcopy(self.model_)
+        model = model.cpu().eval()
+        if part == "scorer":
+            return PartSpec(Scorer(model, torch.from_numpy(self.noise_), self.score_kind),
+                            "data", ("score",))
+        if part == "encoder":
+            return PartSpec(_Encode(model), "data", ("mean", "log_var"))
+        return PartSpec(_Decode(model), "latent", ("reconstruction",),
+                        latent_shape=(self.latent_dim,))
 
     def _needs_unit_range(self) -> bool:
         return self.likelihood == "bernoulli"

@@ -1,0 +1,253 @@
+"""ONNX export and the torch-free OnnxModel: parity with torch, metadata, errors, Triton."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from vaeanom import OnnxModel, VAEDetector
+from vaeanom import runtime
+from vaeanom.export import read_metadata
+from vaeanom.scoring import SCORE_KINDS
+
+#: the issue's bar: every exported part within 1e-5 relative of torch in float32
+RTOL = 1e-5
+FIT = dict(epochs=15, latent_dim=4, n_score_samples=8, random_state=0)
+
+
+def _fit(X, **params):
+    return VAEDetector(**{**FIT, **params}).fit(X)
+
+
+#: (training rows, all rows, model parameters) of each kind of data
+def _rows_case(cancer):
+    X, y = cancer
+    return X[y == 1], X, dict(hidden_dims=(32, 16))
+
+
+def _images_case(digit_images):
+    X, y = digit_images
+    return X[y == 0], X, dict(conv_channels=(8, 16))
+
+
+@pytest.fixture(scope="module")
+def rows(cancer):
+    """An MLP model on breast-cancer rows (a DataFrame, so feature names are kept)."""
+    train, X, params = _rows_case(cancer)
+    return _fit(train, **params), X
+
+
+@pytest.fixture(scope="module")
+def images(digit_images):
+    """A conv model on 8x8 uint8 digit images."""
+    train, X, params = _images_case(digit_images)
+    return _fit(train, **params), X
+
+
+@pytest.fixture(scope="module")
+def exported(rows, images, tmp_path_factory):
+    """Every part of both models, exported once: {(model, part): path}."""
+    folder = tmp_path_factory.mktemp("onnx")
+    paths = {}
+    for name, (det, _) in {"rows": rows, "images": images}.items():
+        for part in ("scorer", "encoder", "decoder"):
+            paths[name, part] = det.export_onnx(folder / f"{name}-{part}.onnx", part)
+    return paths
+
+
+def _close(actual, expected, rtol=RTOL):
+    """Relative agreement, with the scale of the whole array for entries near zero."""
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+# ----------------------------------------------------------------- parity
+@pytest.mark.parametrize("kind", SCORE_KINDS)
+@pytest.mark.parametrize("data", ["rows", "images"])
+def test_scorer_matches_torch_for_every_score_kind(kind, data, cancer, digit_images, tmp_path):
+    train, X, params = _rows_case(cancer) if data == "rows" else _images_case(digit_images)
+    det = _fit(train, score_kind=kind, **params)
+    model = OnnxModel(det.export_onnx(tmp_path / "s.onnx"))
+    _close(model.score_samples(X), det.score_samples(X))
+    np.testing.assert_array_equal(model.predict(X), det.predict(X))
+    assert model.score_kind == kind and model.offset_ == det.offset_
+
+
+def test_bare_inference_session_gives_score_samples(rows, exported):
+    det, X = rows
+    session = ort.InferenceSession(exported["rows", "scorer"], providers=["CPUExecutionProvider"])
+    (score,) = session.run(None, {"input": X.to_numpy(np.float32)})
+    _close(score, det.score_samples(X))
+
+
+def test_encoder_and_decoder_match_torch(rows, images, exported):
+    for name, (det, X) in {"rows": rows, "images": images}.items():
+        encoder = OnnxModel(exported[name, "encoder"])
+        out = encoder.run(X)
+        _close(out["mean"], det.encode(X))
+        _close(encoder.encode(X), det.encode(X))
+        z = det.encode(X)
+        _close(OnnxModel(exported[name, "decoder"]).decode(z), det.decode(z))
+
+
+def test_uint8_graph_scales_pixels_itself(images, tmp_path):
+    det, X = images
+    path = det.export_onnx(tmp_path / "u8.onnx", input_dtype="uint8")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (score,) = session.run(None, {"input": X})
+    _close(score, det.score_samples(X))
+    with pytest.raises(ValueError, match="uint8"):
+        OnnxModel(path).score_samples(X / 255.0)
+
+
+def test_image_model_takes_float_and_flattened_pixels_like_the_detector(images, exported):
+    det, X = images
+    model = OnnxModel(exported["images", "scorer"])
+    _close(model.score_samples(X.reshape(len(X), -1)), det.score_samples(X))
+    floats = X.astype(np.float32) / 255
+    _close(model.score_samples(floats), det.score_samples(floats))
+
+
+def test_scores_do_not_depend_on_batch_size(rows, exported):
+    _, X = rows
+    full = OnnxModel(exported["rows", "scorer"]).score_samples(X)
+    small = OnnxModel(exported["rows", "scorer"], batch_size=7).score_samples(X)
+    _close(small, full, rtol=1e-6)
+
+
+def test_fp16_export_stays_close(images, tmp_path):
+    det, X = images
+    model = OnnxModel(det.export_onnx(tmp_path / "h.onnx", fp16=True))
+    assert model.metadata["precision"] == "float16"
+    _close(model.score_samples(X), det.score_samples(X), rtol=1e-2)
+
+
+# ------------------------------------------------------------ the file
+def test_file_is_self_contained_checked_and_has_dynamic_batch(rows, exported):
+    path = exported["rows", "scorer"]
+    assert [p.name for p in path.parent.iterdir() if not p.suffix == ".onnx"] == []
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == 30
+    assert not any(node.op_type.startswith("Random") for node in proto.graph.node)
+
+
+def test_metadata_describes_the_detector(rows, exported):
+    det, X = rows
+    meta = read_metadata(exported["rows", "scorer"])
+    assert meta["estimator"] == "VAEDetector" and meta["part"] == "scorer"
+    assert meta["feature_names"] == list(X.columns)
+    assert meta["params"]["hidden_dims"] == [32, 16]
+    assert meta["offset"] == det.offset_ and meta["input_shape"] == [30]
+
+
+# ------------------------------------------------------------- no torch
+def test_runtime_scores_without_importing_torch(rows, exported, tmp_path):
+    _, X = rows
+    np.save(tmp_path / "x.npy", X.to_numpy())
+    code = (f"import sys, numpy as np, vaeanom\n"
+            f"s = vaeanom.OnnxModel({str(exported['rows', 'scorer'])!r}).score_samples("
+            f"np.load({str(tmp_path / 'x.npy')!r}))\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print(len(s))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(len(X))
+    assert result.stderr == ""  # no onnxruntime CUDA load error on a machine without a GPU
+
+
+def test_default_providers_use_cuda_only_when_a_gpu_answers(monkeypatch):
+    if runtime.cuda_device_count() == 0:
+        assert runtime.default_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: None, raising=False)
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert runtime.default_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: 0)
+    assert runtime.default_providers() == ["CPUExecutionProvider"]
+
+
+def test_explicit_providers_and_threads_are_used(exported):
+    model = OnnxModel(exported["rows", "scorer"], providers=["CPUExecutionProvider"],
+                      intra_op_num_threads=1)
+    assert model.providers == ["CPUExecutionProvider"]
+
+
+# ----------------------------------------------------------- bad input
+@pytest.mark.parametrize("bad, message", [
+    (lambda X: X.to_numpy()[:, :5], "30 features"),
+    (lambda X: X.to_numpy()[:0], "0 rows"),
+    (lambda X: X.to_numpy()[0], "2-D"),
+    (lambda X: np.where(np.eye(len(X), 30, dtype=bool), np.nan, X.to_numpy()), "NaN"),
+    (lambda X: X.to_numpy().astype(str), "numeric"),
+    (lambda X: X.iloc[:, ::-1], "another order"),
+    (lambda X: X.rename(columns={X.columns[0]: "age"}), "missing"),
+])
+def test_bad_input_is_named(bad, message, rows, exported):
+    _, X = rows
+    with pytest.raises(ValueError, match=message):
+        OnnxModel(exported["rows", "scorer"]).score_samples(bad(X))
+
+
+def test_wrong_part_and_wrong_latent_width_are_named(exported):
+    with pytest.raises(ValueError, match="part='encoder'"):
+        OnnxModel(exported["rows", "scorer"]).encode(np.zeros((2, 30)))
+    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
+        OnnxModel(exported["rows", "decoder"]).decode(np.zeros((2, 3)))
+
+
+def test_files_that_are_not_vaeanom_models_are_refused(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf at all" * 10)
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        OnnxModel(junk)
+    with pytest.raises(FileNotFoundError):
+        OnnxModel(tmp_path / "missing.onnx")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 2])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)],
+                                     ir_version=8), foreign)
+    with pytest.raises(ValueError, match="not exported by vaeanom"):
+        OnnxModel(foreign)
+
+
+def test_newer_format_versions_are_refused(exported, tmp_path):
+    proto = onnx.load(exported["rows", "scorer"])
+    meta = read_metadata(proto)
+    meta["format_version"] = 99
+    onnx.helper.set_model_props(proto, {"vaeanom": json.dumps(meta)})
+    onnx.save(proto, tmp_path / "future.onnx")
+    with pytest.raises(ValueError, match="Upgrade vaeanom"):
+        OnnxModel(tmp_path / "future.onnx")
+
+
+def test_failed_export_keeps_the_old_file(rows, exported, tmp_path):
+    det, _ = rows
+    path = tmp_path / "keep.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(ValueError, match="part"):
+        det.export_onnx(path, part="everything")
+    with pytest.raises(ValueError, match="image models"):
+        det.export_onnx(path, input_dtype="uint8")
+    assert path.read_bytes() == b"old"
+
+
+# ----------------------------------------------------------------- Triton
+def test_triton_repository_layout(images, tmp_path):
+    det, X = images
+    folder = det.export_triton(tmp_path / "repo", "digits", max_batch_size=256,
+                               input_dtype="uint8")
+    config = (folder / "config.pbtxt").read_text()
+    assert 'name: "digits"' in config and 'platform: "onnxruntime_onnx"' in config
+    assert "max_batch_size: 256" in config and "dynamic_batching" in config
+    assert "TYPE_UINT8" in config and "dims: [ 8, 8 ]" in config
+    assert 'name: "score"' in config and "reshape: { shape: [ ] }" in config
+    _close(OnnxModel(folder / "1" / "model.onnx").score_samples(X), det.score_samples(X))

@@ -1,0 +1,300 @@
+"""OnnxModel: score with an exported vaeanom model using numpy and onnxruntime only.
+
+A scoring service needs no torch and no training code: the preprocessing, the
+fixed Monte-Carlo noise and the network are in the graph, and the threshold
+(``offset_``), input shape and feature names are in its metadata. This module
+imports numpy and onnxruntime (and pandas when given a DataFrame), never torch.
+
+Execution providers: with ``providers=None`` the CUDA provider is used only
+when an NVIDIA GPU really answers (the driver is asked through ``ctypes``);
+otherwise the CPU provider is asked for alone, so machines without a GPU never
+see onnxruntime's CUDA load error. Outputs are written by onnxruntime straight
+into the result arrays through IOBinding, batch by batch, so memory stays
+bounded and nothing is copied twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .onnx_format import FORMAT, FORMAT_VERSION, METADATA_KEY
+
+logger = logging.getLogger(__name__)
+
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8,
+                 "int64": np.int64, "int32": np.int32}
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices the NVIDIA driver reports; 0 when there is no driver or GPU."""
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        driver = ctypes.CDLL(name)
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    except (OSError, AttributeError):
+        return 0
+
+
+def default_providers() -> list[str]:
+    """CUDA then CPU when a GPU is really present and onnxruntime can use it; else CPU."""
+    if "CUDAExecutionProvider" in ort.get_available_providers() and cuda_device_count() > 0:
+        if hasattr(ort, "preload_dlls"):  # find the CUDA/cuDNN libraries pip installed
+            try:
+                ort.preload_dlls()
+            except Exception as err:  # the CUDA provider then reports what is missing
+                logger.debug("onnxruntime.preload_dlls failed: %s", err)
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel:
+    """A model exported by ``det.export_onnx``, with the detector's scoring API.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.onnx`` file.
+    providers : list or None, default=None
+        onnxruntime execution providers (names or (name, options) pairs);
+        None picks CUDA when a GPU is present, else CPU.
+    sess_options : onnxruntime.SessionOptions, optional
+        Session options (threads, graph optimisation, logging).
+    intra_op_num_threads : int, optional
+        Shortcut for ``sess_options.intra_op_num_threads``.
+    batch_size : int, default=4096
+        Rows per onnxruntime call; bounds memory for large inputs.
+
+    Attributes
+    ----------
+    metadata : dict
+        What the exporter wrote (version, estimator, params, part, shapes, ...).
+    part, score_kind, offset_, input_shape, n_features_in_, feature_names_in_
+    providers : list of str
+        The providers the session actually uses.
+    """
+
+    def __init__(self, path, providers: Sequence | None = None, *,
+                 sess_options: ort.SessionOptions | None = None,
+                 intra_op_num_threads: int | None = None, batch_size: int = 4096) -> None:
+        self.path = Path(path)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        self.batch_size = int(batch_size)
+        options = sess_options or ort.SessionOptions()
+        if sess_options is None:
+            options.log_severity_level = 3  # errors only
+        if intra_op_num_threads is not None:
+            options.intra_op_num_threads = int(intra_op_num_threads)
+        self._session = _open_session(self.path, options, providers or default_providers())
+        self.metadata = _read_metadata(self._session, self.path)
+        meta = self.metadata
+        self.part = meta["part"]
+        self.score_kind = meta["score_kind"]
+        self.offset_ = float(meta["offset"])
+        self.is_image = bool(meta["is_image"])
+        self.input_shape = tuple(meta["input_shape"])
+        self.data_shape = tuple(meta["data_shape"])
+        self.n_features_in_ = int(meta["n_features_in"])
+        if meta["feature_names"] is not None:
+            self.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
+        self.input_dtype = np.dtype(_NUMPY_DTYPES[meta["input_dtype"]])
+        self._input_name = meta["input_name"]
+        self._outputs = {o.name: o for o in self._session.get_outputs()}
+
+    def __repr__(self) -> str:
+        return (f"OnnxModel({str(self.path)!r}, part={self.part!r}, "
+                f"estimator={self.metadata['estimator']!r}, providers={self.providers})")
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers()
+
+    # ------------------------------------------------------------- scoring
+    def score_samples(self, X) -> np.ndarray:
+        """Per-row score, higher = more normal: what the detector's ``score_samples`` gives."""
+        self._require("scorer", "score_samples")
+        return self.run(X)["score"].astype(np.float64)
+
+    def decision_function(self, X) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """+1 for inliers, -1 for outliers."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def score_frame(self, X):
+        """A DataFrame with X's index: ``score`` and ``is_outlier``."""
+        import pandas as pd
+
+        score = self.score_samples(X)
+        index = X.index if isinstance(X, (pd.DataFrame, pd.Series)) else pd.RangeIndex(len(score))
+        return pd.DataFrame({"score": score, "is_outlier": score - self.offset_ < 0}, index=index)
+
+    # ---------------------------------------------------------- latent API
+    def encode(self, X) -> np.ndarray:
+        """The encoder's first output: posterior means (VAE) or code indices (VQ-VAE)."""
+        self._require("encoder", "encode")
+        return next(iter(self.run(X).values()))
+
+    def decode(self, Z) -> np.ndarray:
+        """Latents -> reconstructions in the user's units."""
+        self._require("decoder", "decode")
+        return self.run(Z)["reconstruction"]
+
+    def _require(self, part: str, method: str) -> None:
+        if self.part != part:
+            raise ValueError(f"{method} needs a model exported with part={part!r}; "
+                             f"{str(self.path)!r} holds the {self.part!r}. Export it with "
+                             f"det.export_onnx(path, part={part!r}).")
+
+    # ----------------------------------------------------------- execution
+    def run(self, X) -> dict[str, np.ndarray]:
+        """Every output of the graph for X, as a dict of numpy arrays, batch by batch."""
+        feed = self._check_input(X)
+        results = {name: np.empty((len(feed), *self._row_shape(out)), _dtype_of(out))
+                   for name, out in self._outputs.items()}
+        binding = self._session.io_binding()
+        for start in range(0, len(feed), self.batch_size):
+            chunk = np.ascontiguousarray(feed[start:start + self.batch_size])
+            binding.bind_cpu_input(self._input_name, chunk)
+            for name, result in results.items():
+                target = result[start:start + len(chunk)]
+                binding.bind_output(name, "cpu", 0, target.dtype, list(target.shape),
+                                    target.ctypes.data)
+            self._session.run_with_iobinding(binding)
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+        return results
+
+    def _row_shape(self, output) -> tuple[int, ...]:
+        dims = output.shape[1:]
+        if not all(isinstance(d, int) for d in dims):
+            raise ValueError(f"output {output.name!r} has symbolic dims {output.shape}; "
+                             "only the batch dimension may be dynamic.")
+        return tuple(dims)
+
+    # ---------------------------------------------------------- validation
+    def _check_input(self, X) -> np.ndarray:
+        """Validate X and convert it to the graph's input dtype and shape."""
+        if self.part == "decoder":
+            return self._check_latents(X)
+        values = self._frame_values(X)
+        array = _numeric_array(values, "X")
+        if self.is_image and array.ndim == 2:  # flattened pixels
+            array = _reshape_rows(array, self.data_shape, "X")
+        expected = self.data_shape
+        if self.is_image:
+            if tuple(array.shape[1:]) != expected:
+                raise ValueError(f"the model takes images of shape {expected}; got X of shape "
+                                 f"{array.shape}.")
+        else:
+            _check_width(array, expected[0], "X")
+        return self._to_input_dtype(array)
+
+    def _frame_values(self, X):
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):
+            names = getattr(self, "feature_names_in_", None)
+            columns = [str(c) for c in X.columns]
+            if names is not None and columns != list(names):
+                missing = [n for n in names if n not in columns]
+                unexpected = [c for c in columns if c not in set(names)]
+                raise ValueError(
+                    "X's columns differ from those the model was fitted on"
+                    + (f"; missing: {missing[:5]}" if missing else "")
+                    + (f"; unexpected: {unexpected[:5]}" if unexpected else "")
+                    + ("; same names in another order: reorder with X[model.feature_names_in_]"
+                       if not missing and not unexpected else "") + ".")
+            return X.to_numpy()
+        return X
+
+    def _to_input_dtype(self, array: np.ndarray) -> np.ndarray:
+        if self.input_dtype == np.uint8:
+            if array.dtype != np.uint8:
+                raise ValueError(f"this model was exported with input_dtype='uint8' and takes "
+                                 f"8-bit pixels; got dtype {array.dtype}. Pass uint8 images or "
+                                 "export with input_dtype='float32'.")
+            return array
+        if self.is_image and array.dtype == np.uint8:  # as the detector does: pixels / 255
+            return array.astype(np.float32) * np.float32(1.0 / 255.0)
+        return array.astype(self.input_dtype, copy=False)
+
+    def _check_latents(self, Z) -> np.ndarray:
+        array = _numeric_array(self._frame_values(Z), "Z")
+        if array.ndim == 2 and len(self.input_shape) > 1:
+            array = _reshape_rows(array, self.input_shape, "Z")
+        if tuple(array.shape[1:]) != self.input_shape:
+            raise ValueError(f"Z must have shape (n, {', '.join(map(str, self.input_shape))}); "
+                             f"got {array.shape}.")
+        return array.astype(self.input_dtype, copy=False)
+
+
+def _open_session(path: Path, options: ort.SessionOptions, providers) -> ort.InferenceSession:
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {str(path)!r}.")
+    try:
+        return ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise ValueError(f"{str(path)!r} is not a readable ONNX model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}). Export one with "
+                         "det.export_onnx(path).") from None
+
+
+def _read_metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ValueError(f"{str(path)!r} is an ONNX model but was not exported by vaeanom "
+                         "(no 'vaeanom' metadata); use onnxruntime directly for it.")
+    meta = json.loads(props[METADATA_KEY])
+    if meta.get("format") != FORMAT or int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} has vaeanom ONNX format {meta.get('format_version')!r}; "
+                         f"this vaeanom reads up to version {FORMAT_VERSION}. Upgrade vaeanom.")
+    return meta
+
+
+def _dtype_of(output) -> np.dtype:
+    name = output.type.removeprefix("tensor(").removesuffix(")")
+    return np.dtype({"float": np.float32, "float16": np.float16, "double": np.float64,
+                     "int64": np.int64, "int32": np.int32, "uint8": np.uint8}[name])
+
+
+def _numeric_array(values, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric; got dtype {array.dtype}. Convert text or "
+                         "object columns to numbers first.")
+    if array.ndim < 2:
+        raise ValueError(f"{name} must be 2-D (n, features) or images; got shape {array.shape}. "
+                         f"Use {name}.reshape(1, -1) for a single row.")
+    if len(array) == 0:
+        raise ValueError(f"{name} has 0 rows; pass at least one.")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity; impute or drop those rows first.")
+    return array
+
+
+def _check_width(array: np.ndarray, width: int, name: str) -> None:
+    if array.ndim != 2 or array.shape[1] != width:
+        raise ValueError(f"{name} has shape {array.shape}, but the model was fitted on "
+                         f"{width} features.")
+
+
+def _reshape_rows(array: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    size = int(np.prod(shape))
+    if array.shape[1] != size:
+        raise ValueError(f"{name} has {array.shape[1]} features, but the model takes "
+                         f"{tuple(shape)} ({size} values) per row.")
+    return array.reshape(len(array), *shape)
