@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from vaeanom import InvalidParameterError, TrainingDivergedError, VAEDetector
 from vaeanom.datasets import breast_cancer_one_class, digits_one_class
+from vaeanom.scoring import SCORE_KINDS
 
 from .conftest import FAST
 
@@ -32,7 +33,7 @@ def test_same_random_state_gives_bit_identical_scores(cancer):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("kind", ["elbo", "iwae", "reconstruction"])
+@pytest.mark.parametrize("kind", SCORE_KINDS)
 def test_scores_do_not_depend_on_batch_size_or_order(fitted, kind):
     det, X = fitted
     det = clone(det).set_params(score_kind=kind).fit(X.iloc[:300])
@@ -42,6 +43,12 @@ def test_scores_do_not_depend_on_batch_size_or_order(fitted, kind):
         np.testing.assert_array_equal(np.concatenate(parts), full)
     order = np.random.RandomState(0).permutation(len(X))
     np.testing.assert_array_equal(det.score_samples(X.iloc[order]), full[order])
+
+
+def test_recon_prob_is_the_elbo_without_its_kl_term(fitted):
+    det, X = fitted
+    frame = clone(det).set_params(score_kind="recon_prob").fit(X.iloc[:300]).score_frame(X)
+    np.testing.assert_allclose(frame["score"], frame["elbo"] + frame["kl"], rtol=1e-5)
 
 
 def test_fit_leaves_global_rng_untouched(cancer):
@@ -157,7 +164,7 @@ def test_bad_input_to_fit():
 @pytest.mark.parametrize("params, match", [
     (dict(latent_dim=0), r"'latent_dim' must be an int in \[1, inf\]; got 0"),
     (dict(contamination=0.7), "'contamination' must be"),
-    (dict(score_kind="elbow"), "'score_kind' must be one of 'elbo', 'iwae', 'reconstruction'"),
+    (dict(score_kind="elbow"), "'score_kind' must be one of 'elbo', 'iwae', 'recon_prob'"),
     (dict(hidden_dims=()), "'hidden_dims' must be a non-empty tuple"),
     (dict(backbone="conv"), "backbone='conv' needs images"),
 ])

@@ -76,6 +76,22 @@ def test_scorer_matches_torch_for_every_score_kind(kind, data, cancer, digit_ima
     assert model.score_kind == kind and model.offset_ == det.offset_
 
 
+def test_export_formula_equals_the_reference_elbo(rows, images):
+    import torch
+
+    from vaeanom.scoring import LinearGaussianELBO, Scorer, inference_scorer
+
+    det, X = rows
+    x = det._preprocess(X)
+    noise = torch.from_numpy(det.noise_)
+    fast = inference_scorer(det.model_, noise, "elbo")
+    assert isinstance(fast, LinearGaussianELBO)
+    with torch.no_grad():
+        _close(fast(x).numpy(), Scorer(det.model_, noise, "elbo")(x).numpy())
+    assert isinstance(inference_scorer(det.model_, noise, "iwae"), Scorer)
+    assert isinstance(inference_scorer(images[0].model_, noise, "elbo"), Scorer)  # conv
+
+
 def test_bare_inference_session_gives_score_samples(rows, exported):
     det, X = rows
     session = ort.InferenceSession(exported["rows", "scorer"], providers=["CPUExecutionProvider"])

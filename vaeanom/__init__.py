@@ -13,6 +13,7 @@ _EXPORTS = {
     "InvalidParameterError": "vaeanom.estimators.params",
     "TrainingDivergedError": "vaeanom.training",
     "OnnxModel": "vaeanom.runtime",
+    "evaluate": "vaeanom.evaluation",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

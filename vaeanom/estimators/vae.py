@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MLPDecoder, MLPEncoder)
-from ..scoring import SCORE_KINDS, Scorer
+from ..scoring import SCORE_KINDS, Scorer, inference_scorer
 from .base import BaseDetector, _seed_from
 from .params import AnyOf, IntTuple, Number, OneOf, RandomState
 
@@ -57,9 +57,10 @@ class VAEDetector(BaseDetector):
     beta : float, default=1.0
         Weight of the KL term in the training loss (beta-VAE). Scores always use
         the true ELBO (weight 1).
-    score_kind : {"elbo", "iwae", "reconstruction"}, default="elbo"
+    score_kind : {"elbo", "iwae", "recon_prob", "reconstruction"}, default="elbo"
         What ``score_samples`` returns: the ELBO or the importance-weighted
-        bound (K = ``n_score_samples``) in nats of the preprocessed data, or
+        bound (K = ``n_score_samples``) in nats of the preprocessed data, An &
+        Cho's reconstruction probability (Monte-Carlo mean of log p(x|z)), or
         minus the mean squared reconstruction error. See
         :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
         name for the ``score(X, y)`` method that model selection calls.)
@@ -192,8 +193,8 @@ class VAEDetector(BaseDetector):
         model = half_precision(self.model_) if fp16 else copy.deepcopy(self.model_)
         model = model.cpu().eval()
         if part == "scorer":
-            return PartSpec(Scorer(model, torch.from_numpy(self.noise_), self.score_kind),
-                            "data", ("score",))
+            scorer = inference_scorer(model, torch.from_numpy(self.noise_), self.score_kind)
+            return PartSpec(scorer, "data", ("score",))
         if part == "encoder":
             return PartSpec(_Encode(model), "data", ("mean", "log_var"))
         return PartSpec(_Decode(model), "latent", ("reconstruction",),

@@ -1,0 +1,54 @@
+"""vaeanom.evaluate: the metrics table and its plots."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from vaeanom import VAEDetector, evaluate
+from vaeanom.datasets import breast_cancer_one_class
+
+from .conftest import FAST
+
+
+@pytest.fixture(scope="module")
+def case():
+    split = breast_cancer_one_class(seed=0)
+    det = VAEDetector(**{**FAST, "epochs": 20}).fit(split.X_train)
+    return det, split
+
+
+def test_metrics_match_sklearn(case):
+    det, split = case
+    table = evaluate(det, split.X_test, split.y_test)
+    assert table.index.name == "metric" and list(table.columns) == ["value"]
+    value = table["value"]
+    anomaly = -det.score_samples(split.X_test)
+    assert value["roc_auc"] == roc_auc_score(split.y_test, anomaly)
+    assert value["average_precision"] == average_precision_score(split.y_test, anomaly)
+    assert value["f1"] == f1_score(split.y_test, det.predict(split.X_test) == -1)
+    n = split.y_test.sum()
+    assert value["precision_at_n"] == split.y_test[np.argsort(-anomaly)[:n]].mean()
+    assert value["n_anomalies"] == n and value["n_rows"] == len(split.y_test)
+    assert value["roc_auc"] > 0.85
+
+
+def test_label_conventions_agree(case):
+    det, split = case
+    expected = evaluate(det, split.X_test, split.y_test)
+    for y in (split.y_test.astype(bool), np.where(split.y_test == 1, -1, 1)):
+        assert evaluate(det, split.X_test, y).equals(expected)
+
+
+def test_bad_labels_are_named(case):
+    det, split = case
+    with pytest.raises(ValueError, match="one class"):
+        evaluate(det, split.X_test, np.zeros(len(split.y_test)))
+    with pytest.raises(ValueError, match="mark anomalies"):
+        evaluate(det, split.X_test, np.arange(len(split.y_test)))
+
+
+def test_plots_are_written(case, tmp_path):
+    det, split = case
+    evaluate(det, split.X_test, split.y_test, plots_to=tmp_path / "plots")
+    for name in ("roc.png", "scores.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,65 @@
+"""How good is a fitted detector on labelled data: one tidy table from sklearn.metrics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
+                             roc_auc_score)
+from sklearn.utils.validation import check_consistent_length, column_or_1d
+
+
+def _anomaly_labels(y) -> np.ndarray:
+    """y as 0/1 with 1 = anomaly; accepts bool, 0/1 and scikit-learn's +1/-1."""
+    y = column_or_1d(y)
+    values = set(np.unique(y).tolist())
+    if values <= {0, 1}:
+        labels = y.astype(int)
+    elif values <= {-1, 1}:
+        labels = (y == -1).astype(int)  # scikit-learn's outlier convention: -1 = outlier
+    else:
+        raise ValueError(f"y must mark anomalies with 1 (or True, or -1 as predict does) and "
+                         f"normal rows with 0; got values {sorted(values)[:5]}.")
+    if labels.min() == labels.max():
+        raise ValueError("y holds one class only; ROC-AUC needs normal rows and anomalies.")
+    return labels
+
+
+def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Metrics of a fitted detector on (X, y), one row per metric.
+
+    ``y`` marks anomalies with 1 (or True) and normal rows with 0. Threshold-free
+    metrics rank by ``-score_samples`` (ROC-AUC, average precision,
+    precision@n with n the number of true anomalies); precision, recall and F1
+    use the fitted threshold, i.e. ``predict``. With ``plots_to``, the ROC
+    curve (``roc.png``) and the score histograms by class (``scores.png``)
+    are saved there.
+    """
+    labels = _anomaly_labels(y)
+    scores = np.asarray(detector.score_samples(X), dtype=np.float64)
+    check_consistent_length(scores, labels)
+    anomaly_score = -scores
+    flagged = (scores - detector.offset_ < 0).astype(int)
+    n_true = int(labels.sum())
+    top_n = np.argsort(-anomaly_score, kind="stable")[:n_true]
+    metrics = {
+        "roc_auc": roc_auc_score(labels, anomaly_score),
+        "average_precision": average_precision_score(labels, anomaly_score),
+        "precision_at_n": float(labels[top_n].mean()),
+        "precision": precision_score(labels, flagged, zero_division=0.0),
+        "recall": recall_score(labels, flagged, zero_division=0.0),
+        "f1": f1_score(labels, flagged, zero_division=0.0),
+        "n_anomalies": n_true,
+        "n_flagged": int(flagged.sum()),
+        "n_rows": len(labels),
+    }
+    if plots_to is not None:
+        from .plotting import save_roc_curve, save_score_histograms
+
+        folder = Path(plots_to)
+        save_roc_curve(labels, anomaly_score, folder / "roc.png")
+        save_score_histograms(scores, labels, detector.offset_, folder / "scores.png")
+    return pd.DataFrame({"value": metrics}).rename_axis("metric")
