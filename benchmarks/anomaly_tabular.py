@@ -14,6 +14,7 @@ standardised rows (scaler fitted on the training part).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,11 +24,15 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from _common import DEFAULT_DATA_DIR, peer_detectors, timed_fit_score, versions, write_results
+from _common import (DEFAULT_DATA_DIR, RESULTS, peer_detectors, timed_fit_score, versions,
+                     write_results)
 from vaeanom import VAEDetector
 from vaeanom.scoring import SCORE_KINDS
 
 SEEDS = (0, 1, 2)
+#: every (set, seed) result is appended here as it finishes, so --resume can go on
+#: after an interruption without redoing finished pairs
+ROWS_LOG = RESULTS / "anomaly_tabular.rows.jsonl"
 
 
 def vaeanom_rows(X_train, X_test, y_test, seed: int, params: dict) -> list[dict]:
@@ -68,6 +73,18 @@ def run_set(path: Path, seed: int, params: dict, peers: bool) -> list[dict]:
     return rows
 
 
+def _read_rows() -> list[dict]:
+    if not ROWS_LOG.is_file():
+        return []
+    return [json.loads(line) for line in ROWS_LOG.read_text().splitlines() if line]
+
+
+def _append_rows(rows: list[dict]) -> None:
+    ROWS_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with ROWS_LOG.open("a") as log:
+        log.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 def summary(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     table = results.pivot_table(index="dataset", columns="method", values=metric, aggfunc="mean")
     table.loc["mean"] = table.mean()
@@ -80,6 +97,8 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="vaeanom only (quick look)")
     parser.add_argument("--set", dest="params", action="append", default=[],
                         metavar="NAME=VALUE", help="a VAEDetector parameter (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"keep the (set, seed) pairs already in {ROWS_LOG.name}")
     args = parser.parse_args()
     from vaeanom.cli import parse_params
 
@@ -87,8 +106,18 @@ def main() -> None:
     paths = sorted((args.data_dir / "tabular").glob("*.npz"))
     if not paths:
         raise SystemExit(f"no .npz files in {args.data_dir / 'tabular'}: pass --data-dir")
-    results = pd.DataFrame([row for path in paths for seed in SEEDS
-                            for row in run_set(path, seed, params, not args.no_peers)])
+    done = _read_rows() if args.resume else []
+    if not args.resume:
+        ROWS_LOG.unlink(missing_ok=True)
+    finished = {(r["dataset"], r["seed"]) for r in done}
+    rows = list(done)
+    for path in paths:
+        for seed in SEEDS:
+            if (path.stem, seed) not in finished:
+                new = run_set(path, seed, params, not args.no_peers)
+                _append_rows(new)
+                rows.extend(new)
+    results = pd.DataFrame(rows)
     auc, ap = summary(results, "roc_auc"), summary(results, "average_precision")
     times = results.groupby("method")[["fit_s", "score_s"]].mean()
     print("\nROC-AUC (mean over seeds)\n" + auc.T.to_string(float_format="%.4f"))

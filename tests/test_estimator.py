@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
-from vaeanom import InvalidParameterError, TrainingDivergedError, VAEDetector
+from vaeanom import TrainingDivergedError, VAEDetector
 from vaeanom.datasets import breast_cancer_one_class, digits_one_class
 from vaeanom.scoring import SCORE_KINDS
 
