@@ -222,21 +222,26 @@ def read_metadata(proto_or_path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ Triton
-_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8",
+_TRITON_TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8",
                  "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
-def triton_config(name: str, meta: dict[str, Any], output_dims: dict[str, list[int]],
-                  max_batch_size: int) -> str:
-    """A Triton ``config.pbtxt`` for an exported model (batch dimension left out of dims)."""
-    def tensor(tensor_name: str, dtype: str, dims: list[int]) -> str:
-        return (f'  {{\n    name: "{tensor_name}"\n    data_type: {_TRITON_TYPES[dtype]}\n'
-                f'    dims: [ {", ".join(str(d) for d in dims) or "1"} ]'
-                + ("\n    reshape: { shape: [ ] }" if not dims else "") + "\n  }")
+def _triton_tensor(value_info) -> str:
+    """One Triton tensor entry from an ONNX graph input/output (batch dim left out)."""
+    import onnx
 
-    inputs = tensor(meta["input_name"], meta["input_dtype"], meta["input_shape"])
-    outputs = ",\n".join(tensor(out, "float32" if out != "codes" else "int64", output_dims[out])
-                         for out in meta["outputs"])
+    tensor_type = value_info.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_string(tensor_type.elem_type).removeprefix("TensorProto.")
+    dims = [d.dim_value for d in tensor_type.shape.dim[1:]]
+    return (f'  {{\n    name: "{value_info.name}"\n    data_type: {_TRITON_TYPES[dtype.lower()]}\n'
+            f'    dims: [ {", ".join(str(d) for d in dims) or "1"} ]'
+            + ("\n    reshape: { shape: [ ] }" if not dims else "") + "\n  }")
+
+
+def triton_config(name: str, proto, max_batch_size: int) -> str:
+    """A Triton ``config.pbtxt`` for an exported model, read off its graph signature."""
+    inputs = ",\n".join(_triton_tensor(v) for v in proto.graph.input)
+    outputs = ",\n".join(_triton_tensor(v) for v in proto.graph.output)
     return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
             f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
             "dynamic_batching { }\n"
@@ -248,18 +253,13 @@ def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
                   input_dtype: str = "float32", version: int = 1) -> Path:
     """Write a Triton model repository entry: ``repo/<name>/config.pbtxt`` and
     ``repo/<name>/<version>/model.onnx``. Returns the model folder."""
+    import onnx
+
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}.")
     folder = Path(repo_dir) / name
     model_path = export_onnx(detector, folder / str(version) / "model.onnx", part, fp16=fp16,
                              input_dtype=input_dtype)
-    meta = read_metadata(model_path)
-    graph, example, _ = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype)
-    with torch.no_grad():
-        out = graph(example)
-    out = out if isinstance(out, tuple) else (out,)
-    dims = {n: list(t.shape[1:]) for n, t in zip(meta["outputs"], out)}
-    config = triton_config(name, meta, dims, max_batch_size)
+    config = triton_config(name, onnx.load(model_path), max_batch_size)
     atomic_write(folder / "config.pbtxt", lambda tmp: Path(tmp).write_text(config))
     return folder
-
