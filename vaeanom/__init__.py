@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "VAEDetector": "vaeanom.estimators",
+    "VQVAEDetector": "vaeanom.estimators",
     "InvalidParameterError": "vaeanom.estimators.params",
     "TrainingDivergedError": "vaeanom.training",
     "OnnxModel": "vaeanom.runtime",

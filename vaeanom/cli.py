@@ -1,4 +1,4 @@
-"""The ``vaeanom`` command: demo, fit, score, export.
+"""The ``vaeanom`` command: demo, fit, score, export, compress, decompress.
 
 Each subcommand is a parser builder plus a pure worker; ``main(argv)`` takes
 its arguments so tests run it in-process. Output goes through logging (``-v``
@@ -16,6 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .fileio import atomic_write
+
+#: the estimators ``vaeanom fit`` can fit (kept in step with vaeanom.estimators.DETECTORS,
+#: which a test checks, so that ``--help`` does not import torch)
+DETECTORS = ("VAEDetector", "VQVAEDetector")
 
 logger = logging.getLogger("vaeanom")
 
@@ -61,8 +67,6 @@ def _save_reconstructions(detector, split, path: Path) -> None:
     import torch
     from torchvision.utils import save_image
 
-    from .fileio import atomic_write
-
     picks = np.concatenate([np.flatnonzero(split.y_test == 0)[:8],
                             np.flatnonzero(split.y_test == 1)[:8]])
     originals = split.X_test[picks]
@@ -87,14 +91,15 @@ def parse_params(pairs: list[str]) -> dict:
     return params
 
 
-def run_fit(data: Path, model: Path, params: dict, index_col=None) -> None:
-    from . import VAEDetector
+def run_fit(data: Path, model: Path, params: dict, index_col=None,
+            estimator: str = "VAEDetector") -> None:
+    from . import estimators
     from .datasets import read_data
 
     X = read_data(data, index_col=index_col)
-    detector = VAEDetector(**params).fit(X)
+    detector = getattr(estimators, estimator)(**params).fit(X)
     detector.save(model)
-    logger.info("fitted VAEDetector on %d rows; saved to %s", len(X), model)
+    logger.info("fitted %s on %d rows; saved to %s", estimator, len(X), model)
 
 
 def load_detector(path: Path):
@@ -143,6 +148,88 @@ def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype
     return out
 
 
+# ------------------------------------------------------------ compression
+def read_images(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A .npy array, one PNG, or a folder of PNGs (sorted by name) -> (images, names)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise ValueError(f"{str(path)!r} holds no .png files.")
+        return np.stack([_read_png(f) for f in files]), [f.stem for f in files]
+    if path.suffix.lower() == ".png":
+        return _read_png(path)[None], [path.stem]
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False), [path.stem]
+    raise ValueError(f"{str(path)!r}: give a .png file, a folder of .png files or a .npy array.")
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image)
+    return pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # HWC -> CHW
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    pixels = image[0] if image.ndim == 3 and image.shape[0] == 1 else image
+    pixels = pixels.transpose(1, 2, 0) if pixels.ndim == 3 else pixels
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # np.save(path) would append ".npy" to the temporary name
+        np.save(handle, array)
+
+
+def _load_codec(model: Path):
+    detector = load_detector(model)
+    if not hasattr(detector, "compress"):
+        raise ValueError(f"{str(model)!r} holds a {type(detector).__name__}; compression needs a "
+                         "VQVAEDetector fitted on images.")
+    return detector
+
+
+def run_compress(model: Path, source: Path, out: Path) -> list[Path]:
+    """PNG -> blob, .npy -> one blob, folder of PNGs -> folder of blobs (one per image)."""
+    detector = _load_codec(model)
+    images, names = read_images(source)
+    if source.is_dir():
+        blobs = {out / f"{name}.vq": detector.compress(image[None])
+                 for name, image in zip(names, images)}
+    else:
+        blobs = {out: detector.compress(images)}
+    for path, blob in blobs.items():  # everything is encoded before anything is written
+        atomic_write(path, lambda tmp, blob=blob: Path(tmp).write_bytes(blob))
+    logger.info("compressed %d images into %d blobs (%d bytes)", len(images), len(blobs),
+                sum(map(len, blobs.values())))
+    return list(blobs)
+
+
+def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
+    """Blob -> .npy (or .png for one image); folder of .vq blobs -> folder of PNGs."""
+    detector = _load_codec(model)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix == ".vq")
+        if not files:
+            raise ValueError(f"{str(source)!r} holds no .vq files.")
+        images = {out / f"{f.stem}.png": detector.decompress(f.read_bytes())[0] for f in files}
+    else:
+        decoded = detector.decompress(source.read_bytes())
+        if out.suffix.lower() == ".npy":
+            atomic_write(out, lambda tmp: _save_npy(tmp, decoded))
+            return [out]
+        if out.suffix.lower() != ".png" or len(decoded) != 1:
+            raise ValueError(f"{str(out)!r}: write {len(decoded)} images to a .npy file "
+                             "(a .png holds one image).")
+        images = {out: decoded[0]}
+    for path, image in images.items():  # everything is decoded before anything is written
+        _write_png(path, image)
+    return list(images)
+
+
 # ----------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaeanom", description=__doc__.splitlines()[0])
@@ -155,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder for the model, figure and table (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=100)
 
-    fit = sub.add_parser("fit", help="fit a VAEDetector on a CSV, Parquet or .npy file")
-    fit.add_argument("data", type=Path)
+    fit = sub.add_parser("fit", help="fit a detector on a CSV, Parquet or .npy file")
+    fit.add_argument("data", type=Path, help="rows, or images (n, H, W) / (n, C, H, W) in .npy")
+    fit.add_argument("--estimator", choices=DETECTORS, default="VAEDetector")
     fit.add_argument("--model", type=Path, required=True, help="where to save the model")
     fit.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
                      help="an estimator parameter, e.g. --set latent_dim=8 (repeatable)")
@@ -182,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write REPO_DIR/NAME/config.pbtxt and NAME/1/model.onnx instead")
     export.add_argument("--name", default="vaeanom", help="Triton model name (default: %(default)s)")
     export.add_argument("--max-batch-size", type=int, default=4096)
+
+    for verb, text in (("compress", "images (.png, folder of .png, .npy) to bytes with a "
+                                    "VQVAEDetector"),
+                       ("decompress", "bytes back to images (.png, folder of .png, .npy)")):
+        codec = sub.add_parser(verb, help=text)
+        codec.add_argument("source", type=Path, metavar="IN")
+        codec.add_argument("out", type=Path, metavar="OUT")
+        codec.add_argument("--model", type=Path, required=True, help="a saved VQVAEDetector")
     return parser
 
 
@@ -199,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(float_format=lambda v: f"{v:.4f}"))
             print(f"\nmodel, figure and table written to {args.out}/")
         elif args.command == "fit":
-            run_fit(args.data, args.model, parse_params(args.params), _index_col(args.index_col))
+            run_fit(args.data, args.model, parse_params(args.params), _index_col(args.index_col),
+                    args.estimator)
         elif args.command == "score":
             frame = run_score(args.model, args.data, args.output, _index_col(args.index_col),
                               onnx=args.onnx)
@@ -208,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             run_export(args.model, args.out, args.part, args.fp16, args.input_dtype, args.triton,
                        args.name, args.max_batch_size)
+        elif args.command == "compress":
+            run_compress(args.model, args.source, args.out)
+        elif args.command == "decompress":
+            run_decompress(args.model, args.source, args.out)
     except Exception as err:  # one readable line, no traceback, unless -vv
         logger.debug("traceback", exc_info=True)
         print(f"vaeanom {args.command}: error: {err}", file=sys.stderr)

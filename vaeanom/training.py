@@ -82,11 +82,13 @@ def _evaluate(model: nn.Module, loss_fn: LossFn, data: Tensor, batch_size: int,
 
 
 def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
-        generator: torch.Generator) -> list[dict[str, float]]:
+        generator: torch.Generator,
+        epoch_statistics: Callable[[], dict[str, float]] | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data`` (already on the model's device).
 
     Returns the history: one dict per epoch with the mean of each named term,
-    plus ``val_loss`` when a validation fraction was given. With early stopping
+    plus ``val_loss`` when a validation fraction was given and whatever
+    ``epoch_statistics()`` returns after each epoch. With early stopping
     the weights of the best validation epoch are restored at the end.
     """
     train_idx, val_idx = _split(len(data), config.validation_fraction, generator)
@@ -99,6 +101,8 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
                leave=False)
     for epoch in bar:
         record = _train_epoch(model, loss_fn, train, config, optimiser, generator, epoch)
+        if epoch_statistics is not None:
+            record.update(epoch_statistics())
         if len(val):
             record["val_loss"] = _evaluate(model, loss_fn, val, config.batch_size, generator)
             if record["val_loss"] < best[0]:

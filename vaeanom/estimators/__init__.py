@@ -3,8 +3,9 @@
 from .base import BaseDetector
 from .params import InvalidParameterError
 from .vae import VAEDetector
+from .vq import VQVAEDetector
 
 #: the estimator names a saved model file may name
-DETECTORS = ("VAEDetector",)
+DETECTORS = ("VAEDetector", "VQVAEDetector")
 
-__all__ = ["BaseDetector", "VAEDetector", "InvalidParameterError", "DETECTORS"]
+__all__ = ["BaseDetector", "VAEDetector", "VQVAEDetector", "InvalidParameterError", "DETECTORS"]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .. import training
 from . import inputs, persistence
-from .params import Rule, validate_params
+from .params import AnyOf, Number, OneOf, RandomState, Rule, validate_params
 
 #: Rows are scored in chunks of exactly this many (the last one zero-padded), so
 #: every row goes through identically shaped kernels: a row's score is then the
@@ -42,7 +42,29 @@ def _seed_from(random_state: Any) -> int:
 class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     """Validation, preprocessing, training, thresholds and I/O for torch-backed detectors."""
 
+    #: rules of the parameters every detector has (training, threshold, device)
+    _common_rules: ClassVar[dict[str, Rule]] = {
+        "contamination": AnyOf((OneOf(("auto",)), Number(0.0, 0.5, low_open=True))),
+        "epochs": Number(1, integer=True),
+        "batch_size": Number(1, integer=True),
+        "learning_rate": Number(0.0, low_open=True),
+        "weight_decay": Number(0.0),
+        "clip_grad_norm": AnyOf((OneOf((None,)), Number(0.0, low_open=True))),
+        "validation_fraction": AnyOf((OneOf((None,)), Number(0.0, 0.5, low_open=True))),
+        "patience": Number(1, integer=True),
+        "device": OneOf(("auto", "cpu", "cuda")),
+        "verbose": Number(0, integer=True),
+        "random_state": RandomState(),
+    }
     _rules: ClassVar[dict[str, Rule]] = {}
+    #: rows per zero-padded scoring chunk (see SCORE_CHUNK)
+    _chunk_rows: ClassVar[int] = SCORE_CHUNK
+
+    def _set_params(self, params: dict[str, Any]) -> None:
+        """Store the constructor's arguments as they are (``__init__`` passes ``locals()``)."""
+        for name, value in params.items():
+            if name not in ("self", "__class__"):
+                setattr(self, name, value)
 
     # ----------------------------------------------------------------- hooks
     def _build_model(self, shape: tuple[int, ...], images: bool) -> nn.Module:
@@ -72,8 +94,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         device = training.resolve_device(self.device)
         self.model_ = model.to(device)
         self.history_ = training.fit(self.model_, self._loss, x.to(device),
-                                     self._training_config(), generator)
-        self._on_fitted(generator)
+                                     self._training_config(), generator, self._epoch_statistics)
+        self._on_fitted(x, generator)
         self.offset_ = self._offset_from(self._score_model_units(x))
         return self
 
@@ -84,8 +106,20 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             validation_fraction=self.validation_fraction, patience=self.patience,
             verbose=self.verbose)
 
-    def _on_fitted(self, generator: torch.Generator) -> None:
-        """Draw whatever fixed state scoring needs (e.g. Monte-Carlo noise)."""
+    def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
+        """Set whatever fixed state scoring needs (e.g. Monte-Carlo noise), given the data x."""
+
+    def _epoch_statistics(self) -> dict[str, float]:
+        """Extra per-epoch numbers for ``history_`` (called after each training epoch)."""
+        return {}
+
+    def _backbone(self, images: bool) -> str:
+        """"conv" or "mlp": resolve backbone="auto" and refuse conv on rows."""
+        backbone = self.backbone if self.backbone != "auto" else ("conv" if images else "mlp")
+        if backbone == "conv" and not images:
+            raise ValueError("backbone='conv' needs images (n, H, W) or (n, C, H, W); got rows. "
+                             "Use backbone='mlp' or 'auto'.")
+        return backbone
 
     def _offset_from(self, train_scores: np.ndarray) -> float:
         """Threshold on score_samples: the contamination quantile, or Tukey's lower fence."""
@@ -157,9 +191,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         self.model_.eval()
         device = next(self.model_.parameters()).device
         pieces = []
-        for start in range(0, len(x), SCORE_CHUNK):
-            chunk = x[start:start + SCORE_CHUNK]
-            padded = torch.zeros((SCORE_CHUNK, *x.shape[1:]), dtype=x.dtype)
+        size = self._chunk_rows
+        for start in range(0, len(x), size):
+            chunk = x[start:start + size]
+            padded = torch.zeros((size, *x.shape[1:]), dtype=x.dtype)
             padded[:len(chunk)] = chunk
             out = fn(padded.to(device))
             pieces.append([t[:len(chunk)].cpu() for t in (out if isinstance(out, tuple) else (out,))])
@@ -180,6 +215,26 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """+1 for inliers, -1 for outliers (scikit-learn's outlier convention)."""
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    # ----------------------------------------------------- latent space API
+    def encode(self, X) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, Z) -> np.ndarray:
+        raise NotImplementedError
+
+    def transform(self, X) -> np.ndarray:
+        """:meth:`encode` as a 2-D array, one row per input (scikit-learn transformer API)."""
+        codes = self.encode(X)
+        return codes.reshape(len(codes), -1)
+
+    def inverse_transform(self, Z) -> np.ndarray:
+        """Alias of :meth:`decode`."""
+        return self.decode(Z)
+
+    def reconstruct(self, X) -> np.ndarray:
+        """decode(encode(X)): what the model makes of X, in the user's units."""
+        return self.decode(self.encode(X))
 
     # ------------------------------------------------------------ pandas out
     def _index_of(self, X) -> pd.Index:
@@ -244,7 +299,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         for name, value in meta["fitted"].items():
             if name == "feature_names_in_":
                 value = np.asarray(value, dtype=object)
-            elif name == "input_shape_":
+            elif name.endswith(("shape_", "grid_")):
                 value = tuple(value)
             setattr(detector, name, value)
         for name in cls._fitted_arrays:

@@ -15,7 +15,7 @@ from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, Gaussi
                       MLPDecoder, MLPEncoder)
 from ..scoring import SCORE_KINDS, Scorer, inference_scorer
 from .base import BaseDetector, _seed_from
-from .params import AnyOf, IntTuple, Number, OneOf, RandomState
+from .params import AnyOf, IntTuple, Number, OneOf
 
 
 class _Encode(nn.Module):
@@ -113,17 +113,7 @@ class VAEDetector(BaseDetector):
         "beta": Number(0.0),
         "score_kind": OneOf(SCORE_KINDS),
         "n_score_samples": Number(1, integer=True),
-        "contamination": AnyOf((OneOf(("auto",)), Number(0.0, 0.5, low_open=True))),
-        "epochs": Number(1, integer=True),
-        "batch_size": Number(1, integer=True),
-        "learning_rate": Number(0.0, low_open=True),
-        "weight_decay": Number(0.0),
-        "clip_grad_norm": AnyOf((OneOf((None,)), Number(0.0, low_open=True))),
-        "validation_fraction": AnyOf((OneOf((None,)), Number(0.0, 0.5, low_open=True))),
-        "patience": Number(1, integer=True),
-        "device": OneOf(("auto", "cpu", "cuda")),
-        "verbose": Number(0, integer=True),
-        "random_state": RandomState(),
+        **BaseDetector._common_rules,
     }
     _fitted_arrays: ClassVar = ("center_", "scale_", "noise_")
 
@@ -133,34 +123,11 @@ class VAEDetector(BaseDetector):
                  batch_size=128, learning_rate=1e-3, weight_decay=0.0, clip_grad_norm=10.0,
                  validation_fraction=None, patience=10, device="auto", verbose=0,
                  random_state=None):
-        self.latent_dim = latent_dim
-        self.hidden_dims = hidden_dims
-        self.conv_channels = conv_channels
-        self.backbone = backbone
-        self.likelihood = likelihood
-        self.sigma = sigma
-        self.beta = beta
-        self.score_kind = score_kind
-        self.n_score_samples = n_score_samples
-        self.contamination = contamination
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.clip_grad_norm = clip_grad_norm
-        self.validation_fraction = validation_fraction
-        self.patience = patience
-        self.device = device
-        self.verbose = verbose
-        self.random_state = random_state
+        self._set_params(locals())
 
     # ----------------------------------------------------------------- hooks
     def _build_model(self, shape: tuple[int, ...], images: bool) -> VAE:
-        backbone = self.backbone if self.backbone != "auto" else ("conv" if images else "mlp")
-        if backbone == "conv" and not images:
-            raise ValueError("backbone='conv' needs images (n, H, W) or (n, C, H, W); got rows. "
-                             "Use backbone='mlp' or 'auto'.")
-        if backbone == "conv":
+        if self._backbone(images) == "conv":
             encoder = ConvEncoder(shape, self.conv_channels, self.latent_dim)
             decoder = ConvDecoder(self.latent_dim, self.conv_channels, shape)
         else:
@@ -179,7 +146,7 @@ class VAEDetector(BaseDetector):
         return loss, {"elbo": terms.elbo().mean(), "reconstruction": -terms.log_px.mean(),
                       "kl": terms.kl.mean()}
 
-    def _on_fitted(self, generator: torch.Generator) -> None:
+    def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
         self.noise_ = torch.randn((self.n_score_samples, self.latent_dim),
                                   generator=generator).numpy()
 
@@ -220,18 +187,6 @@ class VAEDetector(BaseDetector):
                              f"latent_dim={self.latent_dim}.")
         decoded = self._map_chunks(self.model_.decode, torch.from_numpy(Z))
         return self._to_user_units(decoded)
-
-    def transform(self, X) -> np.ndarray:
-        """Alias of :meth:`encode` (scikit-learn transformer API)."""
-        return self.encode(X)
-
-    def inverse_transform(self, Z) -> np.ndarray:
-        """Alias of :meth:`decode`."""
-        return self.decode(Z)
-
-    def reconstruct(self, X) -> np.ndarray:
-        """decode(encode(X)): what the model makes of X, in the user's units."""
-        return self.decode(self.encode(X))
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images."""

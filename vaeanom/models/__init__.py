@@ -3,14 +3,17 @@
 Nothing here imports numpy, pandas or scikit-learn; the estimators compose these.
 """
 
-from .conv import ConvDecoder, ConvEncoder
+from .conv import ConvDecoder, ConvEncoder, ConvGridDecoder, ConvGridEncoder, grid_shape
 from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, bernoulli_log_prob,
                           gaussian_kl_standard_normal, gaussian_log_prob)
-from .mlp import MLPDecoder, MLPEncoder
+from .mlp import MLPDecoder, MLPEncoder, MLPGridDecoder, MLPGridEncoder
 from .vae import VAE, ELBOTerms
+from .vq import VQVAE, Codebook, Quantized, VectorQuantizer, usage_statistics
 
 __all__ = [
     "VAE", "ELBOTerms", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
     "GaussianLikelihood", "BernoulliLikelihood", "gaussian_log_prob", "bernoulli_log_prob",
-    "gaussian_kl_standard_normal",
+    "gaussian_kl_standard_normal", "VQVAE", "Codebook", "Quantized", "VectorQuantizer",
+    "usage_statistics", "ConvGridEncoder", "ConvGridDecoder", "MLPGridEncoder",
+    "MLPGridDecoder", "grid_shape",
 ]

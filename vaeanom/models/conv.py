@@ -28,10 +28,7 @@ class ConvEncoder(nn.Module):
                  latent_dim: int) -> None:
         super().__init__()
         c, h, w = image_shape
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip([c, *channels[:-1]], channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
-        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.body = nn.Sequential(*_downsampling(c, channels), nn.Flatten())
         h_out, w_out = _stage_sizes(h, len(channels))[-1], _stage_sizes(w, len(channels))[-1]
         self.head = nn.Linear(channels[-1] * h_out * w_out, 2 * latent_dim)
 
@@ -50,16 +47,75 @@ class ConvDecoder(nn.Module):
         hs, ws = _stage_sizes(h, len(channels)), _stage_sizes(w, len(channels))
         self.grid = (channels[-1], hs[-1], ws[-1])
         self.head = nn.Linear(latent_dim, channels[-1] * hs[-1] * ws[-1])
-        layers: list[nn.Module] = []
-        stages = list(reversed(channels))
-        for i, (c_in, c_out) in enumerate(zip(stages, [*stages[1:], stages[-1]])):
-            # Undo stage k: size hs[k+1] -> hs[k]; output = 2 * in - 1 + output_padding.
-            k = len(channels) - 1 - i
-            pad = (hs[k] - (2 * hs[k + 1] - 1), ws[k] - (2 * ws[k + 1] - 1))
-            layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1,
-                                                     output_padding=pad)]
-        layers += [nn.SiLU(), nn.Conv2d(stages[-1], c, 3, padding=1)]
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*_upsampling(channels, image_shape))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.body(self.head(z).view(-1, *self.grid))
+
+
+def _downsampling(image_channels: int, channels: Sequence[int]) -> list[nn.Module]:
+    """Stride-2 convolutions with SiLU: each halves height and width (rounding up)."""
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip([image_channels, *channels[:-1]], channels):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+    return layers
+
+
+def _upsampling(channels: Sequence[int], image_shape: tuple[int, int, int]) -> list[nn.Module]:
+    """Transposed convolutions that undo :func:`_downsampling` exactly, then a 3x3 to C."""
+    c, h, w = image_shape
+    hs, ws = _stage_sizes(h, len(channels)), _stage_sizes(w, len(channels))
+    layers: list[nn.Module] = []
+    stages = list(reversed(channels))
+    for i, (c_in, c_out) in enumerate(zip(stages, [*stages[1:], stages[-1]])):
+        # Undo stage k: size hs[k+1] -> hs[k]; output = 2 * in - 1 + output_padding.
+        k = len(channels) - 1 - i
+        pad = (hs[k] - (2 * hs[k + 1] - 1), ws[k] - (2 * ws[k + 1] - 1))
+        layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1,
+                                                 output_padding=pad)]
+    return [*layers, nn.SiLU(), nn.Conv2d(stages[-1], c, 3, padding=1)]
+
+
+class ResidualBlock(nn.Module):
+    """x + conv1x1(SiLU(conv3x3(SiLU(x)))): the VQ-VAE paper's residual block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                  nn.SiLU(), nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def grid_shape(image_shape: tuple[int, int, int], n_stages: int) -> tuple[int, int]:
+    """(h, w) of the latent grid after ``n_stages`` stride-2 stages."""
+    return _stage_sizes(image_shape[1], n_stages)[-1], _stage_sizes(image_shape[2], n_stages)[-1]
+
+
+class ConvGridEncoder(nn.Module):
+    """Images (b, C, H, W) -> a grid of code_dim vectors (b, code_dim, h, w) for a VQ layer."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: Sequence[int],
+                 code_dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_downsampling(image_shape[0], channels),
+                                  ResidualBlock(channels[-1]), nn.SiLU(),
+                                  nn.Conv2d(channels[-1], code_dim, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class ConvGridDecoder(nn.Module):
+    """A grid of code vectors (b, code_dim, h, w) -> images (b, C, H, W)."""
+
+    def __init__(self, code_dim: int, channels: Sequence[int],
+                 image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(code_dim, channels[-1], 3, padding=1),
+                                  ResidualBlock(channels[-1]),
+                                  *_upsampling(channels, image_shape))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(z)

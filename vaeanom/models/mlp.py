@@ -42,3 +42,28 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).view(-1, *self.output_shape)
+
+
+class MLPGridEncoder(nn.Module):
+    """x (b, d) -> a short sequence of code vectors (b, code_dim, n_codes) for a VQ layer."""
+
+    def __init__(self, n_features: int, hidden_dims: Sequence[int], n_codes: int,
+                 code_dim: int) -> None:
+        super().__init__()
+        self.shape = (code_dim, n_codes)
+        self.net = mlp([n_features, *hidden_dims, n_codes * code_dim])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1)).view(-1, *self.shape)
+
+
+class MLPGridDecoder(nn.Module):
+    """A sequence of code vectors (b, code_dim, n_codes) -> rows with the data's shape."""
+
+    def __init__(self, n_codes: int, code_dim: int, hidden_dims: Sequence[int],
+                 output_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.decoder = MLPDecoder(n_codes * code_dim, hidden_dims, output_shape)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.decoder(z.flatten(1))

@@ -1,0 +1,279 @@
+"""Rate-distortion on Fashion-MNIST: vaeanom VQ-VAE codecs vs JPEG, WebP, PNG and PCA, same run.
+
+Split (as ``shared/data/README.md``): per class, its first 6000 rows in file
+order are the training pool (8 x 6000 = 48000 images, what the models and PCA
+are fitted on) and its last 1000 rows the test pool (8000 images, what every
+codec is measured on).
+
+Per codec and setting: bits per pixel counting every byte that must be stored,
+as one stream per image (headers included, the figure compared) and as one
+blob for the whole test set; PSNR (dB, peak 255) of the 8-bit decoded images,
+mean over images; encode and decode images per second on this machine.
+
+vaeanom models are fitted with ``VQVAEDetector(codebook_size=K, random_state=0)``
+(a GPU makes that about 80 s each; on 2 CPU cores it takes hours), or loaded
+from ``--models-dir`` where a previous run (or a GPU machine) saved them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy.interpolate import PchipInterpolator
+from sklearn.decomposition import PCA
+
+from _common import DEFAULT_DATA_DIR, RESULTS, load_fashion, versions, write_results
+
+SEED = 0
+#: name -> VQVAEDetector parameters; "vq7x7-k1024" is the default operating point
+OPERATING_POINTS = {
+    "vq7x7-k64": {"codebook_size": 64},
+    "vq7x7-k256": {"codebook_size": 256},
+    "vq7x7-k512": {"codebook_size": 512},
+    "vq7x7-k1024": {"codebook_size": 1024},
+}
+DEFAULT_POINT = "vq7x7-k1024"
+QUALITIES = (5, 10, 20, 30, 50, 70, 90)
+PCA_COMPONENTS = (8, 16, 32, 64)
+
+
+def split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    train = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        train[np.flatnonzero(y == label)[:6000]] = True
+    return x[train], x[~train]
+
+
+def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """Mean over images of the per-image PSNR; lossless images count as inf."""
+    from vaeanom.compression import psnr as per_image
+    return float(np.mean(per_image(reference, decoded)))
+
+
+def timed(fn, items) -> tuple[list, float]:
+    start = time.perf_counter()
+    out = [fn(item) for item in items]
+    return out, len(items) / (time.perf_counter() - start)
+
+
+def row(codec, setting, images, decoded, sizes, blob_bytes, enc_ips, dec_ips) -> dict:
+    pixels = images[0].size
+    return {"codec": codec, "setting": setting,
+            "bpp": float(np.mean(sizes)) * 8 / pixels,
+            "bpp_one_blob": blob_bytes * 8 / (pixels * len(images)),
+            "psnr": psnr(images, decoded), "encode_img_s": enc_ips, "decode_img_s": dec_ips}
+
+
+# ------------------------------------------------------------------ classical
+def pillow_codec(images: np.ndarray, fmt: str, **options) -> tuple[list[bytes], np.ndarray,
+                                                                   float, float]:
+    def encode(image):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    blobs, enc = timed(encode, images)
+    decoded, dec = timed(lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("L")), blobs)
+    return blobs, np.stack(decoded), enc, dec
+
+
+def classical_rows(test: np.ndarray) -> list[dict]:
+    rows = []
+    for quality in QUALITIES:
+        for codec, fmt, options in (("JPEG", "JPEG", {"quality": quality, "optimize": True}),
+                                    ("WebP", "WEBP", {"quality": quality})):
+            blobs, decoded, enc, dec = pillow_codec(test, fmt, **options)
+            sizes = [len(b) for b in blobs]
+            rows.append(row(codec, f"quality {quality}", test, decoded, sizes, sum(sizes),
+                            enc, dec))
+    blobs, decoded, enc, dec = pillow_codec(test, "PNG", optimize=True)
+    sizes = [len(b) for b in blobs]
+    rows.append(row("PNG", "lossless", test, decoded, sizes, sum(sizes), enc, dec))
+    return rows
+
+
+def pca_rows(train: np.ndarray, test: np.ndarray) -> list[dict]:
+    """PCA with k coefficients per image, each quantised to 8 bits on the training range."""
+    rows = []
+    flat_train = train.reshape(len(train), -1) / 255.0
+    flat_test = test.reshape(len(test), -1) / 255.0
+    for k in PCA_COMPONENTS:
+        pca = PCA(k, random_state=SEED).fit(flat_train)
+        low, high = (lambda c: (c.min(0), c.max(0)))(pca.transform(flat_train))
+        step = (high - low) / 255.0
+        start = time.perf_counter()
+        q = np.clip(np.round((pca.transform(flat_test) - low) / step), 0, 255).astype(np.uint8)
+        enc = len(test) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        recon = pca.inverse_transform(q * step + low)
+        decoded = np.round(np.clip(recon, 0, 1) * 255).astype(np.uint8).reshape(test.shape)
+        dec = len(test) / (time.perf_counter() - start)
+        rows.append(row("PCA + 8-bit", f"k={k}", test, decoded, [k] * len(test), k * len(test),
+                        enc, dec))
+    return rows
+
+
+# -------------------------------------------------------------------- vaeanom
+def fit_or_load(name: str, params: dict, train: np.ndarray, models_dir: Path, device: str):
+    from vaeanom import VQVAEDetector
+
+    path = models_dir / f"{name}.safetensors"
+    if path.is_file():
+        print(f"{name}: loading {path}", flush=True)
+        return VQVAEDetector.load(path, device="cpu"), None
+    print(f"{name}: fitting on {len(train)} images ({device})", flush=True)
+    start = time.perf_counter()
+    detector = VQVAEDetector(random_state=SEED, device=device, verbose=1, **params).fit(train)
+    fit_s = time.perf_counter() - start
+    models_dir.mkdir(parents=True, exist_ok=True)
+    detector.save(path)
+    return VQVAEDetector.load(path, device="cpu"), fit_s
+
+
+def vaeanom_row(name: str, detector, test: np.ndarray) -> dict:
+    from vaeanom.compression import ideal_bits
+
+    blobs, enc = timed(lambda image: detector.compress(image[None]), test)
+    decoded, dec = timed(detector.decompress, blobs)
+    decoded = np.concatenate(decoded)
+    start = time.perf_counter()
+    blob = detector.compress(test)
+    batch_enc = len(test) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    batch_decoded = detector.decompress(blob)
+    batch_dec = len(test) / (time.perf_counter() - start)
+    if not np.array_equal(batch_decoded, decoded):
+        raise AssertionError(f"{name}: one blob and per-image streams decode differently")
+    out = row("vaeanom VQ-VAE", name, test, decoded, [len(b) for b in blobs], len(blob),
+              enc, dec)
+    out.update(batch_encode_img_s=batch_enc, batch_decode_img_s=batch_dec,
+               ideal_bpp_one_blob=ideal_bits(detector, detector.encode(test))
+               / (test[0].size * len(test)),
+               perplexity=detector.perplexity_, used_codes=detector.used_codes_,
+               codebook_size=detector.codebook_size)
+    return out
+
+
+# ----------------------------------------------------------------- comparison
+def log_rate_at(curve: pd.DataFrame):
+    """PCHIP of log(bpp) as a function of PSNR along a codec's curve (monotone points)."""
+    curve = curve.sort_values("psnr").drop_duplicates("psnr")
+    return PchipInterpolator(curve["psnr"].to_numpy(), np.log(curve["bpp"].to_numpy())), (
+        curve["psnr"].min(), curve["psnr"].max())
+
+
+def bd_rate(test_curve: pd.DataFrame, anchor_curve: pd.DataFrame) -> tuple[float, tuple]:
+    """Bjøntegaard delta rate (%) of test vs anchor over their overlapping PSNR range (PCHIP)."""
+    test_fn, (t_lo, t_hi) = log_rate_at(test_curve)
+    anchor_fn, (a_lo, a_hi) = log_rate_at(anchor_curve)
+    lo, hi = max(t_lo, a_lo), min(t_hi, a_hi)
+    if hi <= lo:
+        return float("nan"), (lo, hi)
+    grid = np.linspace(lo, hi, 1001)
+    mean_diff = np.trapezoid(test_fn(grid) - anchor_fn(grid), grid) / (hi - lo)
+    return float((np.exp(mean_diff) - 1) * 100), (float(lo), float(hi))
+
+
+def rate_ratios(results: pd.DataFrame) -> pd.Series:
+    """Per row: bpp divided by WebP's bpp at the same PSNR (NaN outside WebP's range)."""
+    webp_fn, (lo, hi) = log_rate_at(results[results.codec == "WebP"])
+    inside = results.psnr.between(lo, hi)
+    return (results.bpp / np.exp(webp_fn(results.psnr.clip(lo, hi)))).where(inside)
+
+
+def plot(results: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for codec, curve in results[results.codec != "PNG"].groupby("codec", sort=False):
+        curve = curve.sort_values("bpp")
+        ax.plot(curve.bpp, curve.psnr, "o-", label=codec)
+    ax.set_xlabel("bits per pixel (one stream per image, every byte)")
+    ax.set_ylabel("PSNR (dB), mean over images")
+    ax.set_title("Fashion-MNIST test pool (8000 images, 28x28)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--models-dir", type=Path, default=Path("benchmark-models"),
+                        help="where fitted models are loaded from / saved to")
+    parser.add_argument("--device", default="auto", help="where missing models are fitted")
+    parser.add_argument("--fit-only", action="store_true",
+                        help="fit and save the missing models, measure nothing (e.g. on a GPU)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="measure on the first N test images only (quick runs)")
+    args = parser.parse_args()
+
+    x, y = load_fashion(args.data_dir)
+    train, test = split(x, y)
+    test = test[:args.limit]
+    rows, fit_seconds = [], {}
+    for name, params in OPERATING_POINTS.items():
+        detector, fit_s = fit_or_load(name, params, train, args.models_dir, args.device)
+        fit_seconds[name] = fit_s
+        if args.fit_only:
+            print(f"{name}: fitted in {fit_s} s; perplexity {detector.perplexity_:.1f}, "
+                  f"used codes {detector.used_codes_:.3f}", flush=True)
+            continue
+        rows.append(vaeanom_row(name, detector, test))
+        print(rows[-1], flush=True)
+    if args.fit_only:
+        return
+    rows += classical_rows(test) + pca_rows(train, test)
+    results = pd.DataFrame(rows)
+    results["bpp_vs_webp"] = rate_ratios(results)
+    ours = results[results.codec == "vaeanom VQ-VAE"]
+    bd = {anchor: bd_rate(ours, results[results.codec == anchor])
+          for anchor in ("WebP", "JPEG")}
+    default = results[results.setting == DEFAULT_POINT].iloc[0]
+
+    columns = ["codec", "setting", "bpp", "bpp_one_blob", "psnr", "bpp_vs_webp",
+               "encode_img_s", "decode_img_s"]
+    table = results[columns].to_markdown(index=False, floatfmt=".3f")
+    print("\n" + table)
+    summary = [
+        f"- default operating point {DEFAULT_POINT}: {default.psnr:.2f} dB at "
+        f"{default.bpp:.3f} bpp, {default.bpp_vs_webp:.2f}x WebP's bits at that PSNR "
+        "(target: PSNR >= WebP quality 5's, at most 0.5x its bits).",
+        *[f"- BD-rate vs {anchor}: {value:+.1f}% over PSNR {lo:.2f}..{hi:.2f} dB "
+          "(PCHIP on log-rate)" for anchor, (value, (lo, hi)) in bd.items()],
+    ]
+    print("\n".join(summary))
+    plot(results, RESULTS / "compression_rd.png")
+    payload = {
+        "benchmark": "compression", "seed": SEED,
+        "split": "per class: first 6000 rows (file order) train, last 1000 test; "
+                 f"{len(train)} train images, {len(test)} test images",
+        "operating_points": OPERATING_POINTS, "default_point": DEFAULT_POINT,
+        "fit_seconds": fit_seconds, "results": results.to_dict(orient="records"),
+        "bd_rate_percent": {k: {"value": v, "psnr_range": r} for k, (v, r) in bd.items()},
+        "versions": versions("vaeanom", "torch", "constriction", "pillow", "scikit-learn"),
+    }
+    markdown = "\n".join([
+        "# Rate-distortion on Fashion-MNIST (8000 test images, 28x28 grey)", "",
+        "bpp counts every byte of one stream per image (container header and checksum "
+        "included); bpp_one_blob is one blob for the whole test set. PSNR is the mean "
+        "over images of the per-image PSNR of the 8-bit decoded image. bpp_vs_webp divides "
+        "bpp by WebP's bpp at the same PSNR (PCHIP on WebP's curve, empty outside its "
+        "range). Speeds are single-process on this machine, one image per call.", "",
+        table, "", *summary, "", "![rate-distortion](compression_rd.png)"])
+    write_results("compression", payload, markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""compress / decompress: exact round trips, near-ideal sizes, every corruption caught, CLI."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from vaeanom import VQVAEDetector
+from vaeanom.cli import main
+from vaeanom.compression import (CorruptBlobError, compress, decompress, ideal_bits,
+                                 to_uint8)
+
+SMALL = dict(codebook_size=16, code_dim=4, epochs=3, batch_size=64, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def codecs(digit_images):
+    """Two image codecs of different shapes: 8x8 digits (2x2 codes), 7x5 crops (4x3 codes)."""
+    images, _ = digit_images
+    square = VQVAEDetector(conv_channels=(8, 16), **SMALL).fit(images[:600])
+    crops = VQVAEDetector(conv_channels=(8,), **SMALL).fit(images[:600, :7, 1:6])
+    return {"square": (square, images), "crops": (crops, images[:, :7, 1:6])}
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_round_trip_equals_decode_of_encode_and_size_is_near_ideal(codecs, data):
+    detector, images = codecs[data.draw(st.sampled_from(sorted(codecs)), label="codec")]
+    n = data.draw(st.integers(1, 40), label="n")
+    if data.draw(st.booleans(), label="noise"):
+        batch = data.draw(arrays(np.uint8, (n, *images.shape[1:])), label="images")
+    else:
+        start = data.draw(st.integers(0, len(images) - n), label="start")
+        batch = images[start:start + n]
+    blob = compress(detector, batch)
+    decoded = decompress(detector, blob)
+    expected = to_uint8(detector.decode(detector.encode(batch)))
+    assert decoded.dtype == np.uint8 and decoded.shape == batch.shape
+    np.testing.assert_array_equal(decoded, expected)
+    payload_bits = 8 * (len(blob) - _header_and_checksum_bytes(blob))
+    ideal = ideal_bits(detector, detector.encode(batch))
+    assert payload_bits <= 1.01 * ideal + 64    # one 32-bit word of flush, plus rounding up
+
+
+def _header_and_checksum_bytes(blob: bytes) -> int:
+    # magic, version, fingerprint, 5 varints (n, C, H, W, length), CRC: varints < 128 here
+    # except possibly the length, which takes 2 bytes from 128 bytes of payload on.
+    payload_guess = len(blob) - 7 - 5 - 4
+    return 7 + 5 + (1 if payload_guess >= 128 else 0) + 4
+
+
+def test_batch_and_per_image_streams_decode_to_the_same_images(codecs):
+    detector, images = codecs["square"]
+    together = decompress(detector, compress(detector, images[600:650]))
+    one_by_one = np.concatenate([decompress(detector, compress(detector, image[None]))
+                                 for image in images[600:650]])
+    np.testing.assert_array_equal(together, one_by_one)
+
+
+def test_decompression_is_deterministic(codecs):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:100])
+    assert compress(detector, images[:100]) == blob
+    np.testing.assert_array_equal(decompress(detector, blob), decompress(detector, blob))
+
+
+def test_every_byte_flip_and_every_truncation_is_detected(codecs):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:3])
+    for position in range(len(blob)):
+        for mask in (0x01, 0x80, 0xFF):
+            corrupt = bytearray(blob)
+            corrupt[position] ^= mask
+            with pytest.raises(CorruptBlobError):
+                decompress(detector, bytes(corrupt))
+    for length in range(len(blob)):
+        with pytest.raises(CorruptBlobError):
+            decompress(detector, blob[:length])
+    with pytest.raises(CorruptBlobError, match="truncated or padded|checksum"):
+        decompress(detector, blob + b"\0")
+
+
+def test_wrong_model_and_unknown_version_have_clear_errors(codecs, digit_images):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:2])
+    other = VQVAEDetector(conv_channels=(8, 16), **{**SMALL, "random_state": 1})
+    other.fit(digit_images[0][:600])
+    with pytest.raises(CorruptBlobError, match="another model"):
+        decompress(other, blob)
+    newer = bytearray(blob)
+    newer[2] = 2
+    with pytest.raises(CorruptBlobError, match="format version 2"):
+        decompress(detector, bytes(newer))
+    with pytest.raises(CorruptBlobError, match="magic"):
+        decompress(detector, b"PK\x03\x04" + blob[4:])
+
+
+def test_row_models_refuse_to_compress(cancer):
+    X, _ = cancer
+    rows = VQVAEDetector(codebook_size=8, epochs=1, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="fitted on rows"):
+        rows.compress(X.to_numpy())
+
+
+# ---------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def saved_codec(codecs, tmp_path_factory):
+    detector, images = codecs["square"]
+    path = tmp_path_factory.mktemp("model") / "vq.safetensors"
+    detector.save(path)
+    return path, detector, images
+
+
+def test_cli_round_trips_npy_png_and_folders(saved_codec, tmp_path):
+    model, detector, images = saved_codec
+    expected = to_uint8(detector.reconstruct(images[:5]))
+    np.save(tmp_path / "in.npy", images[:5])
+    assert main(["compress", "--model", str(model), str(tmp_path / "in.npy"),
+                 str(tmp_path / "all.vq")]) == 0
+    assert main(["decompress", "--model", str(model), str(tmp_path / "all.vq"),
+                 str(tmp_path / "out.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(images[:5]):
+        Image.fromarray(image).save(folder / f"img{i}.png")
+    assert main(["compress", "--model", str(model), str(folder), str(tmp_path / "blobs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == [
+        f"img{i}.vq" for i in range(5)]
+    assert main(["decompress", "--model", str(model), str(tmp_path / "blobs"),
+                 str(tmp_path / "back")]) == 0
+    for i in range(5):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "back" / f"img{i}.png")),
+                                      expected[i])
+
+    assert main(["compress", "--model", str(model), str(folder / "img0.png"),
+                 str(tmp_path / "one.vq")]) == 0
+    assert main(["decompress", "--model", str(model), str(tmp_path / "one.vq"),
+                 str(tmp_path / "one.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one.png")), expected[0])
+
+
+def test_cli_errors_leave_no_output(saved_codec, tmp_path, capsys):
+    model, detector, images = saved_codec
+    blob = detector.compress(images[:2])
+    (tmp_path / "bad.vq").write_bytes(blob[:-1])
+    assert main(["decompress", "--model", str(model), str(tmp_path / "bad.vq"),
+                 str(tmp_path / "out.npy")]) == 1
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert not (tmp_path / "out.npy").exists()
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "a.vq").write_bytes(detector.compress(images[:1]))
+    (blobs / "b.vq").write_bytes(b"garbage")
+    assert main(["decompress", "--model", str(model), str(blobs), str(tmp_path / "pngs")]) == 1
+    assert not (tmp_path / "pngs").exists()          # a.png was not written either
+
+
+def test_cli_fits_a_codec_on_npy_images(digit_images, tmp_path):
+    from vaeanom import estimators
+    from vaeanom.cli import DETECTORS
+
+    assert DETECTORS == estimators.DETECTORS
+    images, _ = digit_images
+    np.save(tmp_path / "train.npy", images[:300])
+    assert main(["fit", str(tmp_path / "train.npy"), "--estimator", "VQVAEDetector",
+                 "--model", str(tmp_path / "vq.safetensors"), "--set", "codebook_size=8",
+                 "--set", "epochs=1"]) == 0
+    assert main(["compress", "--model", str(tmp_path / "vq.safetensors"),
+                 str(tmp_path / "train.npy"), str(tmp_path / "train.vq")]) == 0
+
+
+def test_installed_console_script_compresses(saved_codec, tmp_path):
+    model, _, images = saved_codec
+    np.save(tmp_path / "in.npy", images[:3])
+    exe = shutil.which("vaeanom") or str(Path(sys.executable).with_name("vaeanom"))
+    done = subprocess.run([exe, "compress", "--model", str(model), str(tmp_path / "in.npy"),
+                           str(tmp_path / "x.vq")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "x.vq").read_bytes()[:2] == b"VQ"
