@@ -205,7 +205,7 @@ def _metadata(detector, part: str, spec: PartSpec, fp16: bool, input_dtype: str,
         "n_features_in": int(detector.n_features_in_),
         "score_kind": detector.score_kind,
         "offset": float(detector.offset_),
-        "codebook_size": detector._latent_range() if hasattr(detector, "_latent_range") else None,
+        "codebook_size": detector._latent_range(),
     }
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .codes import check_code_values
 from .onnx_format import FORMAT, FORMAT_VERSION, METADATA_KEY
 
 logger = logging.getLogger(__name__)
@@ -241,18 +242,9 @@ class OnnxModel:
         if tuple(array.shape[1:]) != self.input_shape:
             raise ValueError(f"Z must have shape (n, {', '.join(map(str, self.input_shape))}); "
                              f"got {array.shape}.")
-        if self.input_dtype.kind == "i":
-            self._check_codes(array)
+        if self.metadata.get("codebook_size") is not None:
+            check_code_values(array, self.metadata["codebook_size"])
         return array.astype(self.input_dtype, copy=False)
-
-    def _check_codes(self, codes: np.ndarray) -> None:
-        if codes.dtype.kind not in "iu":
-            raise ValueError(f"this decoder takes integer codes (what encode returns); got dtype "
-                             f"{codes.dtype}.")
-        size = self.metadata.get("codebook_size")
-        if size is not None and len(codes) and (codes.min() < 0 or codes.max() >= size):
-            raise ValueError(f"codes must be in [0, {size}); got values in "
-                             f"[{codes.min()}, {codes.max()}].")
 
 
 def _open_session(path: Path, options: ort.SessionOptions, providers) -> ort.InferenceSession:

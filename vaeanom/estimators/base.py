@@ -10,6 +10,7 @@ and persistence.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -80,6 +81,17 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _onnx_part(self, part: str, fp16: bool = False):
         """The :class:`vaeanom.export.PartSpec` of ``part`` ("scorer", "encoder", "decoder")."""
         raise NotImplementedError
+
+    def _latent_range(self) -> int | None:
+        """K when latents are integer codes in [0, K); None for continuous latents."""
+        return None
+
+    def _model_for_export(self, fp16: bool) -> nn.Module:
+        """A CPU copy of the fitted model in eval mode, its networks in float16 if asked."""
+        from ..export import half_precision
+
+        model = half_precision(self.model_) if fp16 else copy.deepcopy(self.model_)
+        return model.cpu().eval()
 
     # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar
 
 import numpy as np
@@ -155,10 +154,9 @@ class VAEDetector(BaseDetector):
         return Scorer(self.model_, noise, kind or self.score_kind)
 
     def _onnx_part(self, part: str, fp16: bool = False):
-        from ..export import PartSpec, half_precision
+        from ..export import PartSpec
 
-        model = half_precision(self.model_) if fp16 else copy.deepcopy(self.model_)
-        model = model.cpu().eval()
+        model = self._model_for_export(fp16)
         if part == "scorer":
             scorer = inference_scorer(model, torch.from_numpy(self.noise_), self.score_kind)
             return PartSpec(scorer, "data", ("score",))

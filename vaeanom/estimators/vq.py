@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
+from ..codes import check_code_values
 from ..models import (VQVAE, Codebook, ConvGridDecoder, ConvGridEncoder, MLPGridDecoder,
                       MLPGridEncoder, VectorQuantizer, grid_shape, usage_statistics)
 from .base import BaseDetector, _seed_from
@@ -189,10 +189,9 @@ class VQVAEDetector(BaseDetector):
         return ReconstructionScore(self.model_)
 
     def _onnx_part(self, part: str, fp16: bool = False):
-        from ..export import PartSpec, half_precision
+        from ..export import PartSpec
 
-        model = half_precision(self.model_) if fp16 else copy.deepcopy(self.model_)
-        model = model.cpu().eval()
+        model = self._model_for_export(fp16)
         if part == "scorer":
             return PartSpec(ReconstructionScore(model), "data", ("score",))
         if part == "encoder":
@@ -206,6 +205,7 @@ class VQVAEDetector(BaseDetector):
         return "reconstruction"
 
     def _latent_range(self) -> int:
+        """The number of codes: latents (codes) are integers in [0, K)."""
         return self._book_size(self.is_image_)
 
     def _n_latent_columns(self) -> int:
@@ -239,17 +239,11 @@ class VQVAEDetector(BaseDetector):
 
     def _check_codes(self, codes) -> np.ndarray:
         codes = check_array(codes, allow_nd=True, dtype=None, input_name="codes")
-        if not np.issubdtype(codes.dtype, np.integer):
-            raise ValueError(f"codes must be integers (what encode returns); got dtype "
-                             f"{codes.dtype}.")
+        check_code_values(codes, self._latent_range())
         grid = tuple(self.code_grid_)
         if codes.shape[1:] != grid and codes.shape[1:] != (int(np.prod(grid)),):
             raise ValueError(f"codes have shape {codes.shape}; this model's codes are "
                              f"(n, {', '.join(map(str, grid))}) or flattened (n, {np.prod(grid)}).")
-        size = self._book_size(self.is_image_)
-        if codes.min() < 0 or codes.max() >= size:
-            raise ValueError(f"codes must be in [0, {size}); got values in "
-                             f"[{codes.min()}, {codes.max()}].")
         return codes.reshape(len(codes), *grid).astype(np.int64)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:

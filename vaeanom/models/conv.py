@@ -27,9 +27,8 @@ class ConvEncoder(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], channels: Sequence[int],
                  latent_dim: int) -> None:
         super().__init__()
-        c, h, w = image_shape
-        self.body = nn.Sequential(*_downsampling(c, channels), nn.Flatten())
-        h_out, w_out = _stage_sizes(h, len(channels))[-1], _stage_sizes(w, len(channels))[-1]
+        self.body = nn.Sequential(*_downsampling(image_shape[0], channels), nn.Flatten())
+        h_out, w_out = grid_shape(image_shape, len(channels))
         self.head = nn.Linear(channels[-1] * h_out * w_out, 2 * latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
