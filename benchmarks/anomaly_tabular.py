@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from _common import (DEFAULT_DATA_DIR, RESULTS, peer_detectors, timed_fit_score, versions,
                      write_results)
 from vaeanom import VAEDetector
-from vaeanom.scoring import SCORE_KINDS
+from vaeanom.scoring import IMAGE_SCORE_KINDS, SCORE_KINDS
 
 SEEDS = (0, 1, 2)
 #: every (set, seed) result is appended here as it finishes, so --resume can go on
@@ -41,7 +41,7 @@ def vaeanom_rows(X_train, X_test, y_test, seed: int, params: dict) -> list[dict]
     det = VAEDetector(random_state=seed, **params).fit(X_train)
     fit_s = time.perf_counter() - t0
     rows = []
-    for kind in SCORE_KINDS:
+    for kind in [k for k in SCORE_KINDS if k not in IMAGE_SCORE_KINDS]:
         t1 = time.perf_counter()
         scores = det.set_params(score_kind=kind).score_samples(X_test)
         rows.append(_row(f"vaeanom {kind}", y_test, scores, fit_s, time.perf_counter() - t1))
@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="vaeanom only (quick look)")
     parser.add_argument("--set", dest="params", action="append", default=[],
                         metavar="NAME=VALUE", help="a VAEDetector parameter (repeatable)")
+    parser.add_argument("--peers-from", type=Path, default=None, metavar="ROWS_JSONL",
+                        help="take the peers' rows from an earlier run's rows log instead of "
+                             "refitting them (the tables then say so)")
     parser.add_argument("--resume", action="store_true",
                         help=f"keep the (set, seed) pairs already in {ROWS_LOG.name}")
     args = parser.parse_args()
@@ -114,9 +117,12 @@ def main() -> None:
     for path in paths:
         for seed in SEEDS:
             if (path.stem, seed) not in finished:
-                new = run_set(path, seed, params, not args.no_peers)
+                new = run_set(path, seed, params, not (args.no_peers or args.peers_from))
                 _append_rows(new)
                 rows.extend(new)
+    if args.peers_from:
+        rows += [r for r in map(json.loads, args.peers_from.read_text().splitlines())
+                 if not r["method"].startswith("vaeanom")]
     results = pd.DataFrame(rows)
     auc, ap = summary(results, "roc_auc"), summary(results, "average_precision")
     times = results.groupby("method")[["fit_s", "score_s"]].mean()
@@ -125,13 +131,18 @@ def main() -> None:
     payload = {"benchmark": "anomaly_tabular", "seeds": list(SEEDS), "vaeanom_params": params,
                "protocol": "ADBench: stratified 70/30 split per seed, unsupervised fit on the "
                            "training part, metrics on the test part",
+               "peer_rows_from": str(args.peers_from) if args.peers_from else None,
                "results": results.to_dict(orient="records"),
                "mean_roc_auc": auc.loc["mean"].to_dict(),
                "mean_average_precision": ap.loc["mean"].to_dict(),
                "versions": versions("vaeanom", "torch", "scikit-learn", "pyod")}
     markdown = "\n".join([
         "# Tabular anomaly detection (ADBench protocol, seeds 0, 1, 2)", "",
-        f"vaeanom parameters: {params or 'defaults'}", "", "## ROC-AUC", "",
+        f"vaeanom parameters: {params or 'defaults'}", "",
+        *([f"Peer rows read from `{args.peers_from.name}` (an earlier run with the same seeds, "
+           "splits and package versions), not refitted in this run.", ""]
+          if args.peers_from else []),
+        "## ROC-AUC", "",
         auc.T.to_markdown(floatfmt=".4f"), "", "## Average precision", "",
         ap.T.to_markdown(floatfmt=".4f"), "", "## Mean seconds per fit / score", "",
         times.to_markdown(floatfmt=".2f")])

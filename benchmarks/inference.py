@@ -64,7 +64,8 @@ def timed(call, min_repeats: int = 2, budget_s: float = 3.0) -> float:
 def engines(det: VAEDetector, onnx_path: Path):
     """name -> function(batch) scoring that batch."""
     reference = det._make_scorer().eval()
-    exported = inference_scorer(det.model_, torch.from_numpy(det.noise_), det.score_kind).eval()
+    exported = inference_scorer(det.model_, torch.from_numpy(det.noise_),
+                                det._resolved_score_kind(), det._complexity()).eval()
     model = OnnxModel(onnx_path, providers=["CPUExecutionProvider"])
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
 
@@ -143,7 +144,7 @@ def main() -> None:
     fits = {
         "mlp": (VAEDetector(backbone="mlp", epochs=args.epochs, random_state=0),
                 train.reshape(len(train), -1), test.reshape(len(test), -1)),
-        "conv": (VAEDetector(epochs=args.epochs, random_state=0), train, test),
+        "conv": (VAEDetector(backbone="conv", epochs=args.epochs, random_state=0), train, test),
     }
     results = []
     with tempfile.TemporaryDirectory() as folder:

@@ -1,5 +1,6 @@
 """VAEDetector behaviour on real data: determinism, persistence, pandas, errors, quality."""
 
+import copy
 import pickle
 
 import numpy as np
@@ -12,7 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 from vaeanom import TrainingDivergedError, VAEDetector
 from vaeanom.datasets import breast_cancer_one_class, digits_one_class
-from vaeanom.scoring import SCORE_KINDS
+from vaeanom.scoring import IMAGE_SCORE_KINDS, SCORE_KINDS
+
+ROW_SCORE_KINDS = [k for k in SCORE_KINDS if k not in IMAGE_SCORE_KINDS]
 
 from .conftest import FAST
 
@@ -33,7 +36,7 @@ def test_same_random_state_gives_bit_identical_scores(cancer):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("kind", SCORE_KINDS)
+@pytest.mark.parametrize("kind", ROW_SCORE_KINDS)
 def test_scores_do_not_depend_on_batch_size_or_order(fitted, kind):
     det, X = fitted
     det = clone(det).set_params(score_kind=kind).fit(X.iloc[:300])
@@ -49,6 +52,15 @@ def test_recon_prob_is_the_elbo_without_its_kl_term(fitted):
     det, X = fitted
     frame = clone(det).set_params(score_kind="recon_prob").fit(X.iloc[:300]).score_frame(X)
     np.testing.assert_allclose(frame["score"], frame["elbo"] + frame["kl"], rtol=1e-5)
+
+
+def test_kl_score_is_minus_the_frames_kl_and_needs_no_noise(fitted):
+    det, X = fitted
+    det = clone(det).set_params(score_kind="kl").fit(X.iloc[:300])
+    frame = det.score_frame(X)
+    np.testing.assert_allclose(frame["score"], -frame["kl"], rtol=1e-6)
+    det.noise_ = det.noise_ + 1.0  # the closed form uses no Monte-Carlo noise
+    np.testing.assert_array_equal(det.score_samples(X), frame["score"])
 
 
 def test_fit_leaves_global_rng_untouched(cancer):
@@ -164,7 +176,7 @@ def test_bad_input_to_fit():
 @pytest.mark.parametrize("params, match", [
     (dict(latent_dim=0), r"'latent_dim' must be an int in \[1, inf\]; got 0"),
     (dict(contamination=0.7), "'contamination' must be"),
-    (dict(score_kind="elbow"), "'score_kind' must be one of 'elbo', 'iwae', 'recon_prob'"),
+    (dict(score_kind="elbow"), "'score_kind' must be one of 'auto', 'elbo', 'iwae', 'recon_prob'"),
     (dict(hidden_dims=()), "'hidden_dims' must be a non-empty tuple"),
     (dict(backbone="conv"), "backbone='conv' needs images"),
 ])
@@ -186,10 +198,12 @@ def test_bernoulli_needs_unit_range():
 
 
 # ---------------------------------------------------------------- images
-def test_images_use_the_conv_backbone_and_round_trip_shapes(digit_images):
+@pytest.mark.parametrize("backbone", ["auto", "conv"])
+def test_images_round_trip_shapes_with_either_backbone(digit_images, backbone):
     images, y = digit_images
-    det = VAEDetector(epochs=5, latent_dim=4, random_state=0).fit(images[y == 0])
-    assert type(det.model_.encoder).__name__ == "ConvEncoder"
+    det = VAEDetector(epochs=5, latent_dim=4, backbone=backbone, random_state=0).fit(images[y == 0])
+    expected = {"auto": "MLPEncoder", "conv": "ConvEncoder"}[backbone]
+    assert type(det.model_.encoder).__name__ == expected
     assert det.input_shape_ == (8, 8) and det.n_features_in_ == 64
     assert det.encode(images[:3]).shape == (3, 4)
     recon = det.reconstruct(images[:3])
@@ -201,6 +215,29 @@ def test_images_use_the_conv_backbone_and_round_trip_shapes(digit_images):
         det.score_samples(np.zeros((2, 1, 9, 8), dtype=np.uint8))
     with pytest.raises(ValueError, match="channels-last"):
         det.score_samples(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+
+
+def test_images_default_to_standardised_pixels_and_the_complexity_score(digit_images):
+    images, y = digit_images
+    det = VAEDetector(epochs=5, latent_dim=4, random_state=0).fit(images[y == 0])
+    pixels = images[y == 0].reshape(-1, 1, 8, 8) / 255.0
+    np.testing.assert_allclose(det.center_, pixels.mean(0))
+    frame = det.score_frame(images[:20])
+    assert not np.allclose(frame["score"], frame["elbo"])  # "auto" is elbo_complexity
+    np.testing.assert_array_equal(
+        det.score_samples(images[:20]),
+        clone(det).set_params(score_kind="elbo_complexity").fit(images[y == 0])
+        .score_samples(images[:20]))
+    conv = VAEDetector(epochs=2, latent_dim=4, backbone="conv", random_state=0).fit(images)
+    assert np.all(conv.center_ == 0) and np.all(conv.scale_ == 1)  # conv sees [0, 1]
+
+
+def test_image_only_score_kind_on_rows_says_so(fitted):
+    det, X = fitted
+    with pytest.raises(ValueError, match="needs a model fitted on images"):
+        clone(det).set_params(score_kind="elbo_complexity").fit(X)  # before any training
+    with pytest.raises(ValueError, match="needs a model fitted on images"):
+        copy.deepcopy(det).set_params(score_kind="elbo_complexity").score_samples(X)
 
 
 def test_decode_checks_latent_width(fitted):
@@ -226,6 +263,23 @@ def test_digits_one_class_mean_roc_auc_floor():
         det = VAEDetector(random_state=0).fit(split.X_train)
         aucs.append(roc_auc_score(split.y_test, -det.score_samples(split.X_test)))
     assert np.mean(aucs) >= 0.97, aucs
+
+
+def test_digit_images_one_class_floor_with_image_defaults():
+    """The image defaults (MLP on standardised pixels, elbo_complexity, 30 epochs).
+
+    0.975 when written (plain ELBO on the same fits: 0.975); a whole
+    Fashion-MNIST run is benchmarks/anomaly_images.py.
+    """
+    aucs = []
+    for digit in range(10):
+        split = digits_one_class(digit, seed=0)
+        as_images = [(x * 255 / 16).round().astype(np.uint8).reshape(-1, 8, 8)
+                     for x in (split.X_train, split.X_test)]
+        det = VAEDetector(random_state=0).fit(as_images[0])
+        assert det._resolved_score_kind() == "elbo_complexity"
+        aucs.append(roc_auc_score(split.y_test, -det.score_samples(as_images[1])))
+    assert np.mean(aucs) >= 0.96, aucs
 
 
 def test_breast_cancer_roc_auc_floor():

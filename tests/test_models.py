@@ -39,3 +39,21 @@ def test_scorer_row_does_not_depend_on_its_neighbours():
         full = scorer(x)
         swapped = scorer(torch.cat([x[32:], x[:32]]))
     torch.testing.assert_close(torch.cat([swapped[32:], swapped[:32]]), full, rtol=0, atol=0)
+
+
+def test_scores_stay_finite_when_the_encoder_asks_for_a_huge_variance():
+    # Inputs far outside the training data (a lit pixel that never moved in
+    # training is thousands of standard units away) can drive log_var past
+    # float32's exp range; unclamped, the ELBO then came out NaN (seen on
+    # Fashion-MNIST with latent_dim=32).
+    from vaeanom.scoring import inference_scorer
+
+    torch.manual_seed(0)
+    vae = VAE(MLPEncoder(5, (8,), 2), MLPDecoder(2, (8,), (5,)), GaussianLikelihood((5,)), 2)
+    with torch.no_grad():
+        vae.encoder.net[-1].bias[2:] = 500.0      # log-variance half of the output
+    x, eps = torch.randn(4, 5), torch.randn(6, 2)
+    with torch.no_grad():
+        for kind in ("elbo", "iwae", "recon_prob", "reconstruction"):
+            for scorer in (Scorer(vae, eps, kind), inference_scorer(vae, eps, kind)):
+                assert torch.isfinite(scorer(x)).all(), (kind, type(scorer).__name__)

@@ -95,7 +95,7 @@ class _UserInput(nn.Module):
         x = x.reshape(x.shape[0], *self.model_shape)
         if self.is_image:
             x = x.float()
-            return x * self.pixel_scale if self.pixel_scale is not None else x
+            x = x * self.pixel_scale if self.pixel_scale is not None else x
         return (x - self.center) / self.scale
 
 
@@ -203,7 +203,7 @@ def _metadata(detector, part: str, spec: PartSpec, fp16: bool, input_dtype: str,
         "data_shape": list(detector.input_shape_),
         "feature_names": None if feature_names is None else [str(n) for n in feature_names],
         "n_features_in": int(detector.n_features_in_),
-        "score_kind": detector.score_kind,
+        "score_kind": detector._resolved_score_kind(),
         "offset": float(detector.offset_),
         "codebook_size": detector._latent_range(),
     }

@@ -98,6 +98,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """Fit the model to X (rows or images); ``y`` is ignored. Returns self."""
         validate_params(self, self._rules)
         x = self._preprocess(X, fitting=True)
+        self._resolved_score_kind()  # refuse a score kind this data can't have before training
         seed = _seed_from(self.random_state)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # layer init uses the global RNG: fence it
@@ -113,10 +114,14 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def _training_config(self) -> training.TrainingConfig:
         return training.TrainingConfig(
-            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm,
+            epochs=self._resolved_epochs(), batch_size=self.batch_size,
+            learning_rate=self.learning_rate, weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm,
             validation_fraction=self.validation_fraction, patience=self.patience,
             verbose=self.verbose)
+
+    def _resolved_epochs(self) -> int:
+        """``epochs`` as a number (subclasses resolve "auto" from the data kind)."""
+        return self.epochs
 
     def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
         """Set whatever fixed state scoring needs (e.g. Monte-Carlo noise), given the data x."""
@@ -125,13 +130,22 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """Extra per-epoch numbers for ``history_`` (called after each training epoch)."""
         return {}
 
+    #: what backbone="auto" means for images
+    _auto_image_backbone: ClassVar[str] = "conv"
+
     def _backbone(self, images: bool) -> str:
         """"conv" or "mlp": resolve backbone="auto" and refuse conv on rows."""
-        backbone = self.backbone if self.backbone != "auto" else ("conv" if images else "mlp")
+        backbone = self.backbone
+        if backbone == "auto":
+            backbone = self._auto_image_backbone if images else "mlp"
         if backbone == "conv" and not images:
             raise ValueError("backbone='conv' needs images (n, H, W) or (n, C, H, W); got rows. "
                              "Use backbone='mlp' or 'auto'.")
         return backbone
+
+    def _resolved_score_kind(self) -> str:
+        """The score kind ``score_samples`` computes (what an export records)."""
+        return self.score_kind
 
     def _offset_from(self, train_scores: np.ndarray) -> float:
         """Threshold on score_samples: the contamination quantile, or Tukey's lower fence."""
@@ -153,9 +167,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             if tuple(shape) != tuple(self.input_shape_):
                 raise ValueError(f"{type(self).__name__} was fitted on images of shape "
                                  f"{tuple(self.input_shape_)}; got images of shape {tuple(shape)}.")
-            return torch.from_numpy(images)
-        rows = inputs.check_rows(self, X, fitting=False)
-        return torch.from_numpy(((rows - self.center_) / self.scale_).astype(np.float32))
+            return self._standardise(images)
+        return self._standardise(inputs.check_rows(self, X, fitting=False))
 
     def _preprocess_fit(self, X) -> Tensor:
         self.is_image_ = inputs.is_image_input(X)
@@ -165,9 +178,14 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             self.n_features_in_ = int(np.prod(shape))
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
+            self._check_range(images)
+            if self._standardises_images():
+                center, scale = inputs.standardisation(images.reshape(len(images), -1))
+                self.center_ = center.reshape(images.shape[1:])
+                self.scale_ = scale.reshape(images.shape[1:])
+                return self._standardise(images)
             self.center_ = np.zeros(images.shape[1:])
             self.scale_ = np.ones(images.shape[1:])
-            self._check_range(images)
             return torch.from_numpy(images)
         rows = inputs.check_rows(self, X, fitting=True)
         self.input_shape_ = (rows.shape[1],)
@@ -176,10 +194,18 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             self._check_range(rows)
         else:
             self.center_, self.scale_ = inputs.standardisation(rows)
-        return torch.from_numpy(((rows - self.center_) / self.scale_).astype(np.float32))
+        return self._standardise(rows)
+
+    def _standardise(self, data: np.ndarray) -> Tensor:
+        """(data - center_) / scale_ as float32: model units."""
+        return torch.from_numpy(((data - self.center_) / self.scale_).astype(np.float32))
 
     def _needs_unit_range(self) -> bool:
         """True when the likelihood needs data in [0, 1] (no standardisation)."""
+        return False
+
+    def _standardises_images(self) -> bool:
+        """True when images are standardised per pixel like rows (else kept in [0, 1])."""
         return False
 
     def _check_range(self, data: np.ndarray) -> None:

@@ -17,6 +17,10 @@ from torch import Tensor, nn
 from .likelihoods import gaussian_kl_standard_normal
 
 
+#: bound on the posterior log-variance: a standard deviation between e^-15 and e^15
+LOG_VAR_LIMIT = 30.0
+
+
 class ELBOTerms(NamedTuple):
     """Per-row ELBO pieces in nats: ``log_px`` = E_q[log p(x|z)], ``kl`` = KL(q || p)."""
 
@@ -39,8 +43,14 @@ class VAE(nn.Module):
         self.latent_dim = latent_dim
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance, each (b, latent_dim)."""
-        return self.encoder(x)
+        """Posterior mean and log-variance, each (b, latent_dim).
+
+        The log-variance is clamped to [-LOG_VAR_LIMIT, LOG_VAR_LIMIT]: an input far
+        outside the training data can push it past where exp() overflows
+        float32, which would turn the score into NaN instead of a very low number.
+        """
+        mu, log_var = self.encoder(x)
+        return mu, log_var.clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT)
 
     def decode(self, z: Tensor) -> Tensor:
         """Mean of p(x|z) in the model's (preprocessed) units."""
@@ -48,7 +58,7 @@ class VAE(nn.Module):
 
     def _sample(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Posterior parameters, z_l = mu + sigma * eps_l (L, b, d) and log p(x|z_l) (L, b)."""
-        mu, log_var = self.encoder(x)
+        mu, log_var = self.encode(x)
         z = mu + torch.exp(0.5 * log_var) * eps                    # (L, b, d)
         n_samples, batch = z.shape[0], x.shape[0]
         decoded = self.decoder(z.reshape(n_samples * batch, -1))    # (L b, ...)
