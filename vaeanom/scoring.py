@@ -92,7 +92,8 @@ class ImageComplexity(nn.Module):
     def __init__(self, center: Tensor, scale: Tensor) -> None:
         super().__init__()
         if center.dim() != 3:
-            raise ValueError(f"ImageComplexity needs (C, H, W) statistics; got {tuple(center.shape)}")
+            raise ValueError("ImageComplexity needs (C, H, W) statistics; "
+                             f"got {tuple(center.shape)}")
         self.register_buffer("center", center.float())
         self.register_buffer("scale", scale.float())
 
@@ -162,8 +163,9 @@ class LinearGaussianELBO(nn.Module):
     """The ELBO of an MLP-decoder Gaussian VAE with the last layer run once per row.
 
     Same number as ``Scorer(model, eps, "elbo")`` (or ``"recon_prob"`` with
-    ``with_kl=False``) for about half the work; the exported scorer runs it. With the decoder's last layer m = W h + b, scale s and
-    L samples h_l = h_bar + delta_l (h_bar their mean):
+    ``with_kl=False``) for about half the work; the exported scorer runs it.
+    With the decoder's last layer m = W h + b, scale s and L samples
+    h_l = h_bar + delta_l (h_bar their mean):
 
         mean_l ||(x - m_l) / s||^2 = ||(x - W h_bar - b) / s||^2 + mean_l delta_l' G delta_l,
 

@@ -115,9 +115,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _training_config(self) -> training.TrainingConfig:
         return training.TrainingConfig(
             epochs=self._resolved_epochs(), batch_size=self.batch_size,
-            learning_rate=self.learning_rate, weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm,
-            validation_fraction=self.validation_fraction, patience=self.patience,
-            verbose=self.verbose)
+            learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+            clip_grad_norm=self.clip_grad_norm, validation_fraction=self.validation_fraction,
+            patience=self.patience, verbose=self.verbose)
 
     def _resolved_epochs(self) -> int:
         """``epochs`` as a number (subclasses resolve "auto" from the data kind)."""
