@@ -132,7 +132,7 @@ class Scorer(nn.Module):
             return self.model.iwae(x, self.eps)
         terms = self.model(x, self.eps)
         if self.kind == "elbo_complexity":
-            return terms.elbo() + COMPLEXITY_WEIGHT * self.complexity(x)
+            return complexity_corrected(terms.elbo(), self.complexity, x)
         return terms.log_px if self.kind == "recon_prob" else terms.elbo()
 
     def terms(self, x: Tensor) -> ScoreTerms:
@@ -141,8 +141,9 @@ class Scorer(nn.Module):
         score = {"elbo": elbo_terms.elbo, "reconstruction": lambda: -recon,
                  "recon_prob": lambda: elbo_terms.log_px, "kl": lambda: -elbo_terms.kl,
                  "iwae": lambda: self.model.iwae(x, self.eps),
-                 "elbo_complexity": lambda: elbo_terms.elbo()
-                 + COMPLEXITY_WEIGHT * self.complexity(x)}[self.kind]()
+                 "elbo_complexity": lambda: complexity_corrected(elbo_terms.elbo(),
+                                                                 self.complexity, x),
+                 }[self.kind]()
         return ScoreTerms(score=score, elbo=elbo_terms.elbo(), log_px=elbo_terms.log_px,
                           kl=elbo_terms.kl, reconstruction_error=recon)
 
@@ -156,7 +157,12 @@ class ComplexityCorrected(nn.Module):
         self.complexity = complexity
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.scorer(x) + COMPLEXITY_WEIGHT * self.complexity(x)
+        return complexity_corrected(self.scorer(x), self.complexity, x)
+
+
+def complexity_corrected(elbo: Tensor, complexity: nn.Module, x: Tensor) -> Tensor:
+    """The "elbo_complexity" score: ELBO + COMPLEXITY_WEIGHT * code length of x."""
+    return elbo + COMPLEXITY_WEIGHT * complexity(x)
 
 
 class LinearGaussianELBO(nn.Module):

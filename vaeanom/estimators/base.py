@@ -167,7 +167,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             if tuple(shape) != tuple(self.input_shape_):
                 raise ValueError(f"{type(self).__name__} was fitted on images of shape "
                                  f"{tuple(self.input_shape_)}; got images of shape {tuple(shape)}.")
-            return self._standardise(images)
+            if self._standardises_images():
+                return self._standardise(images)
+            return torch.from_numpy(images)
         return self._standardise(inputs.check_rows(self, X, fitting=False))
 
     def _preprocess_fit(self, X) -> Tensor:
