@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -40,11 +41,13 @@ def vaeanom_rows(X_train, X_test, y_test, seed: int, params: dict) -> list[dict]
     t0 = time.perf_counter()
     det = VAEDetector(random_state=seed, **params).fit(X_train)
     fit_s = time.perf_counter() - t0
+    default = det._resolved_score_kind()
     rows = []
     for kind in [k for k in SCORE_KINDS if k not in IMAGE_SCORE_KINDS]:
         t1 = time.perf_counter()
         scores = det.set_params(score_kind=kind).score_samples(X_test)
-        rows.append(_row(f"vaeanom {kind}", y_test, scores, fit_s, time.perf_counter() - t1))
+        name = f"vaeanom {kind}" + (" (default)" if kind == default and not params else "")
+        rows.append(_row(name, y_test, scores, fit_s, time.perf_counter() - t1))
     return rows
 
 
@@ -135,10 +138,12 @@ def main() -> None:
                "results": results.to_dict(orient="records"),
                "mean_roc_auc": auc.loc["mean"].to_dict(),
                "mean_average_precision": ap.loc["mean"].to_dict(),
+               "torch_threads": torch.get_num_threads(),
                "versions": versions("vaeanom", "torch", "scikit-learn", "pyod")}
     markdown = "\n".join([
         "# Tabular anomaly detection (ADBench protocol, seeds 0, 1, 2)", "",
-        f"vaeanom parameters: {params or 'defaults'}", "",
+        f"vaeanom parameters: {params or 'defaults'}; torch threads: {torch.get_num_threads()}",
+        "",
         *([f"Peer rows read from `{args.peers_from.name}` (an earlier run with the same seeds, "
            "splits and package versions), not refitted in this run.", ""]
           if args.peers_from else []),

@@ -69,7 +69,8 @@ def test_export_then_score_with_onnx_matches_the_saved_model(table):
     scores = pd.read_csv(tmp / "scores.csv", index_col=0)
     assert scores.index.tolist() == frame.index.tolist()
     expected = VAEDetector.load(model).score_frame(frame)
-    np.testing.assert_allclose(scores["score"], expected["score"], rtol=1e-5)
+    # elbo_kl scores are in standard units around 0: compare at float32's resolution
+    np.testing.assert_allclose(scores["score"], expected["score"], rtol=1e-5, atol=1e-5)
     assert (scores["is_outlier"] == expected["is_outlier"]).all()
     assert main(["export", "--model", model, "--triton", str(tmp / "repo"), "--name", "cancer",
                  "--part", "encoder"]) == 0

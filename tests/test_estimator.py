@@ -63,6 +63,41 @@ def test_kl_score_is_minus_the_frames_kl_and_needs_no_noise(fitted):
     np.testing.assert_array_equal(det.score_samples(X), frame["score"])
 
 
+def test_elbo_kl_is_the_sum_of_both_terms_in_robust_training_units(fitted):
+    det, X = fitted
+    train = X.iloc[:300]
+    det = clone(det).set_params(score_kind="elbo_kl").fit(train)
+    seen = det.score_frame(train)
+    q1, median, q3 = np.percentile(-seen["elbo"], [25, 50, 75])
+    np.testing.assert_allclose(det.score_reference_[0], [median, q3 - q1], rtol=1e-5)
+    q1, median, q3 = np.percentile(seen["kl"], [25, 50, 75])
+    np.testing.assert_allclose(det.score_reference_[1], [median, q3 - q1], rtol=1e-5)
+    frame = det.score_frame(X)
+    (e_mid, e_iqr), (k_mid, k_iqr) = det.score_reference_.astype(np.float64)
+    expected = -((-frame["elbo"] - e_mid) / e_iqr + (frame["kl"] - k_mid) / k_iqr)
+    np.testing.assert_allclose(frame["score"], expected, atol=1e-5)
+
+
+def test_term_reference_stays_finite_when_most_rows_tie():
+    from vaeanom.scoring import term_reference
+
+    ties = np.r_[np.zeros(90), np.arange(1.0, 11.0)]
+    reference = term_reference(ties, np.zeros(100))
+    assert reference[0, 1] == pytest.approx(np.std(ties)) and reference[1, 1] == 1.0
+
+
+def test_auto_resolves_beta_and_score_kind_by_data_kind(cancer, digit_images):
+    X, _ = cancer
+    rows = VAEDetector(**FAST).fit(X)
+    assert rows._resolved_beta() == 2.0 and rows._resolved_score_kind() == "elbo_kl"
+    last = rows.history_[-1]
+    assert last["loss"] == pytest.approx(-last["elbo"] + last["kl"], rel=1e-4)  # KL counted twice
+    images, _ = digit_images
+    pictures = VAEDetector(**FAST).fit(images[:200])
+    assert pictures._resolved_beta() == 1.0
+    assert pictures._resolved_score_kind() == "elbo_complexity"
+
+
 def test_fit_leaves_global_rng_untouched(cancer):
     X, _ = cancer
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
@@ -103,6 +138,22 @@ def test_load_rejects_corrupt_and_foreign_files(fitted, tmp_path):
         VAEDetector.load(tmp_path / "other.safetensors")
     with pytest.raises(FileNotFoundError):
         VAEDetector.load(tmp_path / "missing.safetensors")
+
+
+def test_load_names_a_fitted_array_an_older_file_lacks(fitted, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    det, _ = fitted
+    path = tmp_path / "m.safetensors"
+    det.save(path)
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()
+                   if k != "array.score_reference_"}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="no score_reference_.*Refit"):
+        VAEDetector.load(tmp_path / "old.safetensors")
 
 
 def test_failed_save_keeps_the_previous_file(fitted, tmp_path, monkeypatch):
@@ -257,12 +308,17 @@ def test_early_stopping_uses_only_the_requested_hold_out(cancer):
 
 # ------------------------------------------------------------ quality floors
 def test_digits_one_class_mean_roc_auc_floor():
+    """Digits as 64-column rows, rows defaults (beta 2, elbo_kl): 0.968 measured.
+
+    Clean one-class data is where the ELBO alone does best (0.975 with beta 1);
+    the rows default trades a little of that for contaminated tables (README).
+    """
     aucs = []
     for digit in range(10):
         split = digits_one_class(digit, seed=0)
         det = VAEDetector(random_state=0).fit(split.X_train)
         aucs.append(roc_auc_score(split.y_test, -det.score_samples(split.X_test)))
-    assert np.mean(aucs) >= 0.97, aucs
+    assert np.mean(aucs) >= 0.96, aucs
 
 
 def test_digit_images_one_class_floor_with_image_defaults():

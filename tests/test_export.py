@@ -80,6 +80,11 @@ def test_scorer_matches_torch_for_every_score_kind(kind, data, cancer, digit_ima
         # at float32's absolute resolution of those terms
         np.testing.assert_allclose(model.score_samples(X), det.score_samples(X), rtol=RTOL,
                                    atol=1e-6)
+    elif kind == "elbo_kl":  # -ELBO / its training IQR: the ELBO's float32 error, in IQRs
+        reference = det.score_reference_.astype(np.float64)
+        elbo = det.score_frame(X)["elbo"].abs().max()
+        np.testing.assert_allclose(model.score_samples(X), det.score_samples(X),
+                                   atol=RTOL * (elbo / reference[0, 1] + 1.0))
     else:
         _close(model.score_samples(X), det.score_samples(X))
         np.testing.assert_array_equal(model.predict(X), det.predict(X))
@@ -98,6 +103,13 @@ def test_export_formula_equals_the_reference_elbo(rows, images):
     assert isinstance(fast, LinearGaussianELBO)
     with torch.no_grad():
         _close(fast(x).numpy(), Scorer(det.model_, noise, "elbo")(x).numpy())
+    reference = torch.from_numpy(det.score_reference_)
+    vote = inference_scorer(det.model_, noise, "elbo_kl", reference=reference)
+    assert isinstance(vote, LinearGaussianELBO)
+    with torch.no_grad():
+        np.testing.assert_allclose(vote(x).numpy(),
+                                   Scorer(det.model_, noise, "elbo_kl", reference=reference)(x),
+                                   atol=1e-4)
     assert isinstance(inference_scorer(det.model_, noise, "iwae"), Scorer)
     assert isinstance(inference_scorer(images[0].model_, noise, "elbo"), Scorer)  # conv
 

@@ -343,6 +343,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 value = tuple(value)
             setattr(detector, name, value)
         for name in cls._fitted_arrays:
+            if f"array.{name}" not in tensors:
+                raise ValueError(f"{str(path)!r} has no {name}: it was saved by an older "
+                                 "vaeanom. Refit the model and save it again.")
             setattr(detector, name, tensors.pop(f"array.{name}").numpy())
         with torch.random.fork_rng(devices=[]):
             model = detector._build_model(tuple(detector.center_.shape), detector.is_image_)
