@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from .models.likelihoods import GaussianLikelihood, gaussian_kl_standard_normal
 from .models.mlp import MLPDecoder
-from .models.vae import LOG_VAR_LIMIT, VAE
+from .models.vae import ELBOTerms, LOG_VAR_LIMIT, VAE
 
 SCORE_KINDS = ("elbo", "iwae", "recon_prob", "reconstruction", "kl", "elbo_kl",
                "elbo_complexity")
@@ -141,30 +141,35 @@ class Scorer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "reconstruction":
             return -reconstruction_error(self.model, x)
-        if self.kind == "kl":
+        if self.kind == "kl":  # closed form from the encoder: no decoder pass
             return -gaussian_kl_standard_normal(*self.model.encode(x))
         if self.kind == "iwae":
             return self.model.iwae(x, self.eps)
-        terms = self.model(x, self.eps)
-        if self.kind == "elbo_complexity":
-            return complexity_corrected(terms.elbo(), self.complexity, x)
-        if self.kind == "elbo_kl":
-            return elbo_kl_vote(terms.elbo(), terms.kl, self.reference)
-        return terms.log_px if self.kind == "recon_prob" else terms.elbo()
+        return self._from_elbo_terms(self.model(x, self.eps), x)
 
     def terms(self, x: Tensor) -> ScoreTerms:
         elbo_terms = self.model(x, self.eps)
         recon = reconstruction_error(self.model, x)
-        score = {"elbo": elbo_terms.elbo, "reconstruction": lambda: -recon,
-                 "recon_prob": lambda: elbo_terms.log_px, "kl": lambda: -elbo_terms.kl,
-                 "iwae": lambda: self.model.iwae(x, self.eps),
-                 "elbo_complexity": lambda: complexity_corrected(elbo_terms.elbo(),
-                                                                 self.complexity, x),
-                 "elbo_kl": lambda: elbo_kl_vote(elbo_terms.elbo(), elbo_terms.kl,
-                                                 self.reference),
-                 }[self.kind]()
+        if self.kind == "reconstruction":
+            score = -recon
+        elif self.kind == "iwae":
+            score = self.model.iwae(x, self.eps)
+        else:
+            score = self._from_elbo_terms(elbo_terms, x)
         return ScoreTerms(score=score, elbo=elbo_terms.elbo(), log_px=elbo_terms.log_px,
                           kl=elbo_terms.kl, reconstruction_error=recon)
+
+    def _from_elbo_terms(self, terms: ELBOTerms, x: Tensor) -> Tensor:
+        """The score of every kind that is a function of the ELBO's two terms."""
+        if self.kind == "kl":
+            return -terms.kl
+        if self.kind == "recon_prob":
+            return terms.log_px
+        if self.kind == "elbo_complexity":
+            return complexity_corrected(terms.elbo(), self.complexity, x)
+        if self.kind == "elbo_kl":
+            return elbo_kl_vote(terms.elbo(), terms.kl, self.reference)
+        return terms.elbo()
 
 
 class ComplexityCorrected(nn.Module):
