@@ -42,8 +42,8 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
 
 # ------------------------------------------------------------------ peers
 def peer_detectors(seed: int) -> dict:
-    """The peers at their defaults: name -> (make, transform). ``make()`` returns an
-    unfitted detector with fit/decision_function; higher decision = more normal.
+    """The peers at their defaults: name -> make. ``make()`` returns an unfitted
+    detector with fit/decision_function; higher decision = more normal.
 
     Everything is fitted on the same (already scaled) rows vaeanom sees.
     PCA reconstruction error keeps the components that explain 90% of the
@@ -66,6 +66,7 @@ def peer_detectors(seed: int) -> dict:
 
     return {
         "IsolationForest": lambda: IsolationForest(random_state=seed),
+        "kNN": lambda: KNNMeanDistance(5),
         "OneClassSVM": lambda: OneClassSVM(),
         "LOF": lambda: LocalOutlierFactor(novelty=True),
         "PCA recon": lambda: PCAReconstruction(0.9),
@@ -73,6 +74,22 @@ def peer_detectors(seed: int) -> dict:
         "PyOD AutoEncoder": pyod("AutoEncoder"),
         "PyOD ECOD": pyod("ECOD"),
     }
+
+
+class KNNMeanDistance:
+    """Minus the mean distance to the k nearest training rows (ADBench's strongest peer
+    on clean training data; PyOD's ``KNN(method="mean")``)."""
+
+    def __init__(self, n_neighbors: int = 5) -> None:
+        self.n_neighbors = n_neighbors
+
+    def fit(self, X):
+        from sklearn.neighbors import NearestNeighbors
+        self.nn_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(X))).fit(X)
+        return self
+
+    def decision_function(self, X):
+        return -self.nn_.kneighbors(X)[0].mean(axis=1)
 
 
 class PCAReconstruction:
