@@ -1,9 +1,15 @@
-"""Training speed: VAEDetector vs PyOD's VAE on the same 6000 x 784 rows, same run.
+"""Training speed: VAEDetector (fp32 and bf16) vs PyOD's VAE, and default fit times, same run.
 
-Data: the first 6000 training images of Fashion-MNIST class 0 (T-shirt/top),
-flattened to 784 features, from --data-dir. VAEDetector: MLP 512-256, latent 16,
-batch 128. PyOD 3.6 VAE: its defaults (batch 32, 128-64-32 layers, dropout)
-and, for a like-for-like line, the same 512-256/16/128 shape.
+Epochs per second on the first 6000 training images of Fashion-MNIST class 0
+(T-shirt/top), flattened to 784 features, from --data-dir. VAEDetector: MLP
+512-256, latent 16, batch 128, in float32 and with ``precision="bf16"``
+(torch autocast). PyOD 3.6 VAE: its defaults (batch 32, 128-64-32 layers,
+dropout) and, for a like-for-like line, the same 512-256/16/128 shape.
+
+Fit times of the rows defaults (``VAEDetector(random_state=0).fit(X)``, the
+whole fit: training, the scoring passes for the threshold and the score
+units) on a 100k x 50 table (a random Gaussian with correlated columns) and a
+300 x 30 table (the first 300 rows of ``load_breast_cancer``), fp32 and bf16.
 
     python benchmarks/training_speed.py --data-dir ../shared/data
 """
@@ -50,6 +56,9 @@ def main() -> None:
         "vaeanom VAEDetector (MLP 512-256, latent 16, batch 128)": lambda e: VAEDetector(
             hidden_dims=(512, 256), latent_dim=16, batch_size=128, epochs=e, device="cpu",
             random_state=0),
+        "vaeanom VAEDetector, same, precision='bf16'": lambda e: VAEDetector(
+            hidden_dims=(512, 256), latent_dim=16, batch_size=128, epochs=e, device="cpu",
+            precision="bf16", random_state=0),
         "PyOD VAE, defaults (batch 32)": lambda e: PyodVAE(
             epoch_num=e, device="cpu", verbose=0),
         "PyOD VAE, same shape (512-256, latent 16, batch 128)": lambda e: PyodVAE(
@@ -62,15 +71,42 @@ def main() -> None:
         rows.append({"model": name, "s_per_epoch": seconds, "epochs_per_s": 1.0 / seconds})
         print(f"{name:58s} {seconds:7.3f} s/epoch  {1 / seconds:6.2f} epochs/s")
 
+    fits = default_fit_times()
     table = ["| model | s/epoch | epochs/s |", "|---|---:|---:|"]
     table += [f"| {r['model']} | {r['s_per_epoch']:.3f} | {r['epochs_per_s']:.2f} |" for r in rows]
+    fit_table = ["| table | precision | epochs (auto) | fit s |", "|---|---|---:|---:|"]
+    fit_table += [f"| {r['table']} | {r['precision']} | {r['epochs']} | {r['fit_s']:.2f} |"
+                  for r in fits]
     payload = {"data": "Fashion-MNIST class 0, first 6000 training rows, 784 features",
                "epochs_timed": args.epochs, "torch_threads": torch.get_num_threads(),
-               "versions": versions("vaeanom", "torch", "pyod", "numpy"), "rows": rows}
+               "versions": versions("vaeanom", "torch", "pyod", "numpy"), "rows": rows,
+               "default_fit_times": fits}
     write_results("training_speed", payload,
                   "# Training speed (CPU, same run)\n\n" + "\n".join(table)
                   + f"\n\n{args.epochs} epochs timed per model, torch threads = "
-                  f"{torch.get_num_threads()}. Timings vary run to run; compare within one run.")
+                  f"{torch.get_num_threads()}. Timings vary run to run; compare within one run."
+                  "\n\n## Whole fits with the rows defaults\n\n" + "\n".join(fit_table))
+
+
+def default_fit_times() -> list[dict]:
+    """Seconds for a whole default fit of a 100k x 50 and a 300 x 30 table, fp32 and bf16."""
+    from sklearn.datasets import load_breast_cancer
+
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(50, 50)) / np.sqrt(50)
+    tables = {"100000 x 50 (correlated Gaussian)": rng.normal(size=(100_000, 50)) @ mixing,
+              "300 x 30 (load_breast_cancer)": load_breast_cancer().data[:300]}
+    VAEDetector(epochs=1, random_state=0).fit(tables["300 x 30 (load_breast_cancer)"])  # warm-up
+    out = []
+    for name, X in tables.items():
+        for precision in ("fp32", "bf16"):
+            start = time.perf_counter()
+            det = VAEDetector(precision=precision, random_state=0).fit(X)
+            out.append({"table": name, "precision": precision, "epochs": len(det.history_),
+                        "fit_s": time.perf_counter() - start})
+            print(f"{name:36s} {precision}  {out[-1]['epochs']:5d} epochs  "
+                  f"{out[-1]['fit_s']:7.2f} s")
+    return out
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_elbo_kl_is_the_sum_of_both_terms_in_robust_training_units(fitted):
     q1, median, q3 = np.percentile(seen["kl"], [25, 50, 75])
     np.testing.assert_allclose(det.score_reference_[1], [median, q3 - q1], rtol=1e-5)
     frame = det.score_frame(X)
-    (e_mid, e_iqr), (k_mid, k_iqr) = det.score_reference_.astype(np.float64)
+    (e_mid, e_iqr), (k_mid, k_iqr) = det.score_reference_[:2].astype(np.float64)
     expected = -((-frame["elbo"] - e_mid) / e_iqr + (frame["kl"] - k_mid) / k_iqr)
     np.testing.assert_allclose(frame["score"], expected, atol=1e-5)
 
@@ -89,7 +89,7 @@ def test_term_reference_stays_finite_when_most_rows_tie():
 def test_auto_resolves_beta_and_score_kind_by_data_kind(cancer, digit_images):
     X, _ = cancer
     rows = VAEDetector(**FAST).fit(X)
-    assert rows._resolved_beta() == 2.0 and rows._resolved_score_kind() == "elbo_kl"
+    assert rows._resolved_beta() == 2.0 and rows._resolved_score_kind() == "elbo_kl_knn"
     last = rows.history_[-1]
     assert last["loss"] == pytest.approx(-last["elbo"] + last["kl"], rel=1e-4)  # KL counted twice
     images, _ = digit_images

@@ -80,7 +80,8 @@ def test_scorer_matches_torch_for_every_score_kind(kind, data, cancer, digit_ima
         # at float32's absolute resolution of those terms
         np.testing.assert_allclose(model.score_samples(X), det.score_samples(X), rtol=RTOL,
                                    atol=1e-6)
-    elif kind == "elbo_kl":  # -ELBO / its training IQR: the ELBO's float32 error, in IQRs
+    elif kind in ("elbo_kl", "elbo_kl_knn"):  # -ELBO / its training IQR: the ELBO's float32
+        # error, in IQRs
         reference = det.score_reference_.astype(np.float64)
         elbo = det.score_frame(X)["elbo"].abs().max()
         np.testing.assert_allclose(model.score_samples(X), det.score_samples(X),
@@ -110,6 +111,14 @@ def test_export_formula_equals_the_reference_elbo(rows, images):
         np.testing.assert_allclose(vote(x).numpy(),
                                    Scorer(det.model_, noise, "elbo_kl", reference=reference)(x),
                                    atol=1e-4)
+    neighbours = det._neighbours()
+    vote3 = inference_scorer(det.model_, noise, "elbo_kl_knn", reference=reference,
+                             neighbours=neighbours)
+    assert isinstance(vote3, LinearGaussianELBO) and vote3.neighbours is neighbours
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            vote3(x).numpy(), Scorer(det.model_, noise, "elbo_kl_knn", reference=reference,
+                                     neighbours=neighbours)(x), atol=1e-4)
     assert isinstance(inference_scorer(det.model_, noise, "iwae"), Scorer)
     assert isinstance(inference_scorer(images[0].model_, noise, "elbo"), Scorer)  # conv
 

@@ -27,7 +27,18 @@ logger = logging.getLogger("vaeanom")
 
 
 # ------------------------------------------------------------------- demo
-def run_demo(out_dir: Path, epochs: int = 100, seed: int = 0) -> pd.DataFrame:
+def _epochs(text: str) -> int | str:
+    """--epochs: a positive int or "auto"."""
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive int; got {text!r}")
+    return value
+
+
+
+def run_demo(out_dir: Path, epochs: int | str = "auto", seed: int = 0) -> pd.DataFrame:
     """One-class load_digits: VAEDetector next to IsolationForest, same run.
 
     Writes the per-digit table, the digit-0 model and a reconstructions figure
@@ -240,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="one-class load_digits: VAEDetector vs IsolationForest")
     demo.add_argument("--out", type=Path, default=Path("vaeanom-demo"),
                       help="folder for the model, figure and table (default: %(default)s)")
-    demo.add_argument("--epochs", type=int, default=100)
+    demo.add_argument("--epochs", type=_epochs, default="auto",
+                      help="training epochs, or 'auto' (the default's step count)")
 
     fit = sub.add_parser("fit", help="fit a detector on a CSV, Parquet or .npy file")
     fit.add_argument("data", type=Path, help="rows, or images (n, H, W) / (n, C, H, W) in .npy")

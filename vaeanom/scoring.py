@@ -26,7 +26,7 @@ Which score to use:
   the prior: the encoder's verdict alone, in closed form (no noise, no
   decoder pass). Robust where the decoder has learned to explain the
   anomalies in a contaminated training set too, as on tables.
-- ``"elbo_kl"`` (the default for rows): two detectors voting. The ELBO says
+- ``"elbo_kl"``: two detectors voting. The ELBO says
   how well the whole model explains x, the KL how atypical x's code is; each
   is put on the scale of its own training distribution (median and
   interquartile range of the training rows, robust to the anomalies an
@@ -35,6 +35,17 @@ Which score to use:
   (the decoder learns to explain those too) and lost on clean one-class data;
   the vote kept most of both (benchmarks/anomaly_tabular.py). Not a bound:
   a sum of standardised terms, with no unit.
+- ``"latent_knn"``: minus the mean Euclidean distance from x's posterior mean
+  to its 5 nearest codes among (up to 2048) training rows, fixed at fit time
+  (:class:`LatentNeighbours`): kNN detection in the space the encoder
+  learned, where directions the decoder does not use have collapsed.
+- ``"elbo_kl_knn"`` (the default for rows): the ELBO, the KL and the latent
+  kNN distance voting, each in robust training units as in "elbo_kl". The
+  kNN term answers "is x near rows seen in training?", which the two
+  likelihood terms answer poorly on small or multi-modal tables; on the
+  selection half of benchmarks/anomaly_tabular.py it lifted the mean
+  ROC-AUC from 0.866 ("elbo_kl") to 0.875, and equal weights did as well as
+  any weighting tried.
 - ``"elbo_complexity"`` (images only; the default for images): the ELBO plus
   ``COMPLEXITY_WEIGHT`` times the image's code length under a simple universal
   image code (:class:`ImageComplexity`), a likelihood ratio in the spirit of
@@ -60,7 +71,9 @@ from .models.mlp import MLPDecoder
 from .models.vae import ELBOTerms, LOG_VAR_LIMIT, VAE
 
 SCORE_KINDS = ("elbo", "iwae", "recon_prob", "reconstruction", "kl", "elbo_kl",
-               "elbo_complexity")
+               "latent_knn", "elbo_kl_knn", "elbo_complexity")
+#: score kinds that need the bank of training codes (:class:`LatentNeighbours`)
+NEIGHBOUR_SCORE_KINDS = ("latent_knn", "elbo_kl_knn")
 #: score kinds that need image inputs
 IMAGE_SCORE_KINDS = ("elbo_complexity",)
 #: weight of the universal code length in "elbo_complexity". Picked once on the
@@ -116,25 +129,55 @@ class ImageComplexity(nn.Module):
         return (2.0 * torch.log1p(residual) + math.log(2.0)).flatten(1).sum(1)
 
 
+class LatentNeighbours(nn.Module):
+    """Mean Euclidean distance from a posterior mean to its k nearest codes in a bank.
+
+    The bank holds the posterior means of (up to a few thousand) training
+    rows, fixed at fit time, so a row's distance depends on that row alone. It
+    is kNN detection in the VAE's latent space: the encoder has already
+    whitened the data and dropped the directions the decoder does not use.
+    ``exclude_self=True`` (for the training rows themselves) skips each row's
+    nearest match, its own code.
+    """
+
+    def __init__(self, bank: Tensor, k: int = 5) -> None:
+        super().__init__()
+        self.k = int(min(k, len(bank) - 1))
+        self.register_buffer("bank", bank.float())
+
+    def forward(self, mu: Tensor, exclude_self: bool = False) -> Tensor:
+        # differences, not |a|^2 - 2ab + |b|^2: that form cancels in float32 for near
+        # neighbours, and the runtimes' matmuls would then disagree in the last digits
+        squared = (mu[:, None, :] - self.bank[None]).pow(2).sum(-1)        # (b, bank)
+        k = self.k + int(exclude_self)
+        nearest = torch.topk(squared, k, dim=1, largest=False).values
+        return nearest[:, int(exclude_self):].sqrt().mean(1)
+
+
 class Scorer(nn.Module):
     """x (preprocessed) -> score per row, with the fixed noise as a buffer.
 
     ``complexity`` (an :class:`ImageComplexity`) is needed by "elbo_complexity"
-    only, ``reference`` (see :func:`elbo_kl_vote`) by "elbo_kl" only.
+    only, ``reference`` (see :func:`robust_vote`) by the votes, ``neighbours``
+    (a :class:`LatentNeighbours`) by the latent kNN kinds.
     """
 
     def __init__(self, model: VAE, eps: Tensor, kind: str = "elbo",
-                 complexity: nn.Module | None = None, reference: Tensor | None = None) -> None:
+                 complexity: nn.Module | None = None, reference: Tensor | None = None,
+                 neighbours: nn.Module | None = None) -> None:
         super().__init__()
         if kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {kind!r}; expected one of {SCORE_KINDS}")
         if kind in IMAGE_SCORE_KINDS and complexity is None:
             raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
-        if kind == "elbo_kl" and reference is None:
-            raise ValueError("score kind 'elbo_kl' needs the training reference of its terms")
+        if kind in ("elbo_kl", "elbo_kl_knn") and reference is None:
+            raise ValueError(f"score kind {kind!r} needs the training reference of its terms")
+        if kind in NEIGHBOUR_SCORE_KINDS and neighbours is None:
+            raise ValueError(f"score kind {kind!r} needs the bank of training codes")
         self.model = model
         self.kind = kind
         self.complexity = complexity
+        self.neighbours = neighbours
         self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))  # (L, 1, d)
         self.register_buffer("reference", reference)
 
@@ -145,6 +188,8 @@ class Scorer(nn.Module):
             return -gaussian_kl_standard_normal(*self.model.encode(x))
         if self.kind == "iwae":
             return self.model.iwae(x, self.eps)
+        if self.kind == "latent_knn":
+            return -self.neighbours(self.model.encode(x)[0])
         return self._from_elbo_terms(self.model(x, self.eps), x)
 
     def terms(self, x: Tensor) -> ScoreTerms:
@@ -168,7 +213,12 @@ class Scorer(nn.Module):
         if self.kind == "elbo_complexity":
             return complexity_corrected(terms.elbo(), self.complexity, x)
         if self.kind == "elbo_kl":
-            return elbo_kl_vote(terms.elbo(), terms.kl, self.reference)
+            return robust_vote((-terms.elbo(), terms.kl), self.reference)
+        if self.kind == "latent_knn":
+            return -self.neighbours(self.model.encode(x)[0])
+        if self.kind == "elbo_kl_knn":
+            distance = self.neighbours(self.model.encode(x)[0])
+            return robust_vote((-terms.elbo(), terms.kl, distance), self.reference)
         return terms.elbo()
 
 
@@ -189,24 +239,27 @@ def complexity_corrected(elbo: Tensor, complexity: nn.Module, x: Tensor) -> Tens
     return elbo + COMPLEXITY_WEIGHT * complexity(x)
 
 
-def elbo_kl_vote(elbo: Tensor, kl: Tensor, reference: Tensor) -> Tensor:
-    """The "elbo_kl" score: minus the sum of -ELBO and KL in robust standard units.
+def robust_vote(terms: tuple[Tensor, ...], reference: Tensor) -> Tensor:
+    """Minus the sum of anomaly terms (higher = more anomalous), each in robust standard units.
 
-    ``reference`` is ``[[median, iqr] of -ELBO, [median, iqr] of KL]`` over the
-    training rows (:func:`term_reference`).
+    ``reference[i]`` is ``[median, iqr]`` of term i over the training rows
+    (:func:`term_reference`; row 0 is -ELBO, row 1 the KL, row 2 the latent
+    kNN distance). "elbo_kl" votes with the first two, "elbo_kl_knn" with all three.
     """
-    (elbo_center, elbo_scale), (kl_center, kl_scale) = reference.unbind(0)
-    return -((-elbo - elbo_center) / elbo_scale + (kl - kl_center) / kl_scale)
+    total = 0.0
+    for i, term in enumerate(terms):
+        total = total + (term - reference[i, 0]) / reference[i, 1]
+    return -total
 
 
-def term_reference(neg_elbo: np.ndarray, kl: np.ndarray) -> np.ndarray:
-    """Median and interquartile range of each "elbo_kl" term on the training rows, (2, 2).
+def term_reference(*terms: np.ndarray) -> np.ndarray:
+    """Median and interquartile range of each vote term on the training rows, (n_terms, 2).
 
     A term whose IQR is zero (more than half the rows tie) falls back to its
     standard deviation, then to 1, so the division stays finite.
     """
     rows = []
-    for term in (neg_elbo, kl):
+    for term in terms:
         q1, median, q3 = np.percentile(term, [25, 50, 75])
         scale = q3 - q1 if q3 > q1 else (np.std(term) or 1.0)
         rows.append((median, scale))
@@ -217,8 +270,8 @@ class LinearGaussianELBO(nn.Module):
     """The ELBO of an MLP-decoder Gaussian VAE with the last layer run once per row.
 
     Same number as ``Scorer(model, eps, "elbo")`` (or ``"recon_prob"`` with
-    ``with_kl=False``, ``"elbo_kl"`` with a ``reference``) for about half the
-    work; the exported scorer runs it.
+    ``with_kl=False``, ``"elbo_kl"`` with a ``reference``, ``"elbo_kl_knn"``
+    with ``neighbours`` too) for about half the work; the exported scorer runs it.
     With the decoder's last layer m = W h + b, scale s and L samples
     h_l = h_bar + delta_l (h_bar their mean):
 
@@ -231,10 +284,11 @@ class LinearGaussianELBO(nn.Module):
     """
 
     def __init__(self, model: VAE, eps: Tensor, with_kl: bool = True,
-                 reference: Tensor | None = None) -> None:
+                 reference: Tensor | None = None, neighbours: nn.Module | None = None) -> None:
         super().__init__()
         self.with_kl = with_kl
         self.register_buffer("reference", reference)  # given: the "elbo_kl" vote
+        self.neighbours = neighbours                  # given too: the "elbo_kl_knn" vote
         if not supports_linear_gaussian(model):
             raise ValueError("LinearGaussianELBO needs an MLP decoder and a Gaussian likelihood.")
         layers = list(model.decoder.net)
@@ -264,9 +318,11 @@ class LinearGaussianELBO(nn.Module):
         if not self.with_kl:
             return log_px
         kl = gaussian_kl_standard_normal(mu, log_var)
-        if self.reference is not None:
-            return elbo_kl_vote(log_px - kl, kl, self.reference)
-        return log_px - kl
+        if self.reference is None:
+            return log_px - kl
+        terms = (kl - log_px, kl) if self.neighbours is None else (
+            kl - log_px, kl, self.neighbours(mu))
+        return robust_vote(terms, self.reference)
 
 
 def supports_linear_gaussian(model: VAE) -> bool:
@@ -277,11 +333,14 @@ def supports_linear_gaussian(model: VAE) -> bool:
 
 
 def inference_scorer(model: VAE, eps: Tensor, kind: str, complexity: nn.Module | None = None,
-                     reference: Tensor | None = None) -> nn.Module:
+                     reference: Tensor | None = None,
+                     neighbours: nn.Module | None = None) -> nn.Module:
     """The cheapest module that computes score ``kind`` (what the ONNX export runs)."""
     if kind == "elbo_complexity" and complexity is not None:
         return ComplexityCorrected(inference_scorer(model, eps, "elbo"), complexity)
-    if kind in ("elbo", "recon_prob", "elbo_kl") and supports_linear_gaussian(model):
+    if kind in ("elbo", "recon_prob", "elbo_kl", "elbo_kl_knn") and supports_linear_gaussian(model):
+        votes = kind in ("elbo_kl", "elbo_kl_knn")
         return LinearGaussianELBO(model, eps, with_kl=kind != "recon_prob",
-                                  reference=reference if kind == "elbo_kl" else None)
-    return Scorer(model, eps, kind, complexity, reference)
+                                  reference=reference if votes else None,
+                                  neighbours=neighbours if kind == "elbo_kl_knn" else None)
+    return Scorer(model, eps, kind, complexity, reference, neighbours)

@@ -38,6 +38,9 @@ class TrainingConfig:
     validation_fraction: float | None = None
     patience: int = 10
     verbose: int = 0
+    #: "fp32", or "bf16": forward and backward passes under torch.autocast in bfloat16
+    #: (weights, optimiser state and the loss's sums stay float32)
+    precision: str = "fp32"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -48,6 +51,11 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError("device='cuda' was requested but torch sees no GPU; "
                          "use device='cpu' or device='auto'.")
     return torch.device(device)
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of ``precision`` ("fp32": none) on ``device``'s type."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _split(n: int, fraction: float | None, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -124,16 +132,18 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Tensor, config: Traini
                  epoch: int) -> dict[str, float]:
     model.train()
     order = torch.randperm(len(data), generator=generator).to(data.device)
-    sums: dict[str, float] = {}
+    sums: dict[str, Tensor] = {}
     for start in range(0, len(data), config.batch_size):
         batch = data[order[start:start + config.batch_size]]
-        loss, terms = loss_fn(model, batch, generator)
-        _check_finite(loss, epoch, config)
+        with autocast(config.precision, data.device):
+            loss, terms = loss_fn(model, batch, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip_grad_norm:
             nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
         optimiser.step()
-        for name, value in {"loss": loss, **terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.item() * len(batch)
-    return {"epoch": epoch + 1, **{k: v / len(data) for k, v in sums.items()}}
+        for name, value in {"loss": loss, **terms}.items():  # summed as tensors: no sync a step
+            sums[name] = sums.get(name, 0.0) + value.detach() * len(batch)
+    record = {k: (v / len(data)).item() for k, v in sums.items()}
+    _check_finite(torch.tensor(record["loss"]), epoch, config)
+    return {"epoch": epoch + 1, **record}

@@ -107,20 +107,25 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         device = training.resolve_device(self.device)
         self.model_ = model.to(device)
         self.history_ = training.fit(self.model_, self._loss, x.to(device),
-                                     self._training_config(), generator, self._epoch_statistics)
+                                     self._training_config(len(x)), generator,
+                                     self._epoch_statistics)
         self._on_fitted(x, generator)
         self.offset_ = self._offset_from(self._score_model_units(x))
         return self
 
-    def _training_config(self) -> training.TrainingConfig:
+    def _training_config(self, n_rows: int) -> training.TrainingConfig:
         return training.TrainingConfig(
-            epochs=self._resolved_epochs(), batch_size=self.batch_size,
+            epochs=self._resolved_epochs(n_rows), batch_size=self.batch_size,
             learning_rate=self.learning_rate, weight_decay=self.weight_decay,
             clip_grad_norm=self.clip_grad_norm, validation_fraction=self.validation_fraction,
-            patience=self.patience, verbose=self.verbose)
+            patience=self.patience, verbose=self.verbose, precision=self._precision())
 
-    def _resolved_epochs(self) -> int:
-        """``epochs`` as a number (subclasses resolve "auto" from the data kind)."""
+    def _precision(self) -> str:
+        """The training precision ("fp32" unless a subclass offers "bf16")."""
+        return "fp32"
+
+    def _resolved_epochs(self, n_rows: int) -> int:
+        """``epochs`` as a number (subclasses resolve "auto" from the data and its size)."""
         return self.epochs
 
     def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:

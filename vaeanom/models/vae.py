@@ -50,7 +50,8 @@ class VAE(nn.Module):
         float32, which would turn the score into NaN instead of a very low number.
         """
         mu, log_var = self.encoder(x)
-        return mu, log_var.clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT)
+        # float(): under bf16 autocast the networks run in bfloat16, the ELBO's sums do not
+        return mu.float(), log_var.float().clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT)
 
     def decode(self, z: Tensor) -> Tensor:
         """Mean of p(x|z) in the model's (preprocessed) units."""
@@ -61,7 +62,7 @@ class VAE(nn.Module):
         mu, log_var = self.encode(x)
         z = mu + torch.exp(0.5 * log_var) * eps                    # (L, b, d)
         n_samples, batch = z.shape[0], x.shape[0]
-        decoded = self.decoder(z.reshape(n_samples * batch, -1))    # (L b, ...)
+        decoded = self.decoder(z.reshape(n_samples * batch, -1)).float()    # (L b, ...)
         x_rep = x.expand(n_samples, *x.shape).reshape(n_samples * batch, *x.shape[1:])
         log_px = self.likelihood.log_prob(x_rep, decoded).view(n_samples, batch)
         return mu, log_var, z, log_px
