@@ -26,7 +26,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -170,6 +169,7 @@ def main() -> None:
     names = args.sets or {"all": ALL_SETS, "selection": SELECTION,
                           "held-out": HELD_OUT}[args.half]
     name = "anomaly_tabular" + ("" if args.half == "all" and not args.sets else f"_{args.half}")
+    name += "".join(f"_{key}-{value}" for key, value in params.items())  # never the defaults' file
     log = RESULTS / f"{name}.rows.jsonl"
     done = _read_rows(log) if args.resume else []
     if not args.resume:

@@ -104,6 +104,16 @@ def test_demo_in_process(tmp_path, capsys):
     VAEDetector.load(tmp_path / "vae-digit0.safetensors")
 
 
+def test_demo_epochs_are_auto_or_a_positive_int(capsys):
+    from vaeanom.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).epochs == "auto"
+    assert build_parser().parse_args(["demo", "--epochs", "7"]).epochs == 7
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--epochs", "0"])
+    assert "'auto' or a positive int" in capsys.readouterr().err
+
+
 def test_installed_console_script(tmp_path):
     exe = shutil.which("vaeanom") or str(__import__("pathlib").Path(sys.executable).with_name("vaeanom"))
     done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)

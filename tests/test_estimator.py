@@ -308,17 +308,17 @@ def test_early_stopping_uses_only_the_requested_hold_out(cancer):
 
 # ------------------------------------------------------------ quality floors
 def test_digits_one_class_mean_roc_auc_floor():
-    """Digits as 64-column rows, rows defaults (beta 2, elbo_kl): 0.968 measured.
+    """Digits as 64-column rows (the demo), rows defaults: 0.9866 measured at seed 0.
 
-    Clean one-class data is where the ELBO alone does best (0.975 with beta 1);
-    the rows default trades a little of that for contaminated tables (README).
+    IsolationForest scores 0.9768 on the same splits (benchmarks/anomaly_tabular.py,
+    where digits is a held-out set).
     """
     aucs = []
     for digit in range(10):
         split = digits_one_class(digit, seed=0)
         det = VAEDetector(random_state=0).fit(split.X_train)
         aucs.append(roc_auc_score(split.y_test, -det.score_samples(split.X_test)))
-    assert np.mean(aucs) >= 0.96, aucs
+    assert np.mean(aucs) >= 0.98, aucs
 
 
 def test_digit_images_one_class_floor_with_image_defaults():
@@ -339,6 +339,7 @@ def test_digit_images_one_class_floor_with_image_defaults():
 
 
 def test_breast_cancer_roc_auc_floor():
+    """0.9453 measured at seed 0 (0.9535 over seeds 0-2; IsolationForest 0.9509 at seed 0)."""
     split = breast_cancer_one_class(n_train=200, seed=0)
     det = VAEDetector(random_state=0).fit(split.X_train)
-    assert roc_auc_score(split.y_test, -det.score_samples(split.X_test)) >= 0.93
+    assert roc_auc_score(split.y_test, -det.score_samples(split.X_test)) >= 0.94

@@ -37,7 +37,6 @@ def _epochs(text: str) -> int | str:
     return value
 
 
-
 def run_demo(out_dir: Path, epochs: int | str = "auto", seed: int = 0) -> pd.DataFrame:
     """One-class load_digits: VAEDetector next to IsolationForest, same run.
 
