@@ -101,8 +101,10 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
     """
     train_idx, val_idx = _split(len(data), config.validation_fraction, generator)
     train, val = data[train_idx.to(data.device)], data[val_idx.to(data.device)]
+    # foreach: one multi-tensor kernel per update step instead of one per parameter, the
+    # same arithmetic (small tables take many steps whose cost is mostly this overhead)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
-                                 weight_decay=config.weight_decay)
+                                 weight_decay=config.weight_decay, foreach=True)
     history: list[dict[str, float]] = []
     best = (math.inf, None, -1)  # (val loss, state, epoch)
     bar = tqdm(range(config.epochs), desc="fit", unit="epoch", disable=not config.verbose,
