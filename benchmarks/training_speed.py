@@ -96,8 +96,8 @@ def main() -> None:
     write_results("training_speed", payload,
                   "# Training speed (CPU, same run)\n\n" + "\n".join(table)
                   + f"\n\n{args.epochs} epochs timed per model, torch threads = "
-                  f"{torch.get_num_threads()}; medians of {REPEATS} timings taken round robin. Timings "
-                  "vary run to run; compare within one run."
+                  f"{torch.get_num_threads()}; medians of {REPEATS} timings taken round robin. "
+                  "Timings vary run to run; compare within one run."
                   "\n\n## Whole fits with the rows defaults\n\n" + "\n".join(fit_table))
 
 

@@ -338,7 +338,8 @@ def inference_scorer(model: VAE, eps: Tensor, kind: str, complexity: nn.Module |
     """The cheapest module that computes score ``kind`` (what the ONNX export runs)."""
     if kind == "elbo_complexity" and complexity is not None:
         return ComplexityCorrected(inference_scorer(model, eps, "elbo"), complexity)
-    if kind in ("elbo", "recon_prob", "elbo_kl", "elbo_kl_knn") and supports_linear_gaussian(model):
+    linear_gaussian = supports_linear_gaussian(model)
+    if kind in ("elbo", "recon_prob", "elbo_kl", "elbo_kl_knn") and linear_gaussian:
         votes = kind in ("elbo_kl", "elbo_kl_knn")
         return LinearGaussianELBO(model, eps, with_kl=kind != "recon_prob",
                                   reference=reference if votes else None,

@@ -96,12 +96,12 @@ class VAEDetector(BaseDetector):
     epochs : int or "auto", default="auto"
         Passes over the training data. "auto" is 30 for images and, for rows,
         as many as make about ``ROW_STEPS`` = 1000 gradient steps whatever the
-        table's size (90 rows: 1000 epochs; 100k rows: 1.3). Counting steps,
-        not epochs, keeps small tables from being undertrained and big ones
-        from being fitted to their own anomalies: on the selection half of the
-        tabular benchmark 300 / 1000 / 2000 / 3000 steps gave a mean ROC-AUC of
-        0.872 / 0.875 / 0.859 / 0.849 (README: a square-root rule that did
-        better there did worse on the held-out half). On Fashion-MNIST, 100
+        table's size (90 rows: 1000 epochs; 100k rows: one, of 782 steps).
+        Counting steps, not epochs, keeps small tables from being undertrained
+        and big ones from being fitted to their own anomalies: on the selection
+        half of the tabular benchmark 300 / 1000 / 2000 / 3000 steps gave a mean
+        ROC-AUC of 0.872 / 0.875 / 0.859 / 0.849 (README: a square-root rule
+        that did better there did worse on the held-out half). On Fashion-MNIST, 100
         epochs fit the training class so closely that detection got worse
         (0.9595 at 30).
     batch_size, learning_rate, weight_decay : training schedule (Adam).
