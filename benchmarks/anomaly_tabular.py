@@ -191,6 +191,11 @@ def main() -> None:
     report(pd.DataFrame(rows), params, args, name)
 
 
+def _markdown(table: pd.DataFrame) -> str:
+    """A markdown table with blank cells where a value is missing (ranks of non-contenders)."""
+    return table.astype(object).where(table.notna(), "").to_markdown(floatfmt=".4f")
+
+
 def report(results: pd.DataFrame, params: dict, args, name: str) -> None:
     auc, ap = summary(results, "roc_auc"), summary(results, "average_precision")
     default = next((m for m in auc.index if m.endswith("(default)")), None)
@@ -223,9 +228,9 @@ def report(results: pd.DataFrame, params: dict, args, name: str) -> None:
         *([f"Peer rows read from `{args.peers_from.name}` (an earlier run with the same seeds, "
            "splits and package versions), not refitted in this run.", ""]
           if args.peers_from else []),
-        "## ROC-AUC: summary", "", auc[summary_cols].to_markdown(floatfmt=".4f"), "",
+        "## ROC-AUC: summary", "", _markdown(auc[summary_cols]), "",
         "## ROC-AUC per set", "", auc.drop(columns=summary_cols).to_markdown(floatfmt=".4f"), "",
-        "## Average precision: summary", "", ap[summary_cols].to_markdown(floatfmt=".4f"), "",
+        "## Average precision: summary", "", _markdown(ap[summary_cols]), "",
         "## Average precision per set", "",
         ap.drop(columns=summary_cols).to_markdown(floatfmt=".4f"), "",
         f"Sets where the default is more than 0.05 ROC-AUC below IsolationForest: "
