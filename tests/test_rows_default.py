@@ -85,21 +85,19 @@ def test_auto_epochs_count_gradient_steps(n_rows, batch_size):
     assert VAEDetector(epochs=7)._resolved_epochs(n_rows) == 7
 
 
-def test_bf16_training_runs_the_networks_in_bfloat16_and_scores_in_float32(cancer):
+def test_bf16_training_runs_the_networks_in_bfloat16_and_scores_in_float32(cancer,
+                                                                           monkeypatch):
     X, _ = cancer
     seen = set()
-    det = VAEDetector(**{**FAST, "precision": "bf16"})
-    original = vae_module.VAEDetector._loss
+    original = VAEDetector._loss
 
     def spy(self, model, batch, generator):
         seen.add(model.encoder(batch)[0].dtype)
         return original(self, model, batch, generator)
 
-    vae_module.VAEDetector._loss = spy
-    try:
-        det.fit(X)
-    finally:
-        vae_module.VAEDetector._loss = original
+    monkeypatch.setattr(VAEDetector, "_loss", spy)
+    det = VAEDetector(**{**FAST, "precision": "bf16"}).fit(X)
+    monkeypatch.undo()
     assert seen == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in det.model_.parameters())
     scores = det.score_samples(X)

@@ -72,6 +72,8 @@ from .models.vae import ELBOTerms, LOG_VAR_LIMIT, VAE
 
 SCORE_KINDS = ("elbo", "iwae", "recon_prob", "reconstruction", "kl", "elbo_kl",
                "latent_knn", "elbo_kl_knn", "elbo_complexity")
+#: score kinds that sum terms in robust training units (:func:`robust_vote`)
+VOTE_SCORE_KINDS = ("elbo_kl", "elbo_kl_knn")
 #: score kinds that need the bank of training codes (:class:`LatentNeighbours`)
 NEIGHBOUR_SCORE_KINDS = ("latent_knn", "elbo_kl_knn")
 #: score kinds that need image inputs
@@ -170,7 +172,7 @@ class Scorer(nn.Module):
             raise ValueError(f"unknown score kind {kind!r}; expected one of {SCORE_KINDS}")
         if kind in IMAGE_SCORE_KINDS and complexity is None:
             raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
-        if kind in ("elbo_kl", "elbo_kl_knn") and reference is None:
+        if kind in VOTE_SCORE_KINDS and reference is None:
             raise ValueError(f"score kind {kind!r} needs the training reference of its terms")
         if kind in NEIGHBOUR_SCORE_KINDS and neighbours is None:
             raise ValueError(f"score kind {kind!r} needs the bank of training codes")
@@ -339,9 +341,8 @@ def inference_scorer(model: VAE, eps: Tensor, kind: str, complexity: nn.Module |
     if kind == "elbo_complexity" and complexity is not None:
         return ComplexityCorrected(inference_scorer(model, eps, "elbo"), complexity)
     linear_gaussian = supports_linear_gaussian(model)
-    if kind in ("elbo", "recon_prob", "elbo_kl", "elbo_kl_knn") and linear_gaussian:
-        votes = kind in ("elbo_kl", "elbo_kl_knn")
+    if kind in ("elbo", "recon_prob", *VOTE_SCORE_KINDS) and linear_gaussian:
         return LinearGaussianELBO(model, eps, with_kl=kind != "recon_prob",
-                                  reference=reference if votes else None,
+                                  reference=reference if kind in VOTE_SCORE_KINDS else None,
                                   neighbours=neighbours if kind == "elbo_kl_knn" else None)
     return Scorer(model, eps, kind, complexity, reference, neighbours)

@@ -69,10 +69,10 @@ def _split(n: int, fraction: float | None, generator: torch.Generator) -> tuple[
     return order[n_val:], order[:n_val]
 
 
-def _check_finite(loss: Tensor, epoch: int, config: TrainingConfig) -> None:
-    if not torch.isfinite(loss):
+def _check_finite(loss: float, epoch: int, config: TrainingConfig) -> None:
+    if not math.isfinite(loss):
         raise TrainingDivergedError(
-            f"training diverged at epoch {epoch + 1}: the loss is {loss.item()}. "
+            f"training diverged at epoch {epoch + 1}: the loss is {loss}. "
             f"Try a lower learning_rate (now {config.learning_rate}), set clip_grad_norm "
             "(e.g. 1.0), or check the input for extreme values.")
 
@@ -147,5 +147,5 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Tensor, config: Traini
         for name, value in {"loss": loss, **terms}.items():  # summed as tensors: no sync a step
             sums[name] = sums.get(name, 0.0) + value.detach() * len(batch)
     record = {k: (v / len(data)).item() for k, v in sums.items()}
-    _check_finite(torch.tensor(record["loss"]), epoch, config)
+    _check_finite(record["loss"], epoch, config)
     return {"epoch": epoch + 1, **record}
