@@ -150,12 +150,26 @@ def test_uint8_graph_scales_pixels_itself(images, tmp_path):
         OnnxModel(path).score_samples(X / 255.0)
 
 
-def test_image_model_takes_float_and_flattened_pixels_like_the_detector(images, exported):
+def test_image_model_takes_float_and_flattened_pixels_like_the_detector(images, tmp_path):
     det, X = images
-    model = OnnxModel(exported["images", "scorer"])
+    model = OnnxModel(det.export_onnx(tmp_path / "f.onnx", input_dtype="float32"))
     _close(model.score_samples(X.reshape(len(X), -1)), det.score_samples(X))
     floats = X.astype(np.float32) / 255
     _close(model.score_samples(floats), det.score_samples(floats))
+
+
+@pytest.mark.parametrize("backbone", ["conv", "mlp"])
+def test_default_export_of_a_uint8_model_takes_the_users_own_array(backbone, digit_images,
+                                                                   tmp_path):
+    """input_dtype="auto": a bare session fed the uint8 images gives score_samples."""
+    train, X, params = _images_case(digit_images, backbone)
+    det = _fit(train, **params)
+    path = det.export_onnx(tmp_path / "auto.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    (score,) = session.run(None, {"input": X})
+    expected = det.score_samples(X)
+    np.testing.assert_allclose(score, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 def test_scores_do_not_depend_on_batch_size(rows, exported):
@@ -276,7 +290,12 @@ def test_newer_format_versions_are_refused(exported, tmp_path):
         OnnxModel(tmp_path / "future.onnx")
 
 
-def test_failed_export_keeps_the_old_file(rows, exported, tmp_path):
+def test_failed_export_keeps_the_old_file(rows, tmp_path, monkeypatch):
+    """Bad arguments are refused before anything is written, and a write that fails half
+    way (the disk fills after the bytes landed in the temporary file) leaves the old
+    file as it was and no temporary file behind."""
+    from vaeanom import export, fileio
+
     det, _ = rows
     path = tmp_path / "keep.onnx"
     path.write_bytes(b"old")
@@ -284,7 +303,21 @@ def test_failed_export_keeps_the_old_file(rows, exported, tmp_path):
         det.export_onnx(path, part="everything")
     with pytest.raises(ValueError, match="image models"):
         det.export_onnx(path, input_dtype="uint8")
+    written = []
+
+    def write_then_fail(target, write):
+        def half_write(tmp):
+            write(tmp)
+            written.append(tmp)
+            raise OSError("disk full")
+        fileio.atomic_write(target, half_write)
+
+    monkeypatch.setattr(export, "atomic_write", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        det.export_onnx(path)
+    assert len(written) == 1 and written[0] != str(path)  # the export did reach its write
     assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.onnx"]
 
 
 # ----------------------------------------------------------------- Triton

@@ -14,6 +14,7 @@ _EXPORTS = {
     "InvalidParameterError": "vaeanom.estimators.params",
     "TrainingDivergedError": "vaeanom.training",
     "OnnxModel": "vaeanom.runtime",
+    "Preprocessing": "vaeanom.preprocessing",
     "evaluate": "vaeanom.evaluation",
 }
 

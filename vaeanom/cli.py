@@ -1,8 +1,10 @@
 """The ``vaeanom`` command: demo, fit, score, export, compress, decompress.
 
 Each subcommand is a parser builder plus a pure worker; ``main(argv)`` takes
-its arguments so tests run it in-process. Output goes through logging (``-v``
-for more); any error becomes one readable line and exit status 1.
+its arguments so tests run it in-process. Results (the demo's table, scores,
+fit's one-line summary) go to standard output, progress bars to standard error
+when it is a terminal, the rest through logging (``-v`` for more); any error
+becomes one readable line and exit status 1.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -102,14 +105,44 @@ def parse_params(pairs: list[str]) -> dict:
 
 
 def run_fit(data: Path, model: Path, params: dict, index_col=None,
-            estimator: str = "VAEDetector") -> None:
+            estimator: str = "VAEDetector", progress: bool = False) -> str:
+    """Fit a detector on a data file, save it, and return the one-line summary.
+
+    ``progress`` shows a progress bar on standard error unless ``params`` sets
+    ``verbose``. The bar belongs to this run, not to the model: the saved file
+    keeps the estimator's own ``verbose``, so it is the same with or without a
+    terminal.
+    """
     from . import estimators
     from .datasets import read_data
 
     X = read_data(data, index_col=index_col)
-    detector = getattr(estimators, estimator)(**params).fit(X)
+    detector = getattr(estimators, estimator)(**params)
+    own_verbose = detector.get_params()["verbose"]
+    if progress and "verbose" not in params:
+        detector.set_params(verbose=1)
+    start = time.perf_counter()
+    detector.fit(X)
+    seconds = time.perf_counter() - start
+    detector.set_params(verbose=own_verbose)
     detector.save(model)
-    logger.info("fitted %s on %d rows; saved to %s", estimator, len(X), model)
+    return fit_summary(detector, len(X), seconds, model)
+
+
+def fit_summary(detector, n_rows: int, seconds: float, model: Path) -> str:
+    """What ``vaeanom fit`` prints: what was fitted on what, how long it took, the
+    threshold (``offset_``) and where the model went, in one line."""
+    if detector.is_image_:
+        data = f"{n_rows} images of {'x'.join(map(str, detector.input_shape_))} pixels"
+    else:
+        data = f"{n_rows} rows x {detector.n_features_in_} features"
+    return (f"fitted {type(detector).__name__} on {data} in {seconds:.1f} s; "
+            f"threshold {detector.offset_:.4g}; saved to {model}")
+
+
+def _stderr_is_terminal() -> bool:
+    """True when a person is watching standard error (where progress bars go)."""
+    return sys.stderr.isatty()
 
 
 def load_detector(path: Path):
@@ -241,8 +274,16 @@ def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------- parser
+def plain_text(text: str) -> str:
+    """Docstring text without reStructuredText markup, for ``--help``:
+    ``x`` in double backticks -> x, :class:`~a.B` -> a.B."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaeanom", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vaeanom",
+                                     description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(float_format=lambda v: f"{v:.4f}"))
             print(f"\nmodel, figure and table written to {args.out}/")
         elif args.command == "fit":
-            run_fit(args.data, args.model, parse_params(args.params), _index_col(args.index_col),
-                    args.estimator)
+            print(run_fit(args.data, args.model, parse_params(args.params),
+                          _index_col(args.index_col), args.estimator,
+                          progress=_stderr_is_terminal()))
         elif args.command == "score":
             frame = run_score(args.model, args.data, args.output, _index_col(args.index_col),
                               onnx=args.onnx)

@@ -11,6 +11,8 @@ from sklearn.metrics import (average_precision_score, f1_score, precision_score,
                              roc_auc_score)
 from sklearn.utils.validation import check_consistent_length, column_or_1d
 
+from .checks import is_outlier
+
 
 def _anomaly_labels(y) -> np.ndarray:
     """y as 0/1 with 1 = anomaly; accepts bool, 0/1 and scikit-learn's +1/-1."""
@@ -41,8 +43,8 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     labels = _anomaly_labels(y)
     scores = np.asarray(detector.score_samples(X), dtype=np.float64)
     check_consistent_length(scores, labels)
-    anomaly_score = -scores
-    flagged = (scores - detector.offset_ < 0).astype(int)
+    anomaly_score = -_rankable(scores)
+    flagged = is_outlier(scores, detector.offset_).astype(int)
     n_true = int(labels.sum())
     top_n = np.argsort(-anomaly_score, kind="stable")[:n_true]
     metrics = {
@@ -61,5 +63,17 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
 
         folder = Path(plots_to)
         save_roc_curve(labels, anomaly_score, folder / "roc.png")
-        save_score_histograms(scores, labels, detector.offset_, folder / "scores.png")
+        save_score_histograms(_rankable(scores), labels, detector.offset_, folder / "scores.png")
     return pd.DataFrame({"value": metrics}).rename_axis("metric")
+
+
+def _rankable(scores: np.ndarray) -> np.ndarray:
+    """Scores with -inf (rows that could not be scored) just below the lowest finite score.
+
+    The metrics are rank-based and refuse infinities; a -inf row stays the least normal.
+    """
+    finite = np.isfinite(scores)
+    if finite.all():
+        return scores
+    floor = scores[finite].min() - 1.0 if finite.any() else 0.0
+    return np.where(finite, scores, floor)

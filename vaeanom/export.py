@@ -18,9 +18,21 @@ The batch dimension is dynamic. Everything :class:`vaeanom.OnnxModel` needs
 The graphs are deterministic: no random op is exported, the scorer's noise is
 a constant. ``fp16=True`` runs the encoder and decoder networks in half
 precision (for GPUs) while preprocessing, the likelihood and the sums over
-features stay in float32, so the score cannot overflow. On CPU onnxruntime the
-scores moved by a median 3e-6 relative (benchmarks/inference.py); the tests
-hold them within 1e-2.
+features stay in float32. float16 holds at most 65504: ``OnnxModel`` refuses
+rows whose standardised values pass it (as the estimator refuses float32
+overflow), and inside the graph a score that still overflows comes out as
+-inf, never NaN, so even a bare session ranks it as the least normal row. On
+CPU onnxruntime the fp16 scores moved by a median 3e-6 relative
+(benchmarks/inference.py); the tests hold them within 1e-2.
+
+The file is sealed: its metadata holds the SHA-256 of its bytes
+(:mod:`vaeanom.digest`), which ``OnnxModel`` checks before opening it.
+
+The exporter takes from the detector only public descriptions:
+``onnx_part`` (a :class:`PartSpec`), ``preprocessing_`` (a
+:class:`vaeanom.preprocessing.Preprocessing`, which the torch-side
+preprocessing here and the runtime's input checks are both built from),
+``get_params``, ``offset_`` and ``n_features_in_``.
 """
 
 from __future__ import annotations
@@ -35,11 +47,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from . import __version__, digest
 from .fileio import atomic_write
-from .onnx_format import FORMAT, FORMAT_VERSION, METADATA_KEY, PARTS
+from .onnx_rewrite import stable_reductions
+from .onnx_format import DIGEST_KEY, DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, PARTS
+from .preprocessing import Preprocessing, jsonable_params
 
-INPUT_DTYPES = ("float32", "uint8")
+INPUT_DTYPES = ("auto", "float32", "uint8")
 OPSET = 18
 
 
@@ -49,13 +63,17 @@ class PartSpec(NamedTuple):
     ``module`` maps a model-unit batch (``input`` is "data") or a latent batch
     (``input`` is "latent", of per-row shape ``latent_shape`` and dtype
     ``latent_dtype``) to ``outputs`` (a tensor or a tuple, named in order).
+    ``score_kind`` is what the detector's ``score_samples`` computes;
+    ``codebook_size`` is K when latents are integer codes in [0, K).
     """
 
     module: nn.Module
     input: str
     outputs: tuple[str, ...]
+    score_kind: str
     latent_shape: tuple[int, ...] = ()
     latent_dtype: torch.dtype = torch.float32
+    codebook_size: int | None = None
 
 
 class _HalfPrecision(nn.Module):
@@ -81,15 +99,15 @@ def half_precision(model: nn.Module) -> nn.Module:
 
 
 class _UserInput(nn.Module):
-    """User's rows or images -> model units, as ``BaseDetector._preprocess`` does."""
+    """User's rows or images -> model units: :meth:`Preprocessing.to_model_units` as graph ops."""
 
-    def __init__(self, detector, input_dtype: str) -> None:
+    def __init__(self, pre: Preprocessing, input_dtype: str) -> None:
         super().__init__()
-        self.model_shape = tuple(detector.center_.shape)
+        self.model_shape = tuple(pre.center.shape)
         self.pixel_scale = 1.0 / 255.0 if input_dtype == "uint8" else None
-        self.register_buffer("center", torch.tensor(detector.center_, dtype=torch.float32))
-        self.register_buffer("scale", torch.tensor(detector.scale_, dtype=torch.float32))
-        self.is_image = bool(detector.is_image_)
+        self.register_buffer("center", torch.tensor(pre.center, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(pre.scale, dtype=torch.float32))
+        self.is_image = pre.is_image
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.reshape(x.shape[0], *self.model_shape)
@@ -102,14 +120,21 @@ class _UserInput(nn.Module):
 class _UserOutput(nn.Module):
     """Model-unit reconstructions -> the user's units, as ``BaseDetector._to_user_units``."""
 
-    def __init__(self, detector) -> None:
+    def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
-        self.input_shape = tuple(detector.input_shape_)
-        self.register_buffer("center", torch.tensor(detector.center_, dtype=torch.float32))
-        self.register_buffer("scale", torch.tensor(detector.scale_, dtype=torch.float32))
+        self.input_shape = tuple(pre.input_shape)
+        self.register_buffer("center", torch.tensor(pre.center, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(pre.scale, dtype=torch.float32))
 
     def forward(self, x: Tensor) -> Tensor:
         return (x * self.scale + self.center).reshape(x.shape[0], *self.input_shape)
+
+
+class _WorstIfNotFinite(nn.Module):
+    """Scores -> scores with NaN and infinities replaced by -inf (:mod:`vaeanom.checks`)."""
+
+    def forward(self, score: Tensor) -> Tensor:
+        return torch.where(torch.isfinite(score), score, torch.full_like(score, -torch.inf))
 
 
 class _Graph(nn.Module):
@@ -123,25 +148,34 @@ class _Graph(nn.Module):
         return self.post(self.part(self.pre(x)))
 
 
-def _example_input(detector, spec: PartSpec, input_dtype: str) -> Tensor:
+def _example_input(pre: Preprocessing, spec: PartSpec, input_dtype: str) -> Tensor:
     if spec.input == "latent":
         return torch.zeros((2, *spec.latent_shape), dtype=spec.latent_dtype)
     dtype = torch.uint8 if input_dtype == "uint8" else torch.float32
-    return torch.zeros((2, *detector.input_shape_), dtype=dtype)
+    return torch.zeros((2, *pre.input_shape), dtype=dtype)
+
+
+def resolve_input_dtype(pre: Preprocessing, input_dtype: str) -> str:
+    """"auto" follows the training input: uint8 for models fitted on uint8 images."""
+    _check_choice("input_dtype", input_dtype, INPUT_DTYPES)
+    if input_dtype == "auto":
+        return "uint8" if pre.is_image and pre.pixel_dtype == "uint8" else "float32"
+    if input_dtype == "uint8" and not pre.is_image:
+        raise ValueError("input_dtype='uint8' is for image models; rows are float32.")
+    return input_dtype
 
 
 def build_graph(detector, part: str = "scorer", *, fp16: bool = False,
-                input_dtype: str = "float32") -> tuple[nn.Module, Tensor, PartSpec]:
+                input_dtype: str = "auto") -> tuple[nn.Module, Tensor, PartSpec]:
     """The torch module that is exported for ``part``, an example input and its spec."""
     _check_choice("part", part, PARTS)
-    _check_choice("input_dtype", input_dtype, INPUT_DTYPES)
-    if input_dtype == "uint8" and not detector.is_image_:
-        raise ValueError("input_dtype='uint8' is for image models; rows are float32.")
-    spec = detector._onnx_part(part, fp16=fp16)
-    pre = nn.Identity() if spec.input == "latent" else _UserInput(detector, input_dtype)
-    post = _UserOutput(detector) if part == "decoder" else nn.Identity()
-    graph = _Graph(pre, spec.module, post).cpu().eval()
-    return graph, _example_input(detector, spec, input_dtype), spec
+    pre = detector.preprocessing_
+    input_dtype = resolve_input_dtype(pre, input_dtype)
+    spec = detector.onnx_part(part, fp16=fp16)
+    first = nn.Identity() if spec.input == "latent" else _UserInput(pre, input_dtype)
+    last = {"decoder": _UserOutput(pre), "scorer": _WorstIfNotFinite()}.get(part, nn.Identity())
+    graph = _Graph(first, spec.module, last).cpu().eval()
+    return graph, _example_input(pre, spec, input_dtype), spec
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -150,19 +184,22 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16: bool = False,
-                input_dtype: str = "float32") -> Path:
-    """Write ``part`` of a fitted detector to one self-contained ONNX file at ``path``.
+                input_dtype: str = "auto") -> Path:
+    """Write ``part`` of a fitted detector to one self-contained, sealed ONNX file at ``path``.
 
     ``input_dtype="uint8"`` (image models only) makes the graph take 8-bit pixels
     and divide them by 255 itself, as ``score_samples`` does with uint8 images;
-    the default float32 graph takes pixels already in the model's range.
-    The write is atomic, and the file passes ``onnx.checker`` (full check).
+    "float32" takes rows, or pixels already in [0, 1]. "auto" follows what the
+    model was fitted on, so a bare onnxruntime session fed the user's own array
+    gives ``score_samples``. The write is atomic, and the file passes
+    ``onnx.checker`` (full check).
     """
     import onnx
 
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(detector)
+    input_dtype = resolve_input_dtype(detector.preprocessing_, input_dtype)
     graph, example, spec = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype)
     batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
     input_name = "latent" if spec.input == "latent" else "input"
@@ -172,40 +209,41 @@ def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16
             dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
             external_data=False, verbose=False)
         program.save(os.path.join(tmp, "model.onnx"), external_data=False)
-        proto = onnx.load(os.path.join(tmp, "model.onnx"))
+        proto = stable_reductions(onnx.load(os.path.join(tmp, "model.onnx")))
     meta = _metadata(detector, part, spec, fp16, input_dtype, input_name)
-    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta),
+                                        DIGEST_KEY: digest.PLACEHOLDER.decode()})
     proto.doc_string = f"vaeanom {meta['estimator']} {part} (vaeanom {__version__})"
     onnx.checker.check_model(proto, full_check=True)
-    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    data = digest.seal(proto.SerializeToString(), DIGEST_MARKER)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)
 
 
 def _metadata(detector, part: str, spec: PartSpec, fp16: bool, input_dtype: str,
               input_name: str) -> dict[str, Any]:
-    from .estimators.persistence import _jsonable_params
-
-    feature_names = getattr(detector, "feature_names_in_", None)
+    pre = detector.preprocessing_
     latent = spec.input == "latent"
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vaeanom_version": __version__,
         "estimator": type(detector).__name__,
-        "params": _jsonable_params(detector.get_params()),
+        "params": jsonable_params(detector.get_params()),
         "part": part,
         "precision": "float16" if fp16 else "float32",
         "input_name": input_name,
-        "input_shape": list(spec.latent_shape if latent else detector.input_shape_),
+        "input_shape": list(spec.latent_shape if latent else pre.input_shape),
         "input_dtype": str(spec.latent_dtype).removeprefix("torch.") if latent else input_dtype,
         "outputs": list(spec.outputs),
-        "is_image": bool(detector.is_image_),
-        "data_shape": list(detector.input_shape_),
-        "feature_names": None if feature_names is None else [str(n) for n in feature_names],
+        "is_image": pre.is_image,
+        "data_shape": list(pre.input_shape),
+        "feature_names": None if pre.feature_names is None else list(pre.feature_names),
         "n_features_in": int(detector.n_features_in_),
-        "score_kind": detector._resolved_score_kind(),
+        "score_kind": spec.score_kind,
         "offset": float(detector.offset_),
-        "codebook_size": detector._latent_range(),
+        "codebook_size": spec.codebook_size,
+        "preprocessing": pre.to_json(),
     }
 
 
@@ -251,7 +289,7 @@ def triton_config(name: str, proto, max_batch_size: int) -> str:
 
 def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
                   part: str = "scorer", *, max_batch_size: int = 4096, fp16: bool = False,
-                  input_dtype: str = "float32", version: int = 1) -> Path:
+                  input_dtype: str = "auto", version: int = 1) -> Path:
     """Write a Triton model repository entry: ``repo/<name>/config.pbtxt`` and
     ``repo/<name>/<version>/model.onnx``. Returns the model folder."""
     import onnx

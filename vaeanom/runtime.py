@@ -6,11 +6,23 @@ fixed Monte-Carlo noise and the network are in the graph, and the threshold
 imports numpy and onnxruntime (and pandas when given a DataFrame), never torch.
 
 Execution providers: with ``providers=None`` the CUDA provider is used only
-when an NVIDIA GPU really answers (the driver is asked through ``ctypes``);
-otherwise the CPU provider is asked for alone, so machines without a GPU never
-see onnxruntime's CUDA load error. Outputs are written by onnxruntime straight
-into the result arrays through IOBinding, batch by batch, so memory stays
-bounded and nothing is copied twice.
+when an NVIDIA GPU really answers (asked through NVML, which, unlike the CUDA
+driver API, creates no CUDA context, so a server that forks after loading keeps
+working, as PyTorch's own NVML-based device count does); otherwise the CPU
+provider is asked for alone, so machines without a GPU never see onnxruntime's
+CUDA load error. Outputs are written by onnxruntime straight into the result
+arrays through IOBinding, in fixed-size zero-padded chunks: memory stays
+bounded, nothing is copied twice, and a row's score is the same bits whatever
+the batch it came in.
+
+Files are checked before onnxruntime parses them: the SHA-256 seal the
+exporter wrote must match (:mod:`vaeanom.digest`). Inputs get the estimator's
+checks, from the same :class:`vaeanom.preprocessing.Preprocessing` the file's
+metadata describes, in the graph's precision (float16 graphs refuse
+standardised values past 65504).
+
+Thread safety: an ``OnnxModel`` may be shared by threads (each call binds its
+own inputs and outputs; onnxruntime sessions are safe to run concurrently).
 """
 
 from __future__ import annotations
@@ -18,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +38,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from . import digest
+from .checks import finite_scores, is_outlier, outlier_labels
 from .codes import check_code_values
-from .onnx_format import FORMAT, FORMAT_VERSION, METADATA_KEY
+from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY
+from .preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +51,22 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8
 
 
 def cuda_device_count() -> int:
-    """Number of CUDA devices the NVIDIA driver reports; 0 when there is no driver or GPU."""
-    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    """Number of NVIDIA GPUs NVML reports; 0 when there is no driver or GPU.
+
+    NVML, not the CUDA driver's ``cuInit``: initialising CUDA in a process that
+    later forks (a pre-forking server) breaks CUDA in the children.
+    """
+    name = "nvml.dll" if sys.platform == "win32" else "libnvidia-ml.so.1"
     try:
-        driver = ctypes.CDLL(name)
-        count = ctypes.c_int(0)
-        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        nvml = ctypes.CDLL(name)
+        count = ctypes.c_uint(0)
+        if nvml.nvmlInit_v2() != 0:
             return 0
+        try:
+            if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+                return 0
+        finally:
+            nvml.nvmlShutdown()
         return count.value
     except (OSError, AttributeError):
         return 0
@@ -75,23 +98,28 @@ class OnnxModel:
         Session options (threads, graph optimisation, logging).
     intra_op_num_threads : int, optional
         Shortcut for ``sess_options.intra_op_num_threads``.
-    batch_size : int, default=256
-        Rows per onnxruntime call: bounds memory (a conv scorer with 16
-        Monte-Carlo samples holds about 1.6 MB per row in flight) and keeps
-        the working set in cache; larger batches were no faster on CPU.
+    batch_size : int, default=64
+        Rows per onnxruntime call, the last call zero-padded to it, so that
+        every row goes through identically shaped kernels and its score does
+        not depend on how many rows came with it (as the estimator does). It
+        bounds memory too: a conv scorer with 16 Monte-Carlo samples holds
+        about 1.6 MB per row in flight.
 
     Attributes
     ----------
     metadata : dict
         What the exporter wrote (version, estimator, params, part, shapes, ...).
     part, score_kind, offset_, input_shape, n_features_in_, feature_names_in_
+    preprocessing : Preprocessing or None
+        The exported model's preprocessing (None in files from before format 2).
+    precision : {"float32", "float16"}
     providers : list of str
         The providers the session actually uses.
     """
 
     def __init__(self, path, providers: Sequence | None = None, *,
                  sess_options: ort.SessionOptions | None = None,
-                 intra_op_num_threads: int | None = None, batch_size: int = 256) -> None:
+                 intra_op_num_threads: int | None = None, batch_size: int = 64) -> None:
         self.path = Path(path)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
@@ -101,8 +129,9 @@ class OnnxModel:
             options.log_severity_level = 3  # errors only
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = int(intra_op_num_threads)
-        self._session = _open_session(self.path, options, providers or default_providers())
-        self.metadata = _read_metadata(self._session, self.path)
+        data, sealed = _read_checked(self.path)
+        self._session = _open_session(data, self.path, options, providers or default_providers())
+        self.metadata = _read_metadata(self._session, self.path, sealed)
         meta = self.metadata
         self.part = meta["part"]
         self.score_kind = meta["score_kind"]
@@ -115,6 +144,9 @@ class OnnxModel:
             self.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
         self.input_dtype = np.dtype(_NUMPY_DTYPES[meta["input_dtype"]])
         self._input_name = meta["input_name"]
+        self.precision = meta.get("precision", "float32")
+        pre = meta.get("preprocessing")
+        self.preprocessing = None if pre is None else Preprocessing.from_json(pre)
         self._outputs = {o.name: o for o in self._session.get_outputs()}
 
     def __repr__(self) -> str:
@@ -129,7 +161,7 @@ class OnnxModel:
     def score_samples(self, X) -> np.ndarray:
         """Per-row score, higher = more normal: what the detector's ``score_samples`` gives."""
         self._require("scorer", "score_samples")
-        return self.run(X)["score"].astype(np.float64)
+        return finite_scores(self.run(X)["score"])
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""
@@ -137,7 +169,7 @@ class OnnxModel:
 
     def predict(self, X) -> np.ndarray:
         """+1 for inliers, -1 for outliers."""
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        return outlier_labels(self.score_samples(X), self.offset_)
 
     def score_frame(self, X):
         """A DataFrame with X's index: ``score`` and ``is_outlier``."""
@@ -145,7 +177,8 @@ class OnnxModel:
 
         score = self.score_samples(X)
         index = X.index if isinstance(X, (pd.DataFrame, pd.Series)) else pd.RangeIndex(len(score))
-        return pd.DataFrame({"score": score, "is_outlier": score - self.offset_ < 0}, index=index)
+        return pd.DataFrame({"score": score, "is_outlier": is_outlier(score, self.offset_)},
+                            index=index)
 
     # ---------------------------------------------------------- latent API
     def encode(self, X) -> np.ndarray:
@@ -166,13 +199,15 @@ class OnnxModel:
 
     # ----------------------------------------------------------- execution
     def run(self, X) -> dict[str, np.ndarray]:
-        """Every output of the graph for X, as a dict of numpy arrays, batch by batch."""
+        """Every output of the graph for X, as a dict of numpy arrays, chunk by chunk."""
         feed = self._check_input(X)
-        results = {name: np.empty((len(feed), *self._row_shape(out)), _dtype_of(out))
+        size, n_rows = self.batch_size, len(feed)
+        n_padded = -(-n_rows // size) * size
+        results = {name: np.empty((n_padded, *self._row_shape(out)), _dtype_of(out))
                    for name, out in self._outputs.items()}
         binding = self._session.io_binding()
-        for start in range(0, len(feed), self.batch_size):
-            chunk = np.ascontiguousarray(feed[start:start + self.batch_size])
+        for start in range(0, n_rows, size):
+            chunk = _padded(feed[start:start + size], size)
             binding.bind_cpu_input(self._input_name, chunk)
             for name, result in results.items():
                 target = result[start:start + len(chunk)]
@@ -181,7 +216,7 @@ class OnnxModel:
             self._session.run_with_iobinding(binding)
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
-        return results
+        return {name: result[:n_rows] for name, result in results.items()}
 
     def _row_shape(self, output) -> tuple[int, ...]:
         dims = output.shape[1:]
@@ -206,6 +241,10 @@ class OnnxModel:
                                  f"{array.shape}.")
         else:
             _check_width(array, expected[0], "X")
+        if self.preprocessing is not None:  # in the estimator's units: pixels in [0, 1]
+            uint8_pixels = self.is_image and array.dtype == np.uint8
+            self.preprocessing.check(array * np.float32(1 / 255) if uint8_pixels else array,
+                                     self.precision)
         return self._to_input_dtype(array)
 
     def _frame_values(self, X):
@@ -247,26 +286,50 @@ class OnnxModel:
         return array.astype(self.input_dtype, copy=False)
 
 
-def _open_session(path: Path, options: ort.SessionOptions, providers) -> ort.InferenceSession:
+def _read_checked(path: Path) -> tuple[bytes, bool]:
+    """The file's bytes and whether they carry a seal (a seal that does not match raises)."""
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {str(path)!r}.")
+    data = path.read_bytes()
+    return data, digest.verify(data, DIGEST_MARKER, repr(str(path)))
+
+
+def _padded(chunk: np.ndarray, size: int) -> np.ndarray:
+    """``chunk`` as a contiguous array of exactly ``size`` rows (zeros after its own)."""
+    if len(chunk) == size:
+        return np.ascontiguousarray(chunk)
+    padded = np.zeros((size, *chunk.shape[1:]), dtype=chunk.dtype)
+    padded[:len(chunk)] = chunk
+    return padded
+
+
+def _open_session(data: bytes, path: Path, options: ort.SessionOptions,
+                  providers) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+        return ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types
         raise ValueError(f"{str(path)!r} is not a readable ONNX model ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:200]}). Export one with "
                          "det.export_onnx(path).") from None
 
 
-def _read_metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
+def _read_metadata(session: ort.InferenceSession, path: Path, sealed: bool) -> dict[str, Any]:
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
         raise ValueError(f"{str(path)!r} is an ONNX model but was not exported by vaeanom "
                          "(no 'vaeanom' metadata); use onnxruntime directly for it.")
-    meta = json.loads(props[METADATA_KEY])
-    if meta.get("format") != FORMAT or int(meta.get("format_version", -1)) > FORMAT_VERSION:
+    try:
+        meta = json.loads(props[METADATA_KEY])
+        version = int(meta.get("format_version", -1))
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"{str(path)!r} has unreadable vaeanom metadata; the file is "
+                         "corrupt. Export it again.") from None
+    if meta.get("format") != FORMAT or version > FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} has vaeanom ONNX format {meta.get('format_version')!r}; "
                          f"this vaeanom reads up to version {FORMAT_VERSION}. Upgrade vaeanom.")
+    if version >= 2 and not sealed:
+        raise ValueError(f"{str(path)!r} has lost its SHA-256 digest: the file is corrupt or "
+                         "was edited. Export it again.")
     return meta
 
 

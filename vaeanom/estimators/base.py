@@ -22,6 +22,8 @@ from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 from torch import Tensor, nn
 
 from .. import training
+from ..checks import finite_scores, outlier_labels
+from ..preprocessing import Preprocessing
 from . import inputs, persistence
 from .params import AnyOf, Number, OneOf, RandomState, Rule, validate_params
 
@@ -78,8 +80,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _make_scorer(self) -> nn.Module:
         raise NotImplementedError
 
-    def _onnx_part(self, part: str, fp16: bool = False):
-        """The :class:`vaeanom.export.PartSpec` of ``part`` ("scorer", "encoder", "decoder")."""
+    def onnx_part(self, part: str, *, fp16: bool = False):
+        """What ``export_onnx`` writes for ``part`` ("scorer", "encoder", "decoder"): a
+        :class:`vaeanom.export.PartSpec` holding a CPU copy of the network in model units."""
         raise NotImplementedError
 
     def _latent_range(self) -> int | None:
@@ -168,19 +171,21 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         if self.is_image_:
             if not inputs.is_image_input(X):  # flattened pixels are fine too
                 X = inputs.unflatten_images(self, X, self.input_shape_)
-            images, shape = inputs.check_images(self, X, fitting=False)
+            images, shape, _ = inputs.check_images(self, X, fitting=False)
             if tuple(shape) != tuple(self.input_shape_):
                 raise ValueError(f"{type(self).__name__} was fitted on images of shape "
                                  f"{tuple(self.input_shape_)}; got images of shape {tuple(shape)}.")
             if self._standardises_images():
                 return self._standardise(images)
             return torch.from_numpy(images)
-        return self._standardise(inputs.check_rows(self, X, fitting=False))
+        rows = inputs.check_rows(self, X, fitting=False)
+        self._check_range(rows)  # a Bernoulli model scores values past 1 as *more* normal
+        return self._standardise(rows)
 
     def _preprocess_fit(self, X) -> Tensor:
         self.is_image_ = inputs.is_image_input(X)
         if self.is_image_:
-            images, shape = inputs.check_images(self, X, fitting=True)
+            images, shape, self.pixel_dtype_ = inputs.check_images(self, X, fitting=True)
             self.input_shape_ = tuple(int(s) for s in shape)
             self.n_features_in_ = int(np.prod(shape))
             if hasattr(self, "feature_names_in_"):
@@ -196,6 +201,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             return torch.from_numpy(images)
         rows = inputs.check_rows(self, X, fitting=True)
         self.input_shape_ = (rows.shape[1],)
+        if hasattr(self, "pixel_dtype_"):
+            del self.pixel_dtype_
         if self._needs_unit_range():
             self.center_, self.scale_ = np.zeros(rows.shape[1]), np.ones(rows.shape[1])
             self._check_range(rows)
@@ -204,8 +211,20 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         return self._standardise(rows)
 
     def _standardise(self, data: np.ndarray) -> Tensor:
-        """(data - center_) / scale_ as float32: model units."""
-        return torch.from_numpy(((data - self.center_) / self.scale_).astype(np.float32))
+        """(data - center_) / scale_ as float32 (model units), refusing values that overflow."""
+        return torch.from_numpy(self.preprocessing_.to_model_units(data))
+
+    @property
+    def preprocessing_(self) -> Preprocessing:
+        """What fit learned about the input, as the public :class:`vaeanom.Preprocessing`."""
+        check_is_fitted(self)
+        names = getattr(self, "feature_names_in_", None)
+        return Preprocessing(
+            np.asarray(self.center_, dtype=np.float64), np.asarray(self.scale_, dtype=np.float64),
+            tuple(self.input_shape_), bool(self.is_image_),
+            getattr(self, "pixel_dtype_", "float") if self.is_image_ else None,
+            None if names is None else tuple(str(n) for n in names),
+            self._needs_unit_range() and not self.is_image_)
 
     def _needs_unit_range(self) -> bool:
         """True when the likelihood needs data in [0, 1] (no standardisation)."""
@@ -237,7 +256,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         device = next(self.model_.parameters()).device
         pieces = []
         size = self._chunk_rows
-        for start in range(0, len(x), size):
+        for start in range(0, max(len(x), 1), size):  # an empty x still gives typed columns
             chunk = x[start:start + size]
             padded = torch.zeros((size, *x.shape[1:]), dtype=x.dtype)
             padded[:len(chunk)] = chunk
@@ -250,8 +269,12 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         return self._map_chunks(self._make_scorer(), x)
 
     def score_samples(self, X) -> np.ndarray:
-        """Per-row score, higher = more normal (see the ``score_kind`` parameter for its units)."""
-        return self._score_model_units(self._preprocess(X))
+        """Per-row score, higher = more normal (see the ``score_kind`` parameter for its units).
+
+        A score that cannot be computed (NaN or infinite) is returned as -inf,
+        the least normal score: such a row is always an outlier.
+        """
+        return finite_scores(self._score_model_units(self._preprocess(X)))
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""
@@ -259,7 +282,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """+1 for inliers, -1 for outliers (scikit-learn's outlier convention)."""
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        return outlier_labels(self.score_samples(X), self.offset_)
 
     # ----------------------------------------------------- latent space API
     def encode(self, X) -> np.ndarray:
@@ -302,7 +325,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- export
     def export_onnx(self, path, part: str = "scorer", *, fp16: bool = False,
-                    input_dtype: str = "float32"):
+                    input_dtype: str = "auto"):
         """Write ``part`` ("scorer", "encoder" or "decoder") to one ONNX file.
 
         The scorer takes raw rows or images and returns ``score_samples``;
@@ -322,7 +345,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     #: fitted numpy arrays and JSON-able values that ``save`` writes besides the weights
     _fitted_arrays: ClassVar[tuple[str, ...]] = ("center_", "scale_")
     _fitted_values: ClassVar[tuple[str, ...]] = (
-        "offset_", "n_features_in_", "feature_names_in_", "input_shape_", "is_image_", "history_")
+        "offset_", "n_features_in_", "feature_names_in_", "input_shape_", "is_image_",
+        "pixel_dtype_", "history_")
 
     def save(self, path) -> None:
         """Write the fitted detector to one .safetensors file (weights + JSON config).
@@ -334,27 +358,60 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path, device: str = "auto"):
-        """Read a detector written by ``save``. Executes no code from the file."""
+        """Read a detector written by ``save``, trusting nothing in the file.
+
+        Executes no code from the file, checks its SHA-256 seal, validates the
+        saved parameters with ``fit``'s rules and every shape against the
+        architecture before building it (see :mod:`vaeanom.estimators.persistence`).
+        """
         meta, tensors = persistence.read(path)
-        if meta["estimator"] != cls.__name__:
-            raise ValueError(f"{str(path)!r} holds a {meta['estimator']}, not a {cls.__name__}; "
-                             f"load it with vaeanom.{meta['estimator']}.load.")
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
-        detector = cls(**params)
-        for name, value in meta["fitted"].items():
-            if name == "feature_names_in_":
-                value = np.asarray(value, dtype=object)
-            elif name.endswith(("shape_", "grid_")):
-                value = tuple(value)
+        what = repr(str(path))
+        holds = meta["estimator"]
+        if holds != cls.__name__:
+            hint = (f"load it with vaeanom.{holds}.load" if holds in ("VAEDetector",
+                                                                      "VQVAEDetector")
+                    else "it was not written by a vaeanom detector")
+            raise ValueError(f"{what} holds a {str(holds)[:40]}, not a {cls.__name__}; {hint}.")
+        detector = cls(**persistence.checked_params(cls, meta["params"], what))
+        for name, value in persistence.checked_fitted(cls, meta["fitted"], what).items():
             setattr(detector, name, value)
+        arrays = {k.removeprefix("array."): v for k, v in tensors.items() if k.startswith("array.")}
+        weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        if len(arrays) + len(weights) != len(tensors):
+            raise ValueError(f"{what} holds tensors vaeanom never writes; the file is corrupt.")
         for name in cls._fitted_arrays:
-            if f"array.{name}" not in tensors:
-                raise ValueError(f"{str(path)!r} has no {name}: it was saved by an older "
-                                 "vaeanom. Refit the model and save it again.")
-            setattr(detector, name, tensors.pop(f"array.{name}").numpy())
+            if name not in arrays:
+                raise ValueError(f"{what} has no {name}: it was saved by an older vaeanom. "
+                                 "Refit the model and save it again.")
+        persistence.check_shapes(arrays, detector._array_shapes(arrays), what)
+        persistence.check_values(arrays, what)
+        for name, value in arrays.items():
+            setattr(detector, name, value.numpy())
+        detector._check_standardisation(what)
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            skeleton = detector._build_model(detector._model_shape(), detector.is_image_)
+        persistence.check_shapes(weights, {k: tuple(v.shape)
+                                           for k, v in skeleton.state_dict().items()}, what)
         with torch.random.fork_rng(devices=[]):
-            model = detector._build_model(tuple(detector.center_.shape), detector.is_image_)
-        state = {k.removeprefix("model."): v for k, v in tensors.items()}
-        model.load_state_dict(state, strict=True)
+            model = detector._build_model(detector._model_shape(), detector.is_image_)
+        model.load_state_dict(weights, strict=True)
         detector.model_ = model.to(training.resolve_device(device)).eval()
         return detector
+
+    def _model_shape(self) -> tuple[int, ...]:
+        """The per-row shape the network takes: (d,) for rows, (C, H, W) for images."""
+        shape = tuple(self.input_shape_)
+        return (1, *shape) if self.is_image_ and len(shape) == 2 else shape
+
+    def _array_shapes(self, found: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+        """The shape each saved array must have (subclasses add theirs); ``found`` gives the
+        sizes a file may choose, such as how many training codes it keeps."""
+        return {"center_": self._model_shape(), "scale_": self._model_shape()}
+
+    def _check_standardisation(self, what: str) -> None:
+        center, scale = np.asarray(self.center_), np.asarray(self.scale_)
+        if (center.dtype != np.float64 or scale.dtype != np.float64
+                or not np.isfinite(center).all() or not (scale > 0).all()
+                or not np.isfinite(scale).all()):
+            raise ValueError(f"{what}: its standardisation (center_, scale_) is not finite "
+                             "float64 with positive scales; the file is corrupt.")

@@ -9,7 +9,10 @@ Everything ends as a float32 tensor in "model units".
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
+
+from ..checks import check_pixels
 
 
 def is_image_input(X) -> bool:
@@ -23,8 +26,9 @@ def is_image_input(X) -> bool:
     return ndim >= 3
 
 
-def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Validate an image batch; return (n, C, H, W) float32 in [0, 1] and the per-image shape."""
+def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int, ...], str]:
+    """Validate an image batch; return (n, C, H, W) float32 in [0, 1], the per-image shape
+    and the pixel dtype ("uint8" or "float"). Float pixels outside [0, 1] are refused."""
     images = check_array(X, allow_nd=True, dtype="numeric", ensure_min_samples=2 if fitting else 1,
                          input_name="X", estimator=estimator)
     if images.ndim not in (3, 4):
@@ -33,9 +37,12 @@ def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int,
         raise ValueError(f"images of shape {images.shape} look channels-last; vaeanom expects "
                          "(n, C, H, W): pass X.transpose(0, 3, 1, 2).")
     per_image = images.shape[1:]
-    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    pixel_dtype = "uint8" if images.dtype == np.uint8 else "float"
+    if pixel_dtype == "float":
+        check_pixels(images)
+    scale = 1.0 / 255.0 if pixel_dtype == "uint8" else 1.0
     nchw = images.reshape(len(images), -1, *images.shape[-2:])
-    return (nchw.astype(np.float32) * np.float32(scale)), per_image
+    return (nchw.astype(np.float32) * np.float32(scale)), per_image, pixel_dtype
 
 
 def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:
@@ -49,13 +56,38 @@ def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:
 
 def check_rows(estimator, X, *, fitting: bool) -> np.ndarray:
     """Validate tabular rows with scikit-learn's own checks (names, width, NaN, dtype)."""
+    _refuse_text_columns(X)
     return validate_data(estimator, X, reset=fitting, dtype=[np.float64, np.float32],
                          ensure_min_samples=2 if fitting else 1)
 
 
+def _refuse_text_columns(X) -> None:
+    """Name the DataFrame columns that hold text or categories, and say what to do."""
+    if not isinstance(X, pd.DataFrame):
+        return
+    text = [str(c) for c, dtype in X.dtypes.items()
+            if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))]
+    if text:
+        shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
+        raise ValueError(
+            f"X has {len(text)} non-numeric column(s): {shown}. vaeanom models numbers only "
+            "(for now): one-hot encode them, e.g. pd.get_dummies(X, columns=[...], dtype=float), "
+            "map them to numbers, or drop them.")
+
+
 def standardisation(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std; a constant feature gets scale 1 (it stays centred at 0)."""
-    center = rows.mean(axis=0, dtype=np.float64)
-    scale = rows.std(axis=0, dtype=np.float64)
+    """Per-feature mean and std; a constant feature gets scale 1 (it stays centred at 0).
+
+    Raises ValueError naming the features whose mean or std overflow float64
+    (values near 1e300): standardising them would silently give zeros.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        center = rows.mean(axis=0, dtype=np.float64)
+        scale = rows.std(axis=0, dtype=np.float64)
+    broken = np.flatnonzero(~(np.isfinite(center) & np.isfinite(scale)))
+    if len(broken):
+        raise ValueError(f"features {broken[:5].tolist()} hold values too large to standardise "
+                         "(their mean or spread overflows float64). Is a huge number standing "
+                         "in for missing values? Replace it or drop those rows.")
     scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
     return center, scale

@@ -1,14 +1,23 @@
-"""One-file model persistence: safetensors weights plus JSON metadata.
+"""One-file model persistence: safetensors weights plus JSON metadata, sealed.
 
-Loading reads tensors and JSON only, so a model file can come from anyone:
-nothing in it is executed (unlike pickle or joblib). Writes go to a temporary
-file in the target folder and are renamed into place, so a crash never leaves
-a half-written model where a good one was.
+A model file can come from anyone, so loading trusts nothing in it:
+
+- nothing is executed (tensors and JSON only, unlike pickle or joblib);
+- the file's SHA-256 seal (:mod:`vaeanom.digest`) is checked on the raw bytes
+  first: a flipped byte or an edit is reported as such;
+- the saved parameters pass the same rules as ``fit``, only known fitted names
+  are accepted, each with its type checked, and every array and weight shape is
+  compared with the architecture the parameters describe (built on torch's
+  "meta" device, which allocates nothing) before any real tensor is made.
+
+Writes go to a temporary file in the target folder and are renamed into place,
+so a crash never leaves a half-written model where a good one was.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,25 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
+from .. import digest
 from ..fileio import atomic_write
+from ..preprocessing import PIXEL_DTYPES, jsonable_params
+from .params import InvalidParameterError, validate_params
 
 FORMAT = "vaeanom-model"
-FORMAT_VERSION = 1
-
-
-def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for name, value in params.items():
-        if isinstance(value, np.random.RandomState):
-            value = None  # a generator's state is not a parameter worth keeping
-        out[name] = list(value) if isinstance(value, tuple) else value
-    return out
+#: 2: the metadata holds a SHA-256 seal of the file (version-1 files load unsealed)
+FORMAT_VERSION = 2
+_MARKER = b'"sha256":"'
+_REQUIRED = ("estimator", "params", "fitted")
 
 
 def save(detector, path: str | os.PathLike) -> None:
-    """Write ``detector`` (fitted) to ``path`` as a single .safetensors file."""
+    """Write ``detector`` (fitted) to ``path`` as a single sealed .safetensors file."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in detector.model_.state_dict().items()}
     for name in detector._fitted_arrays:
@@ -47,9 +54,10 @@ def save(detector, path: str | os.PathLike) -> None:
 
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "vaeanom_version": __version__, "estimator": type(detector).__name__,
-                "params": json.dumps(_jsonable_params(detector.get_params(deep=False))),
-                "fitted": json.dumps(fitted)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+                "params": json.dumps(jsonable_params(detector.get_params(deep=False))),
+                "fitted": json.dumps(fitted), "sha256": digest.PLACEHOLDER.decode()}
+    data = digest.seal(save_tensors(tensors, metadata=metadata), _MARKER)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -57,20 +65,153 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {str(path)!r}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{str(path)!r} is not a readable vaeanom model file "
-                         f"(corrupt or another format): {err}") from None
+    data = path.read_bytes()
+    what = repr(str(path))
+    sealed = digest.verify(data, _MARKER, what)
+    metadata = _header_metadata(data, what)
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is a safetensors file but not a vaeanom model.")
-    if int(metadata.get("format_version", -1)) > FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r} uses model format version {metadata['format_version']}, "
-                         f"newer than this vaeanom reads ({FORMAT_VERSION}); upgrade vaeanom.")
-    meta = {"estimator": metadata["estimator"], "params": json.loads(metadata["params"]),
-            "fitted": json.loads(metadata["fitted"])}
+        raise ValueError(f"{what} is a safetensors file but not a vaeanom model.")
+    version = _format_version(metadata, what)
+    if not sealed and version >= 2:
+        raise ValueError(f"{what} has lost its SHA-256 digest: the file is corrupt or was "
+                         "edited. Save the model again.")
+    missing = [key for key in _REQUIRED if key not in metadata]
+    if missing:
+        raise ValueError(f"{what} lacks {', '.join(missing)} in its metadata: the file is "
+                         "incomplete. Save the model again.")
+    try:
+        meta = {"estimator": metadata["estimator"], "params": json.loads(metadata["params"]),
+                "fitted": json.loads(metadata["fitted"])}
+        tensors = load_tensors(data)
+    except (SafetensorError, ValueError) as err:
+        raise ValueError(f"{what} is not a readable vaeanom model file: {err}") from None
+    for key in ("params", "fitted"):
+        if not isinstance(meta[key], dict):
+            raise ValueError(f"{what}: its {key} are not a JSON object; the file is corrupt.")
     return meta, tensors
+
+
+def _header_metadata(data: bytes, what: str) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header, read with json (bounded by the file)."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    try:
+        if not 0 < size <= len(data) - 8:
+            raise ValueError("bad header length")
+        header = json.loads(data[8:8 + size])
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("bad metadata")
+    except (ValueError, AttributeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} is not a readable vaeanom model file (corrupt or another "
+                         f"format): {err}") from None
+    return metadata
+
+
+def _format_version(metadata: dict[str, str], what: str) -> int:
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise ValueError(f"{what} has no valid format version; the file is corrupt.") from None
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{what} uses model format version {version}, newer than this vaeanom "
+                         f"reads ({FORMAT_VERSION}); upgrade vaeanom.")
+    return version
+
+
+# -------------------------------------------------------------- validation
+def checked_params(cls, params: dict[str, Any], what: str) -> dict[str, Any]:
+    """The saved constructor parameters, refused unless ``fit`` would accept them."""
+    known = set(cls().get_params(deep=False))
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{what} holds parameters {cls.__name__} does not have: {unknown}.")
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    try:
+        validate_params(cls(**params), cls._rules)
+    except InvalidParameterError as err:
+        raise ValueError(f"{what} holds an invalid parameter: {err}") from None
+    return params
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and 0 < len(value) <= 4 and all(_is_int(v, 1) for v in value)
+
+
+#: what each JSON fitted value must look like (anything else means a corrupt or crafted file)
+_FITTED_CHECKS = {
+    "offset_": _is_number,
+    "n_features_in_": lambda v: _is_int(v, 1),
+    "feature_names_in_": lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+    "input_shape_": _is_shape,
+    "is_image_": lambda v: isinstance(v, bool),
+    "pixel_dtype_": lambda v: v in PIXEL_DTYPES,
+    "history_": lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v),
+    "code_grid_": _is_shape,
+    "perplexity_": _is_number,
+    "used_codes_": _is_number,
+}
+_FITTED_REQUIRED = ("offset_", "n_features_in_", "input_shape_", "is_image_")
+
+
+def checked_fitted(cls, fitted: dict[str, Any], what: str) -> dict[str, Any]:
+    """The saved fitted values, converted to their Python types, or a clear ValueError."""
+    unknown = sorted(set(fitted) - set(cls._fitted_values))
+    missing = [name for name in _FITTED_REQUIRED if name not in fitted]
+    if unknown or missing:
+        raise ValueError(f"{what} is not a valid {cls.__name__} file: "
+                         + (f"unknown fitted names {unknown}" if unknown else "")
+                         + ("; " if unknown and missing else "")
+                         + (f"missing {missing}" if missing else "") + ".")
+    for name, value in fitted.items():
+        if not _FITTED_CHECKS[name](value):
+            raise ValueError(f"{what}: fitted value {name} = {str(value)[:80]!r} is not valid; "
+                             "the file is corrupt.")
+    n_pixels = int(np.prod(fitted["input_shape_"]))
+    if n_pixels != fitted["n_features_in_"] or (
+            not fitted["is_image_"] and len(fitted["input_shape_"]) != 1):
+        raise ValueError(f"{what}: input_shape_ {fitted['input_shape_']} does not match "
+                         f"n_features_in_ {fitted['n_features_in_']}; the file is corrupt.")
+    names = fitted.get("feature_names_in_")
+    if names is not None and len(names) != fitted["n_features_in_"]:
+        raise ValueError(f"{what}: {len(names)} feature names for {fitted['n_features_in_']} "
+                         "features; the file is corrupt.")
+    out = dict(fitted)
+    for name in ("input_shape_", "code_grid_"):
+        if name in out:
+            out[name] = tuple(out[name])
+    if names is not None:
+        out["feature_names_in_"] = np.asarray(names, dtype=object)
+    return out
+
+
+def check_shapes(found: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]],
+                 what: str) -> None:
+    """Refuse tensors whose names or shapes differ from what the architecture needs."""
+    missing = sorted(set(expected) - set(found))
+    unknown = sorted(set(found) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"{what} does not fit the architecture its parameters describe: "
+                         f"missing {missing[:5]}, unexpected {unknown[:5]}.")
+    for name, shape in expected.items():
+        if tuple(found[name].shape) != tuple(shape):
+            raise ValueError(f"{what}: {name} has shape {tuple(found[name].shape)}, but the "
+                             f"architecture needs {tuple(shape)}; the file is corrupt.")
+
+
+def check_values(arrays: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse non-finite floats and negative counts among the saved arrays."""
+    for name, array in arrays.items():
+        bad = (~torch.isfinite(array).all() if array.is_floating_point()
+               else (array < 0).any())
+        if bad:
+            raise ValueError(f"{what}: {name} holds non-finite or negative values; "
+                             "the file is corrupt.")

@@ -10,6 +10,7 @@ import torch
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
+from ..checks import check_count, finite_scores, is_outlier
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MLPDecoder, MLPEncoder)
 from ..scoring import (IMAGE_SCORE_KINDS, SCORE_KINDS, ImageComplexity, LatentNeighbours,
@@ -213,6 +214,13 @@ class VAEDetector(BaseDetector):
                                              torch.from_numpy(self.latent_bank_))
         self.score_reference_ = term_reference(-terms.elbo, terms.kl, distance)
 
+    def _array_shapes(self, found):
+        bank = found.get("latent_bank_")
+        n_bank = len(bank) if bank is not None and 1 <= len(bank) <= BANK_SIZE else BANK_SIZE
+        return {**super()._array_shapes(found),
+                "noise_": (self.n_score_samples, self.latent_dim), "score_reference_": (3, 2),
+                "latent_bank_": (n_bank, self.latent_dim)}
+
     def _neighbours(self) -> LatentNeighbours:
         device = next(self.model_.parameters()).device
         return LatentNeighbours(torch.from_numpy(self.latent_bank_), N_NEIGHBOURS).to(device)
@@ -256,19 +264,19 @@ class VAEDetector(BaseDetector):
                       None if complexity is None else complexity.to(device),
                       torch.from_numpy(self.score_reference_).to(device), self._neighbours())
 
-    def _onnx_part(self, part: str, fp16: bool = False):
+    def onnx_part(self, part: str, *, fp16: bool = False):
         from ..export import PartSpec
 
         model = self._model_for_export(fp16)
+        kind = self._resolved_score_kind()
         if part == "scorer":
-            scorer = inference_scorer(model, torch.from_numpy(self.noise_),
-                                      self._resolved_score_kind(), self._complexity(),
-                                      torch.from_numpy(self.score_reference_),
+            scorer = inference_scorer(model, torch.from_numpy(self.noise_), kind,
+                                      self._complexity(), torch.from_numpy(self.score_reference_),
                                       self._neighbours().cpu())
-            return PartSpec(scorer, "data", ("score",))
+            return PartSpec(scorer, "data", ("score",), kind)
         if part == "encoder":
-            return PartSpec(_Encode(model), "data", ("mean", "log_var"))
-        return PartSpec(_Decode(model), "latent", ("reconstruction",),
+            return PartSpec(_Encode(model), "data", ("mean", "log_var"), kind)
+        return PartSpec(_Decode(model), "latent", ("reconstruction",), kind,
                         latent_shape=(self.latent_dim,))
 
     def _needs_unit_range(self) -> bool:
@@ -298,17 +306,19 @@ class VAEDetector(BaseDetector):
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images."""
         check_is_fitted(self)
+        n_samples = check_count(n_samples)
         generator = torch.Generator().manual_seed(_seed_from(random_state))
-        z = torch.randn((int(n_samples), self.latent_dim), generator=generator)
+        z = torch.randn((n_samples, self.latent_dim), generator=generator)
         return self._to_user_units(self._map_chunks(self.model_.decode, z))
 
     def score_frame(self, X) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier."""
         terms = self._map_chunks(self._make_scorer().terms, self._preprocess(X))
+        score = finite_scores(terms.score)
         return pd.DataFrame({
-            "score": terms.score,
+            "score": score,
             "reconstruction_error": terms.reconstruction_error,
             "kl": terms.kl,
             "elbo": terms.elbo,
-            "is_outlier": terms.score - self.offset_ < 0,
+            "is_outlier": is_outlier(score, self.offset_),
         }, index=self._index_of(X))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
+from ..checks import check_count, is_outlier
 from ..codes import check_code_values
 from ..models import (VQVAE, Codebook, ConvGridDecoder, ConvGridEncoder, MLPGridDecoder,
                       MLPGridEncoder, VectorQuantizer, grid_shape, usage_statistics)
@@ -159,7 +160,7 @@ class VQVAEDetector(BaseDetector):
 
     def _grid(self) -> tuple[int, ...]:
         if self._backbone(self.is_image_) == "conv":
-            return grid_shape(self.center_.shape, len(self.conv_channels))
+            return grid_shape(self._model_shape(), len(self.conv_channels))
         return (self.n_codes,)
 
     def _loss(self, model: VQVAE, batch: Tensor, generator: torch.Generator):
@@ -185,19 +186,31 @@ class VQVAEDetector(BaseDetector):
         health = usage_statistics(torch.from_numpy(counts.sum(axis=0)))
         self.perplexity_, self.used_codes_ = health["perplexity"], health["used_codes"]
 
+    def _array_shapes(self, found):
+        grid = self._grid()
+        if tuple(self.code_grid_) != tuple(grid):
+            raise ValueError(f"code_grid_ {tuple(self.code_grid_)} does not match the "
+                             f"architecture's {tuple(grid)}; the file is corrupt.")
+        return {**super()._array_shapes(found),
+                "code_counts_": (int(np.prod(grid)), self._book_size(self.is_image_))}
+
     def _make_scorer(self) -> nn.Module:
         return ReconstructionScore(self.model_)
 
-    def _onnx_part(self, part: str, fp16: bool = False):
+    def onnx_part(self, part: str, *, fp16: bool = False):
         from ..export import PartSpec
 
         model = self._model_for_export(fp16)
+        size = self._latent_range()
         if part == "scorer":
-            return PartSpec(ReconstructionScore(model), "data", ("score",))
+            return PartSpec(ReconstructionScore(model), "data", ("score",), self.score_kind,
+                            codebook_size=size)
         if part == "encoder":
-            return PartSpec(_EncodeCodes(model), "data", ("codes",))
+            return PartSpec(_EncodeCodes(model), "data", ("codes",), self.score_kind,
+                            codebook_size=size)
         return PartSpec(_DecodeCodes(model, clip=self.is_image_), "latent", ("reconstruction",),
-                        latent_shape=tuple(self.code_grid_), latent_dtype=torch.int64)
+                        self.score_kind, latent_shape=tuple(self.code_grid_),
+                        latent_dtype=torch.int64, codebook_size=size)
 
     @property
     def score_kind(self) -> str:
@@ -238,7 +251,8 @@ class VQVAEDetector(BaseDetector):
         return self._to_user_units(decoded)
 
     def _check_codes(self, codes) -> np.ndarray:
-        codes = check_array(codes, allow_nd=True, dtype=None, input_name="codes")
+        codes = check_array(codes, allow_nd=True, dtype=None, input_name="codes",
+                            ensure_min_samples=0)
         check_code_values(codes, self._latent_range())
         grid = tuple(self.code_grid_)
         if codes.shape[1:] != grid and codes.shape[1:] != (int(np.prod(grid)),):
@@ -253,17 +267,18 @@ class VQVAEDetector(BaseDetector):
         vocabulary rather than coherent new inputs (that needs a learned prior).
         """
         check_is_fitted(self)
+        n_samples = check_count(n_samples)
         rng = np.random.default_rng(_seed_from(random_state))
         p = self.code_counts_ / self.code_counts_.sum(axis=1, keepdims=True)
-        codes = np.stack([rng.choice(len(row), size=int(n_samples), p=row)
-                          for row in p], axis=1)
+        codes = np.stack([rng.choice(len(row), size=n_samples, p=row)
+                          for row in p], axis=1).reshape(n_samples, len(p))
         return self.decode(codes)
 
     def score_frame(self, X) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, is_outlier."""
         score = self.score_samples(X)
         return pd.DataFrame({"score": score, "reconstruction_error": -score,
-                             "is_outlier": score - self.offset_ < 0}, index=self._index_of(X))
+                             "is_outlier": is_outlier(score, self.offset_)}, index=self._index_of(X))
 
     # ----------------------------------------------------------- compression
     def compress(self, images) -> bytes:

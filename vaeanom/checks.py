@@ -1,0 +1,103 @@
+"""Input checks and the outlier rule, shared by the estimators and ``OnnxModel``.
+
+numpy only (the torch-free runtime imports this module). Two promises live here:
+
+- **Inputs are checked in the units the model computes in.** A value that is
+  finite in float64 can still overflow once standardised and cast to float32
+  (or float16, in a half-precision graph): ``1e300`` as a "missing" sentinel, or
+  a near-constant feature that moves. Such a row is refused with the column's
+  name, never scored as NaN.
+- **A score that cannot be computed marks an outlier.** Every non-finite score
+  becomes ``-inf`` (the least normal score there is), so ``decision_function``
+  is ``-inf`` and ``predict`` says -1. Before this rule, ``NaN < offset`` was
+  false and a NaN row came out an inlier.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+#: the largest magnitude each float type of a graph can hold
+FLOAT_LIMITS = {"float32": float(np.finfo(np.float32).max),
+                "float16": float(np.finfo(np.float16).max)}
+
+
+def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """Scores as float64 with every NaN or infinity replaced by -inf (the least normal)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(np.isfinite(scores), scores, -np.inf)
+
+
+def is_outlier(scores: np.ndarray, offset: float) -> np.ndarray:
+    """The outlier rule: True where ``scores - offset`` is negative or not a number."""
+    return ~(np.asarray(scores, dtype=np.float64) - offset >= 0)
+
+
+def outlier_labels(scores: np.ndarray, offset: float) -> np.ndarray:
+    """+1 for inliers, -1 for outliers (scikit-learn's convention), by :func:`is_outlier`."""
+    return np.where(is_outlier(scores, offset), -1, 1)
+
+
+def input_bounds(center: np.ndarray, scale: np.ndarray,
+                 precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (low, high) in the user's units whose standardised values fit ``precision``.
+
+    The input itself is also cast to float32 by the graph, so the bounds never
+    pass float32's own range.
+    """
+    limit, input_limit = FLOAT_LIMITS[precision], FLOAT_LIMITS["float32"]
+    center = np.asarray(center, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        low = np.maximum(center - limit * scale, -input_limit)
+        high = np.minimum(center + limit * scale, input_limit)
+    return low, high
+
+
+def check_bounds(values: np.ndarray, low: np.ndarray, high: np.ndarray,
+                 feature_names: Sequence[str] | None = None, what: str = "X") -> None:
+    """Raise ValueError naming the features where ``values`` (n, *shape) leave [low, high]."""
+    values = np.asarray(values)
+    flat = values.reshape(len(values), -1)
+    bad = ~((flat >= low.reshape(-1)) & (flat <= high.reshape(-1)))
+    if not bad.any():
+        return
+    columns = np.flatnonzero(bad.any(axis=0))
+    names = [_feature_label(j, feature_names) for j in columns[:5]]
+    more = f" and {len(columns) - 5} more" if len(columns) > 5 else ""
+    rows = np.flatnonzero(bad.any(axis=1))
+    raise ValueError(
+        f"{what} has values too large for the model in {', '.join(names)}{more} "
+        f"({len(rows)} row(s), e.g. row {rows[0]}: {float(flat[rows[0], columns[0]]):.6g}): once "
+        "standardised they overflow the model's float type. Is it a sentinel for a missing "
+        "value (like 1e300 or -9999999)? Replace it with a real value or drop the row.")
+
+
+def _feature_label(index: int, feature_names: Sequence[str] | None) -> str:
+    if feature_names is not None and index < len(feature_names):
+        return f"column {feature_names[index]!r}"
+    return f"feature {index}"
+
+
+def check_pixels(images: np.ndarray, what: str = "X") -> None:
+    """Refuse float pixels outside [0, 1]: 0..255 floats would be read as 255x too bright."""
+    if images.dtype.kind != "f" or images.size == 0:
+        return
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{what}: float pixels must be in [0, 1]; got values in "
+                         f"[{low:.4g}, {high:.4g}]. Pass uint8 images (0..255) as they are, "
+                         "or divide float pixels by 255.")
+
+
+def check_count(n, name: str = "n_samples") -> int:
+    """A non-negative integer count (bools and floats refused, numpy integers accepted)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be a non-negative int; got {n!r} "
+                        f"({type(n).__name__}).")
+    if n < 0:
+        raise ValueError(f"{name} must be a non-negative int; got {n}.")
+    return int(n)
