@@ -1,14 +1,17 @@
 """The vaeanom command, in-process (main(argv)) and as the installed console script."""
 
+import argparse
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from vaeanom import VAEDetector
+from vaeanom import VAEDetector, cli
 from vaeanom.cli import main, parse_params
 
 
@@ -114,10 +117,84 @@ def test_demo_epochs_are_auto_or_a_positive_int(capsys):
     assert "'auto' or a positive int" in capsys.readouterr().err
 
 
+def _console_script() -> str:
+    """The installed ``vaeanom`` command (next to this interpreter when not on PATH)."""
+    return shutil.which("vaeanom") or str(Path(sys.executable).with_name("vaeanom"))
+
+
 def test_installed_console_script(tmp_path):
-    exe = shutil.which("vaeanom") or str(__import__("pathlib").Path(sys.executable).with_name("vaeanom"))
+    exe = _console_script()
     done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "demo" in done.stdout and "score" in done.stdout
     bad = subprocess.run([exe, "score", "nope.csv", "--model", "nope.st"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 1 and "no model file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------- manners
+SUMMARY = re.compile(r"fitted (\w+) on (.+) in (\d+\.\d) s; threshold (\S+); saved to (.+)")
+
+
+def test_fit_prints_one_summary_line(table, digit_images, capsys):
+    frame, tmp = table
+    model = tmp / "m.safetensors"
+    assert main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(model),
+                 "--set", "epochs=2"]) == 0
+    out, err = capsys.readouterr()
+    (line,) = out.splitlines()
+    estimator, data, _, threshold, saved = SUMMARY.fullmatch(line).groups()
+    assert (estimator, data, saved) == ("VAEDetector", "120 rows x 30 features", str(model))
+    assert threshold == f"{VAEDetector.load(model).offset_:.4g}"
+    assert err == ""  # standard error is no terminal here: no progress bar
+    images, _ = digit_images
+    np.save(tmp / "images.npy", images[:40])
+    assert main(["fit", str(tmp / "images.npy"), "--model", str(model), "--set", "epochs=1"]) == 0
+    assert " on 40 images of 8x8 pixels in " in capsys.readouterr().out
+
+
+def test_fit_shows_a_progress_bar_only_on_a_terminal(table, capsys, monkeypatch):
+    _, tmp = table
+    model = tmp / "m.safetensors"
+    monkeypatch.setattr(cli, "_stderr_is_terminal", lambda: True)
+    assert main(["fit", str(tmp / "rows.npy"), "--model", str(model), "--set", "epochs=3"]) == 0
+    err = capsys.readouterr().err
+    assert "fit:" in err and "epoch" in err
+    assert VAEDetector.load(model).verbose == 0  # the file does not record the terminal
+    assert main(["fit", str(tmp / "rows.npy"), "--model", str(model), "--set", "epochs=3",
+                 "--set", "verbose=0"]) == 0  # the user's choice wins
+    assert capsys.readouterr().err == ""
+
+
+def _subcommands() -> list[str]:
+    parser = cli.build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(action.choices)
+
+
+@pytest.mark.parametrize("command", [[], *[[name] for name in _subcommands()]],
+                         ids=lambda argv: " ".join(argv) or "vaeanom")
+def test_help_texts_carry_no_restructuredtext_markup(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: vaeanom" in text
+    for markup in ("``", ":class:", ":func:", ":meth:", ":mod:", ":attr:"):
+        assert markup not in text, f"{markup!r} in vaeanom {' '.join(command)} --help"
+
+
+def test_plain_text_strips_restructuredtext_roles():
+    assert cli.plain_text("The ``vaeanom`` command, see :class:`~vaeanom.VAEDetector` and "
+                          ":func:`vaeanom.cli.main`.") == (
+        "The vaeanom command, see vaeanom.VAEDetector and vaeanom.cli.main.")
+
+
+def test_installed_fit_prints_the_summary_line(table):
+    _, tmp = table
+    done = subprocess.run([_console_script(), "fit", "rows.csv", "--index-col", "patient",
+                           "--model", "m.safetensors", "--set", "epochs=2"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert SUMMARY.fullmatch(line).group(2, 5) == ("120 rows x 30 features", "m.safetensors")
+    assert "epoch" not in done.stderr  # a pipe is no terminal: no progress bar
