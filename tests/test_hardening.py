@@ -316,3 +316,24 @@ def test_export_takes_no_private_hook_and_imports_nothing_from_estimators():
                 if isinstance(n, ast.ImportFrom)]
     assert not [m for m in imported if "estimators" in m]
     assert "detector._" not in source
+
+
+def _score_in_child(path, rows, queue):
+    queue.put(OnnxModel(path).score_samples(rows))
+
+
+def test_a_server_that_forks_after_loading_keeps_working(cancer_model, cancer_onnx):
+    """The default provider probe (NVML, not cuInit) leaves the process safe to fork."""
+    import multiprocessing
+
+    det, X = cancer_model
+    model = OnnxModel(cancer_onnx[0])              # providers=None: the probe runs here
+    rows = X.iloc[:10].to_numpy()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_score_in_child, args=(cancer_onnx[0], rows, queue))
+    child.start()
+    scores = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert np.array_equal(scores, model.score_samples(rows))

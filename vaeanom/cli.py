@@ -316,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", type=Path, required=True)
     export.add_argument("--part", choices=("scorer", "encoder", "decoder"), default="scorer")
     export.add_argument("--fp16", action="store_true", help="half-precision networks (for GPUs)")
-    export.add_argument("--input-dtype", choices=("float32", "uint8"), default="float32",
-                        help="uint8: the graph takes 8-bit pixels (image models)")
+    export.add_argument("--input-dtype", choices=("auto", "float32", "uint8"), default="auto",
+                        help="auto: what the model was fitted on (8-bit pixels for models "
+                             "fitted on uint8 images); uint8: the graph takes 8-bit pixels")
     export.add_argument("--triton", type=Path, default=None, metavar="REPO_DIR",
                         help="write REPO_DIR/NAME/config.pbtxt and NAME/1/model.onnx instead")
     export.add_argument("--name", default="vaeanom", help="Triton model name (default: %(default)s)")
