@@ -77,9 +77,14 @@ def engines(det: VAEDetector, onnx_path: Path):
                                        for i in range(0, len(x), 256)])
         return score
 
+    takes_uint8 = session.get_inputs()[0].type == "tensor(uint8)"  # input_dtype="auto"
+
     def ort_session(batch):
-        feed = (batch.astype(np.float32) / 255 if batch.dtype == np.uint8 else batch)
-        feed = feed.astype(np.float32)
+        if takes_uint8:
+            feed = batch
+        else:
+            feed = (batch.astype(np.float32) / 255 if batch.dtype == np.uint8 else batch)
+            feed = feed.astype(np.float32)
         return np.concatenate([session.run(None, {"input": feed[i:i + 256]})[0]
                                for i in range(0, len(feed), 256)])
 
