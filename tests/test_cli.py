@@ -56,6 +56,19 @@ def test_score_csv_to_stdout_with_index_column(table, capsys):
     assert len(out) == 121
 
 
+def test_score_explain_writes_the_top_features(table):
+    frame, tmp = table
+    main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(tmp / "m.st"),
+          "--set", "epochs=2", "--set", "random_state=0"])
+    assert main(["score", str(tmp / "rows.csv"), "--index-col", "patient", "--model",
+                 str(tmp / "m.st"), "--explain", "3", "-o", str(tmp / "s.csv")]) == 0
+    scores = pd.read_csv(tmp / "s.csv", index_col="patient")
+    assert list(scores.columns[-6:]) == ["feature_1", "contribution_1", "feature_2",
+                                         "contribution_2", "feature_3", "contribution_3"]
+    expected = VAEDetector.load(tmp / "m.st").explain(frame).idxmax(axis=1)
+    assert (scores["feature_1"] == expected).all()
+
+
 def test_npy_files_are_accepted(table):
     _, tmp = table
     assert main(["fit", str(tmp / "rows.npy"), "--model", str(tmp / "m.st"), "--set", "epochs=2"]) == 0

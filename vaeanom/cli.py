@@ -157,8 +157,11 @@ def load_detector(path: Path):
 
 
 def run_score(model: Path | None, data: Path, output: Path | None, index_col=None,
-              onnx: Path | None = None) -> pd.DataFrame:
-    """Score a data file with a saved model, or with an exported ONNX scorer (no torch)."""
+              onnx: Path | None = None, explain: int = 0) -> pd.DataFrame:
+    """Score a data file with a saved model, or with an exported ONNX scorer (no torch).
+
+    ``explain=k`` adds each row's k most anomalous features (saved VAE models only).
+    """
     from .datasets import read_data, write_frame
 
     if (model is None) == (onnx is None):
@@ -168,7 +171,11 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         scorer = OnnxModel(onnx)
     else:
         scorer = load_detector(model)
-    frame = scorer.score_frame(read_data(data, index_col=index_col))
+    if explain and not hasattr(scorer, "explain"):
+        raise ValueError("--explain needs a saved VAEDetector (--model); an ONNX scorer or a "
+                         "VQ-VAE has no per-feature explanations.")
+    table = read_data(data, index_col=index_col)
+    frame = scorer.score_frame(table, explain=explain) if explain else scorer.score_frame(table)
     if output is not None:
         write_frame(frame, output)
         logger.info("wrote %d scores to %s", len(frame), output)
@@ -310,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", "-o", type=Path, default=None,
                        help=".csv or .parquet file (default: CSV on standard output)")
     score.add_argument("--index-col", default=None, help="CSV column holding the row index")
+    score.add_argument("--explain", type=int, default=0, metavar="K",
+                       help="add each row's K most anomalous features and their contributions")
 
     export = sub.add_parser("export", help="export a saved model to ONNX or a Triton repository")
     export.add_argument("out", type=Path, nargs="?", default=None, help="the .onnx file to write")
@@ -353,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                           progress=_stderr_is_terminal()))
         elif args.command == "score":
             frame = run_score(args.model, args.data, args.output, _index_col(args.index_col),
-                              onnx=args.onnx)
+                              onnx=args.onnx, explain=args.explain)
             if args.output is None:
                 frame.to_csv(sys.stdout)
         elif args.command == "export":

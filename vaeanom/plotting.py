@@ -50,3 +50,23 @@ def save_score_histograms(scores: np.ndarray, labels: np.ndarray, offset: float,
     ax.set_ylabel("rows")
     ax.legend()
     _save(figure, path)
+
+
+def save_explanation(contributions, path, top: int = 10) -> None:
+    """One row's feature contributions (a row of ``det.explain(X)``) as a bar chart.
+
+    The ``top`` largest, most anomalous at the top; a feature's bar is its
+    negative log-likelihood in nats above its training median.
+    """
+    import pandas as pd
+
+    row = pd.Series(contributions).astype(float)
+    shown = row.sort_values(ascending=False).iloc[:top][::-1]
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6, 0.35 * len(shown) + 1.2))
+    ax.barh([str(name) for name in shown.index], shown.to_numpy(),
+            color=["tab:red" if v > 0 else "tab:blue" for v in shown.to_numpy()])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("contribution to the anomaly (nats above the training median)")
+    ax.set_title(f"row {row.name!r}" if row.name is not None else "row")
+    _save(figure, path)

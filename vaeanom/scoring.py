@@ -327,6 +327,29 @@ class LinearGaussianELBO(nn.Module):
         return robust_vote(terms, self.reference)
 
 
+class FeatureContributions(nn.Module):
+    """Each feature's part in a row's anomaly, in nats: what ``explain`` returns.
+
+    A feature's contribution is its negative log-likelihood under the model,
+    E_q[-log p(x_j | z)] with the same fixed Monte-Carlo noise as the ELBO,
+    minus its median over the training rows (``reference``): about 0 for a
+    typical value, large and positive for a feature the model finds unlikely
+    for this row. Summed over features (without the reference) it is minus
+    the ELBO's reconstruction term, so the explanation adds up to the part of
+    the score the likelihood accounts for (the KL and kNN terms belong to the
+    code, not to any one feature).
+    """
+
+    def __init__(self, model: VAE, eps: Tensor, reference: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))  # (L, 1, d)
+        self.register_buffer("reference", reference)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -self.model.feature_log_px(x, self.eps) - self.reference
+
+
 def supports_linear_gaussian(model: VAE) -> bool:
     """True when ``LinearGaussianELBO`` applies: MLP decoder ending in Linear, Gaussian p(x|z)."""
     return (isinstance(model.decoder, MLPDecoder) and isinstance(model.likelihood,

@@ -344,6 +344,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     # ----------------------------------------------------------- persistence
     #: fitted numpy arrays and JSON-able values that ``save`` writes besides the weights
     _fitted_arrays: ClassVar[tuple[str, ...]] = ("center_", "scale_")
+    #: fitted arrays that files from older versions may lack (the feature they serve says so)
+    _optional_arrays: ClassVar[tuple[str, ...]] = ()
     _fitted_values: ClassVar[tuple[str, ...]] = (
         "offset_", "n_features_in_", "feature_names_in_", "input_shape_", "is_image_",
         "pixel_dtype_", "history_")
@@ -380,10 +382,12 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         if len(arrays) + len(weights) != len(tensors):
             raise ValueError(f"{what} holds tensors vaeanom never writes; the file is corrupt.")
         for name in cls._fitted_arrays:
-            if name not in arrays:
+            if name not in arrays and name not in cls._optional_arrays:
                 raise ValueError(f"{what} has no {name}: it was saved by an older vaeanom. "
                                  "Refit the model and save it again.")
-        persistence.check_shapes(arrays, detector._array_shapes(arrays), what)
+        expected = {name: shape for name, shape in detector._array_shapes(arrays).items()
+                    if name in arrays or name not in cls._optional_arrays}
+        persistence.check_shapes(arrays, expected, what)
         persistence.check_values(arrays, what)
         for name, value in arrays.items():
             setattr(detector, name, value.numpy())

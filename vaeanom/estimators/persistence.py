@@ -45,6 +45,8 @@ def save(detector, path: str | os.PathLike) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in detector.model_.state_dict().items()}
     for name in detector._fitted_arrays:
+        if not hasattr(detector, name):  # an optional array a file from an older version lacked
+            continue
         tensors[f"array.{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(detector, name)))
     fitted = {name: getattr(detector, name) for name in detector._fitted_values
               if hasattr(detector, name)}

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from ..checks import check_count, finite_scores, is_outlier
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MLPDecoder, MLPEncoder)
-from ..scoring import (IMAGE_SCORE_KINDS, SCORE_KINDS, ImageComplexity, LatentNeighbours,
-                       Scorer, inference_scorer, term_reference)
+from ..scoring import (IMAGE_SCORE_KINDS, SCORE_KINDS, FeatureContributions, ImageComplexity,
+                       LatentNeighbours, Scorer, inference_scorer, term_reference)
 from .base import BaseDetector, _seed_from
 from .params import AnyOf, IntTuple, Number, OneOf
 
@@ -166,7 +166,8 @@ class VAEDetector(BaseDetector):
         "precision": OneOf(("fp32", "bf16")),
     }
     _fitted_arrays: ClassVar = ("center_", "scale_", "noise_", "score_reference_",
-                                "latent_bank_")
+                                "latent_bank_", "explain_reference_")
+    _optional_arrays: ClassVar = ("explain_reference_",)   # files from before explain()
 
     def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),
                  backbone="auto", likelihood="gaussian", sigma="learned", beta="auto",
@@ -213,13 +214,25 @@ class VAEDetector(BaseDetector):
         distance[in_bank] = self._map_chunks(lambda mu: neighbours(mu, exclude_self=True),
                                              torch.from_numpy(self.latent_bank_))
         self.score_reference_ = term_reference(-terms.elbo, terms.kl, distance)
+        self.explain_reference_ = np.zeros(tuple(x.shape[1:]), dtype=np.float32)
+        nll = self._map_chunks(self._contributions(), x)            # reference 0: the raw NLL
+        self.explain_reference_ = np.median(nll, axis=0).astype(np.float32)
+
+    def _contributions(self) -> FeatureContributions:
+        if not hasattr(self, "explain_reference_"):
+            raise ValueError("this model was saved by a vaeanom without explanations; "
+                             "refit it to use explain().")
+        device = next(self.model_.parameters()).device
+        return FeatureContributions(self.model_, torch.from_numpy(self.noise_).to(device),
+                                    torch.from_numpy(self.explain_reference_).to(device))
 
     def _array_shapes(self, found):
         bank = found.get("latent_bank_")
         n_bank = len(bank) if bank is not None and 1 <= len(bank) <= BANK_SIZE else BANK_SIZE
         return {**super()._array_shapes(found),
                 "noise_": (self.n_score_samples, self.latent_dim), "score_reference_": (3, 2),
-                "latent_bank_": (n_bank, self.latent_dim)}
+                "latent_bank_": (n_bank, self.latent_dim),
+                "explain_reference_": self._model_shape()}
 
     def _neighbours(self) -> LatentNeighbours:
         device = next(self.model_.parameters()).device
@@ -311,14 +324,62 @@ class VAEDetector(BaseDetector):
         z = torch.randn((n_samples, self.latent_dim), generator=generator)
         return self._to_user_units(self._map_chunks(self.model_.decode, z))
 
-    def score_frame(self, X) -> pd.DataFrame:
-        """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier."""
-        terms = self._map_chunks(self._make_scorer().terms, self._preprocess(X))
+    def score_frame(self, X, explain: int = 0) -> pd.DataFrame:
+        """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier.
+
+        ``explain=k`` (rows only) adds the k features that contributed most to
+        each row's anomaly (see :meth:`explain`): columns ``feature_1``,
+        ``contribution_1``, ..., ``feature_k``, ``contribution_k``.
+        """
+        k = check_count(explain, "explain")
+        x = self._preprocess(X)
+        terms = self._map_chunks(self._make_scorer().terms, x)
         score = finite_scores(terms.score)
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "score": score,
             "reconstruction_error": terms.reconstruction_error,
             "kl": terms.kl,
             "elbo": terms.elbo,
             "is_outlier": is_outlier(score, self.offset_),
         }, index=self._index_of(X))
+        if k:
+            if self.is_image_:
+                raise ValueError("score_frame(explain=k) is for rows; for images, "
+                                 "explain(X) returns per-pixel maps.")
+            frame = frame.join(top_features(self._explanation_frame(x, frame.index), k))
+        return frame
+
+    def explain(self, X):
+        """Each feature's contribution to each row's anomaly, in nats (higher = more unusual).
+
+        A contribution is the feature's negative log-likelihood under the model
+        (the ELBO's reconstruction term, feature by feature, with the fixed
+        scoring noise) minus its median over the training rows, so about 0 is
+        typical and the largest values name the features that made the row
+        unusual. Rows: a DataFrame with X's index and one column per input
+        feature. Images: an array (n, H, W), summed over channels.
+        """
+        x = self._preprocess(X)
+        if self.is_image_:
+            maps = self._map_chunks(self._contributions(), x)
+            return maps.reshape(len(maps), -1, *maps.shape[-2:]).sum(axis=1)
+        return self._explanation_frame(x, self._index_of(X))
+
+    def _explanation_frame(self, x: Tensor, index: pd.Index) -> pd.DataFrame:
+        names = getattr(self, "feature_names_in_", None)
+        columns = ([str(n) for n in names] if names is not None
+                   else [f"x{i}" for i in range(self.n_features_in_)])
+        return pd.DataFrame(self._map_chunks(self._contributions(), x), index=index,
+                            columns=columns)
+
+
+def top_features(contributions: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k largest contributions of each row: feature_i and contribution_i columns."""
+    values = contributions.to_numpy()
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    names = np.asarray(contributions.columns, dtype=object)
+    columns = {}
+    for i in range(order.shape[1]):
+        columns[f"feature_{i + 1}"] = names[order[:, i]]
+        columns[f"contribution_{i + 1}"] = np.take_along_axis(values, order[:, i:i + 1], 1)[:, 0]
+    return pd.DataFrame(columns, index=contributions.index)

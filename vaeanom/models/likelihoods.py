@@ -21,15 +21,25 @@ def _sum_rows(t: Tensor) -> Tensor:
     return t.flatten(1).sum(dim=1)
 
 
+def gaussian_log_prob_elementwise(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log N(x | mean, exp(log_scale)^2) per entry, x's shape. ``log_scale`` broadcasts."""
+    z = (x - mean) * torch.exp(-log_scale)
+    return -0.5 * z * z - log_scale - 0.5 * _LOG_2PI
+
+
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """log N(x | mean, exp(log_scale)^2), summed per row. ``log_scale`` broadcasts."""
-    z = (x - mean) * torch.exp(-log_scale)
-    return _sum_rows(-0.5 * z * z - log_scale - 0.5 * _LOG_2PI)
+    return _sum_rows(gaussian_log_prob_elementwise(x, mean, log_scale))
+
+
+def bernoulli_log_prob_elementwise(x: Tensor, logits: Tensor) -> Tensor:
+    """log Bernoulli(x | sigmoid(logits)) per entry, for x in [0, 1] (grey levels allowed)."""
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     """log Bernoulli(x | sigmoid(logits)) for x in [0, 1] (grey levels allowed), per row."""
-    return -_sum_rows(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
+    return _sum_rows(bernoulli_log_prob_elementwise(x, logits))
 
 
 def gaussian_kl_standard_normal(mu: Tensor, log_var: Tensor) -> Tensor:
@@ -71,6 +81,9 @@ class GaussianLikelihood(nn.Module):
     def log_prob(self, x: Tensor, decoded: Tensor) -> Tensor:
         return gaussian_log_prob(x, decoded, self.log_scale())
 
+    def log_prob_elementwise(self, x: Tensor, decoded: Tensor) -> Tensor:
+        return gaussian_log_prob_elementwise(x, decoded, self.log_scale())
+
 
 class BernoulliLikelihood(nn.Module):
     """p(x | z) = Bernoulli(sigmoid(decoder(z))), for data scaled to [0, 1]."""
@@ -80,3 +93,6 @@ class BernoulliLikelihood(nn.Module):
 
     def log_prob(self, x: Tensor, decoded: Tensor) -> Tensor:
         return bernoulli_log_prob(x, decoded)
+
+    def log_prob_elementwise(self, x: Tensor, decoded: Tensor) -> Tensor:
+        return bernoulli_log_prob_elementwise(x, decoded)

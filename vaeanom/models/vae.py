@@ -76,6 +76,20 @@ class VAE(nn.Module):
         mu, log_var, _, log_px = self._sample(x, eps)
         return ELBOTerms(log_px=log_px.mean(0), kl=gaussian_kl_standard_normal(mu, log_var))
 
+    def feature_log_px(self, x: Tensor, eps: Tensor) -> Tensor:
+        """E_q[log p(x_j | z)] per entry (b, ...): the reconstruction term feature by feature.
+
+        The same Monte-Carlo mean over z_l = mu + sigma * eps_l as ``forward``;
+        summed over features it is ``forward``'s ``log_px`` (up to float rounding).
+        """
+        mu, log_var = self.encode(x)
+        z = mu + torch.exp(0.5 * log_var) * eps                    # (L, b, d)
+        n_samples, batch = z.shape[0], x.shape[0]
+        decoded = self.decoder(z.reshape(n_samples * batch, -1)).float()
+        x_rep = x.expand(n_samples, *x.shape).reshape(n_samples * batch, *x.shape[1:])
+        per_entry = self.likelihood.log_prob_elementwise(x_rep, decoded)
+        return per_entry.view(n_samples, batch, *x.shape[1:]).mean(0)
+
     def iwae(self, x: Tensor, eps: Tensor) -> Tensor:
         """Importance-weighted bound log (1/L) sum_l p(x, z_l) / q(z_l|x), per row.
 
