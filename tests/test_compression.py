@@ -186,3 +186,82 @@ def test_installed_console_script_compresses(saved_codec, tmp_path):
                            str(tmp_path / "x.vq")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "x.vq").read_bytes()[:2] == b"VQ"
+
+
+# ------------------------------------------------------------ forged blobs
+def _forge(detector, n_images: int, payload: bytes) -> bytes:
+    """A blob with a valid CRC and this model's fingerprint (both copyable) around payload."""
+    import struct
+    import zlib
+
+    from vaeanom import compression
+
+    shape = compression._image_shape(detector)
+    header = (compression.MAGIC + bytes([compression.FORMAT_VERSION])
+              + compression.fingerprint(detector)
+              + b"".join(compression._varint(v) for v in (n_images, *shape, len(payload))))
+    body = header + payload
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def test_a_forged_header_claiming_2_30_images_fails_fast_in_little_memory(codecs):
+    import time
+    import tracemalloc
+
+    detector, _ = codecs["square"]
+    forged = _forge(detector, 2**30, b"\0" * 8)
+    assert len(forged) < 40
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(CorruptBlobError, match="claims 1073741824 images.*holds at most"):
+        decompress(detector, forged)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - start < 1.0 and peak < 1_000_000, peak
+
+
+def test_the_payload_must_be_exactly_the_code_of_its_images(codecs):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:6])
+    from vaeanom import compression
+
+    n, payload = compression._open(detector, blob)
+    for bad in (payload + b"\0\0\0\0", payload[:-4]):          # trailing word, missing word
+        with pytest.raises(CorruptBlobError):
+            decompress(detector, _forge(detector, n, bad))
+    with pytest.raises(CorruptBlobError):                     # more images than were coded
+        decompress(detector, _forge(detector, n + 1, payload))
+    assert len(decompress(detector, _forge(detector, n, payload))) == n
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_mutated_and_random_blobs_only_ever_raise_corrupt_blob_error(codecs, data):
+    detector, images = codecs["square"]
+    blob = bytearray(compress(detector, images[:3]))
+    if data.draw(st.booleans()):
+        blob = bytearray(data.draw(st.binary(max_size=200)))
+    else:
+        for _ in range(data.draw(st.integers(1, 4))):
+            blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        out = decompress(detector, bytes(blob))
+    except CorruptBlobError as err:
+        assert str(err)
+    else:  # only an unchanged blob decodes
+        assert out.dtype == np.uint8 and bytes(blob) == compress(detector, images[:3])
+
+
+def test_cli_decompresses_every_image_of_a_multi_image_blob_in_a_folder(saved_codec, tmp_path):
+    model, detector, images = saved_codec
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "batch.vq").write_bytes(compress(detector, images[:12]))
+    (blobs / "single.vq").write_bytes(compress(detector, images[:1]))
+    assert main(["decompress", "--model", str(model), str(blobs), str(tmp_path / "back")]) == 0
+    names = sorted(p.name for p in (tmp_path / "back").iterdir())
+    assert names == [f"batch_{i:02d}.png" for i in range(12)] + ["single.png"]
+    expected = to_uint8(detector.reconstruct(images[:12]))
+    for i in range(12):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "back" / f"batch_{i:02d}.png")), expected[i])

@@ -259,13 +259,20 @@ def run_compress(model: Path, source: Path, out: Path) -> list[Path]:
 
 
 def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
-    """Blob -> .npy (or .png for one image); folder of .vq blobs -> folder of PNGs."""
+    """Blob -> .npy (or .png for one image); folder of .vq blobs -> folder of PNGs.
+
+    In a folder, a blob of one image becomes ``<stem>.png``; a blob of n images
+    becomes ``<stem>_0.png`` ... ``<stem>_<n-1>.png`` (numbers zero-padded to
+    the same width), so no image is left out.
+    """
     detector = _load_codec(model)
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix == ".vq")
         if not files:
             raise ValueError(f"{str(source)!r} holds no .vq files.")
-        images = {out / f"{f.stem}.png": detector.decompress(f.read_bytes())[0] for f in files}
+        images = {}
+        for file in files:
+            images.update(_png_names(out, file.stem, detector.decompress(file.read_bytes())))
     else:
         decoded = detector.decompress(source.read_bytes())
         if out.suffix.lower() == ".npy":
@@ -278,6 +285,14 @@ def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
     for path, image in images.items():  # everything is decoded before anything is written
         _write_png(path, image)
     return list(images)
+
+
+def _png_names(folder: Path, stem: str, decoded: np.ndarray) -> dict[Path, np.ndarray]:
+    """PNG paths for the images of one blob: stem.png, or stem_0.png, stem_1.png, ..."""
+    if len(decoded) == 1:
+        return {folder / f"{stem}.png": decoded[0]}
+    width = len(str(len(decoded) - 1))
+    return {folder / f"{stem}_{i:0{width}d}.png": image for i, image in enumerate(decoded)}
 
 
 # ----------------------------------------------------------------- parser

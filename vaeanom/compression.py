@@ -21,6 +21,20 @@ A blob from another model, a truncated blob, a flipped byte or an unknown
 version raises :class:`CorruptBlobError`; CRC-32 detects every error burst of
 up to 32 bits, so every single-byte flip, and the length field every truncation.
 
+The CRC and the fingerprint stop accidents, not forgers (both can be copied
+from any blob the model wrote), so decoding trusts no header field either:
+
+- memory is bounded by the payload, not by the image count the header claims.
+  Under the model, one image costs at least B = sum over positions of
+  -log2(max_k p(k | position)) bits (its most likely codes), and a range coder
+  cannot write a message in fewer bits than its information content (less a
+  final state of 64 bits), so a payload of L bytes holds at most
+  (8 L + 64) / B images; a header claiming more is refused before anything
+  is allocated;
+- the payload must be exactly the range code of the codes decoded from it:
+  they are encoded again and compared byte for byte, so trailing bytes, a
+  payload read past its end or codes padded in are all refused.
+
 Determinism: the payload depends only on the codes and the probability model
 (float64 numpy, quantised by constriction), so the same codes give the same
 bytes on any machine. Decoding on CPU is bit-identical from run to run (fixed
@@ -196,7 +210,11 @@ def decompress(detector, blob: bytes) -> np.ndarray:
     """A blob from :func:`compress` -> uint8 images (n, *detector.input_shape_)."""
     _check_codec(detector)
     n, payload = _open(detector, bytes(blob))
-    codes = decode_codes(payload, n, code_weights(detector.code_counts_))
+    weights = code_weights(detector.code_counts_)
+    codes = decode_codes(payload, n, weights)
+    if encode_codes(codes, weights) != payload:
+        raise CorruptBlobError("the payload is not exactly the code of the images its header "
+                               "announces (trailing, missing or altered bytes).")
     decoded = detector.decode(codes.reshape(n, *detector.code_grid_))
     return to_uint8(decoded)
 
@@ -232,7 +250,27 @@ def _open(detector, blob: bytes) -> tuple[int, bytes]:
     if len(body) - offset != length or n < 1:
         raise CorruptBlobError(f"blob is truncated or padded: header says {length} payload "
                                f"bytes, found {len(body) - offset}.")
+    most = max_images(detector, length)
+    if n > most:
+        raise CorruptBlobError(f"blob header claims {n} images, but a {length}-byte payload "
+                               f"holds at most {most} under this model; the blob is corrupt "
+                               "or forged.")
     return n, body[offset:]
+
+
+def max_images(detector, payload_bytes: int) -> int:
+    """The most images a payload of ``payload_bytes`` can code (see the module docstring).
+
+    The floor on the bits of one image allows for constriction's quantisation
+    of the probabilities (24-bit precision: a probability can grow by at most
+    one unit of 2**-24 per code) so the bound stays sound.
+    """
+    p = code_probabilities(detector.code_counts_)
+    slack = (p.shape[1] + 1) * 2.0**-24
+    bits_per_image = float(-np.log2(np.minimum(p.max(axis=1) + slack, 1.0)).sum())
+    if bits_per_image <= 0:
+        return 2**31
+    return int((8 * payload_bytes + 64) / bits_per_image)
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> np.ndarray:
