@@ -263,16 +263,12 @@ def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
 
     In a folder, a blob of one image becomes ``<stem>.png``; a blob of n images
     becomes ``<stem>_0.png`` ... ``<stem>_<n-1>.png`` (numbers zero-padded to
-    the same width), so no image is left out.
+    the same width), so no image is left out. Two blobs that would write the
+    same PNG (``a.vq`` of 2 images and ``a_0.vq``) are refused, not overwritten.
     """
     detector = _load_codec(model)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix == ".vq")
-        if not files:
-            raise ValueError(f"{str(source)!r} holds no .vq files.")
-        images = {}
-        for file in files:
-            images.update(_png_names(out, file.stem, detector.decompress(file.read_bytes())))
+        images = _decompress_folder(detector, source, out)
     else:
         decoded = detector.decompress(source.read_bytes())
         if out.suffix.lower() == ".npy":
@@ -285,6 +281,22 @@ def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
     for path, image in images.items():  # everything is decoded before anything is written
         _write_png(path, image)
     return list(images)
+
+
+def _decompress_folder(detector, source: Path, out: Path) -> dict[Path, np.ndarray]:
+    """PNG path -> image for every image of every .vq blob in ``source`` (see run_decompress)."""
+    files = sorted(p for p in source.iterdir() if p.suffix == ".vq")
+    if not files:
+        raise ValueError(f"{str(source)!r} holds no .vq files.")
+    images, made_by = {}, {}
+    for file in files:
+        for path, image in _png_names(out, file.stem,
+                                      detector.decompress(file.read_bytes())).items():
+            if path in images:
+                raise ValueError(f"{made_by[path].name} and {file.name} both decompress to "
+                                 f"{path.name}; rename one of them.")
+            images[path], made_by[path] = image, file
+    return images
 
 
 def _png_names(folder: Path, stem: str, decoded: np.ndarray) -> dict[Path, np.ndarray]:

@@ -25,12 +25,22 @@ The CRC and the fingerprint stop accidents, not forgers (both can be copied
 from any blob the model wrote), so decoding trusts no header field either:
 
 - memory is bounded by the payload, not by the image count the header claims.
-  Under the model, one image costs at least B = sum over positions of
-  -log2(max_k p(k | position)) bits (its most likely codes), and a range coder
-  cannot write a message in fewer bits than its information content (less a
-  final state of 64 bits), so a payload of L bytes holds at most
-  (8 L + 64) / B images; a header claiming more is refused before anything
-  is allocated;
+  constriction's range coder keeps its range in [2**32, 2**64): coding a
+  code of (quantised) probability q multiplies the range by at most q, each
+  32-bit word it writes multiplies it by 2**32, and sealing writes one word
+  more, so W payload words carry at most 32 W bits of information. A code's
+  quantised probability is at most min(p_max + (K + 1) 2**-24,
+  1 - (K - 1) 2**-24) for its position (see :func:`max_images`), so one image
+  costs at least B > 0 bits, the sum over positions of -log2 of that ceiling,
+  and a payload of L bytes holds at most (8 L + 64) / B images (64 bits of
+  margin). A header claiming more is refused before anything is allocated;
+  one within the bound costs what a genuine blob of that size costs: the
+  codes (4 bytes each) and the uint8 images, decoded ``DECODE_CHUNKS``
+  chunks at a time. The ratio is the model's: with a collapsed codebook (one code all but
+  certain at every position) a genuine payload of a few bytes codes 10**5
+  images; ``max_images(detector, L)`` says how many;
+- the range decoder itself is not trusted either: data it finds invalid for
+  the model is a :class:`CorruptBlobError`, never constriction's error;
 - the payload must be exactly the range code of the codes decoded from it:
   they are encoded again and compared byte for byte, so trailing bytes, a
   payload read past its end or codes padded in are all refused.
@@ -60,6 +70,10 @@ FORMAT_VERSION = 1
 FINGERPRINT_BYTES = 4
 #: pseudo-count of the overall code frequencies added to each position's counts
 PRIOR_STRENGTH = 16
+#: constriction's fixed-point precision: probabilities are whole multiples of 2**-24
+CODER_PRECISION = 24
+#: decompress turns codes into pixels this many of the detector's fixed-size chunks at a time
+DECODE_CHUNKS = 256
 
 
 class CorruptBlobError(ValueError):
@@ -125,8 +139,16 @@ def _fingerprint(detector) -> bytes:
 
 
 # ------------------------------------------------------------ range coding
-def _categorical() -> constriction.stream.model.Categorical:
-    return constriction.stream.model.Categorical(perfect=False)
+def _position_models(probabilities: np.ndarray) -> list:
+    """One constriction model per grid position, from its row of (unnormalised) weights.
+
+    Lazy, non-perfect models quantise exactly as a model family given an (n, K)
+    table per symbol would (the same bytes), without materialising that table:
+    coding memory is the codes themselves, whatever K.
+    """
+    return [constriction.stream.model.Categorical(np.ascontiguousarray(row, dtype=np.float64),
+                                                  perfect=False, lazy=True)
+            for row in probabilities]
 
 
 def encode_codes(codes: np.ndarray, probabilities: np.ndarray) -> bytes:
@@ -135,24 +157,29 @@ def encode_codes(codes: np.ndarray, probabilities: np.ndarray) -> bytes:
     ``probabilities`` (positions, K) may be unnormalised weights.
     """
     encoder = constriction.stream.queue.RangeEncoder()
-    model = _categorical()
-    for position in range(codes.shape[1]):
-        table = np.broadcast_to(probabilities[position], (len(codes), probabilities.shape[1]))
-        encoder.encode(codes[:, position].astype(np.int32), model, np.ascontiguousarray(table))
+    for position, model in enumerate(_position_models(probabilities)):
+        encoder.encode(np.ascontiguousarray(codes[:, position], dtype=np.int32), model)
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
 def decode_codes(payload: bytes, n: int, probabilities: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_codes`: codes (n, positions)."""
+    """Inverse of :func:`encode_codes`: codes (n, positions), int32.
+
+    Decoding alone cannot tell a payload from garbage (a range decoder reads
+    zeros past the end); :func:`decompress` encodes the codes again to check.
+    """
     if len(payload) % 4:
-        raise CorruptBlobError("payload length is not a whole number of 32-bit words.")
+        raise CorruptBlobError("blob is corrupt or truncated: its payload is not a whole number "
+                               "of 32-bit words.")
     decoder = constriction.stream.queue.RangeDecoder(
         np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-    model = _categorical()
-    codes = np.empty((n, probabilities.shape[0]), dtype=np.int64)
-    for position in range(probabilities.shape[0]):
-        table = np.broadcast_to(probabilities[position], (n, probabilities.shape[1]))
-        codes[:, position] = decoder.decode(model, np.ascontiguousarray(table))
+    codes = np.empty((n, len(probabilities)), dtype=np.int32)
+    try:
+        for position, model in enumerate(_position_models(probabilities)):
+            codes[:, position] = decoder.decode(model, n)
+    except AssertionError as err:  # constriction's "data that is invalid for the entropy model"
+        raise CorruptBlobError("blob is corrupt or truncated: its payload is not a range code "
+                               "under this model.") from err
     return codes
 
 
@@ -190,6 +217,9 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def _check_codec(detector) -> None:
     check_is_fitted(detector)
+    if not hasattr(detector, "code_counts_"):
+        raise ValueError(f"compress and decompress need a fitted VQVAEDetector; got a "
+                         f"{type(detector).__name__}.")
     if not detector.is_image_:
         raise ValueError(f"{type(detector).__name__} was fitted on rows; compress and decompress "
                          "work on image models (fit on (n, H, W) or (n, C, H, W) arrays).")
@@ -209,14 +239,37 @@ def compress(detector, images) -> bytes:
 def decompress(detector, blob: bytes) -> np.ndarray:
     """A blob from :func:`compress` -> uint8 images (n, *detector.input_shape_)."""
     _check_codec(detector)
-    n, payload = _open(detector, bytes(blob))
+    try:  # bytes(n) of an int n would allocate n bytes
+        blob = bytes(memoryview(blob))
+    except TypeError:
+        raise TypeError(f"blob must be bytes (what compress returns); got "
+                        f"{type(blob).__name__}.") from None
+    n, payload = _open(detector, blob)
     weights = code_weights(detector.code_counts_)
     codes = decode_codes(payload, n, weights)
     if encode_codes(codes, weights) != payload:
-        raise CorruptBlobError("the payload is not exactly the code of the images its header "
-                               "announces (trailing, missing or altered bytes).")
-    decoded = detector.decode(codes.reshape(n, *detector.code_grid_))
-    return to_uint8(decoded)
+        raise CorruptBlobError("blob is corrupt or truncated: its payload is not exactly the "
+                               f"code of the {n} images its header announces (trailing, missing "
+                               "or altered bytes).")
+    return _decode_images(detector, codes)
+
+
+def _decode_images(detector, codes: np.ndarray) -> np.ndarray:
+    """uint8 images of codes (n, positions), ``DECODE_CHUNKS`` scoring chunks at a time.
+
+    Only the uint8 output grows with n; the float pixels of one block are
+    dropped before the next, so decompressing costs about n * C * H * W bytes
+    (plus the codes) rather than several float copies of every image. Blocks
+    are whole chunks, so every image goes through the kernels it would in one
+    ``decode`` call: the same pixels.
+    """
+    images = np.empty((len(codes), *detector.input_shape_), dtype=np.uint8)
+    size = DECODE_CHUNKS * detector._chunk_rows
+    for start in range(0, len(codes), size):
+        block = codes[start:start + size]
+        images[start:start + len(block)] = to_uint8(
+            detector.decode(block.reshape(len(block), *detector.code_grid_)))
+    return images
 
 
 def _open(detector, blob: bytes) -> tuple[int, bytes]:
@@ -247,9 +300,12 @@ def _open(detector, blob: bytes) -> tuple[int, bytes]:
     if shape != _image_shape(detector):
         raise CorruptBlobError(f"blob holds images of shape {shape}; this model makes "
                                f"{_image_shape(detector)}.")
-    if len(body) - offset != length or n < 1:
-        raise CorruptBlobError(f"blob is truncated or padded: header says {length} payload "
-                               f"bytes, found {len(body) - offset}.")
+    if len(body) - offset != length:
+        raise CorruptBlobError(f"blob is corrupt, truncated or padded: header says {length} "
+                               f"payload bytes, found {len(body) - offset}.")
+    if n < 1:
+        raise CorruptBlobError("blob is corrupt: its header claims 0 images (compress writes "
+                               "at least one).")
     most = max_images(detector, length)
     if n > most:
         raise CorruptBlobError(f"blob header claims {n} images, but a {length}-byte payload "
@@ -261,15 +317,17 @@ def _open(detector, blob: bytes) -> tuple[int, bytes]:
 def max_images(detector, payload_bytes: int) -> int:
     """The most images a payload of ``payload_bytes`` can code (see the module docstring).
 
-    The floor on the bits of one image allows for constriction's quantisation
-    of the probabilities (24-bit precision: a probability can grow by at most
-    one unit of 2**-24 per code) so the bound stays sound.
+    Each code costs at least -log2 of an upper bound on its coded probability:
+    constriction quantises probabilities to whole units of 2**-24
+    (``CODER_PRECISION``), rounding one up by less than 2 units, and gives every
+    other code at least one unit; hence q <= min(p_max + (K + 1) u, 1 - (K - 1) u)
+    with u = 2**-24 and K >= 2 codes. The second ceiling keeps the bound finite
+    (about 1.4 (K - 1) u bits a code) even when one code takes all the weight.
     """
     p = code_probabilities(detector.code_counts_)
-    slack = (p.shape[1] + 1) * 2.0**-24
-    bits_per_image = float(-np.log2(np.minimum(p.max(axis=1) + slack, 1.0)).sum())
-    if bits_per_image <= 0:
-        return 2**31
+    unit, k = 2.0 ** -CODER_PRECISION, p.shape[1]
+    ceiling = np.minimum(p.max(axis=1) + (k + 1) * unit, 1.0 - (k - 1) * unit)
+    bits_per_image = float(-np.log2(ceiling).sum())
     return int((8 * payload_bytes + 64) / bits_per_image)
 
 
