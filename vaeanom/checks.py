@@ -83,14 +83,32 @@ def _feature_label(index: int, feature_names: Sequence[str] | None) -> str:
 
 
 def check_pixels(images: np.ndarray, what: str = "X") -> None:
-    """Refuse float pixels outside [0, 1]: 0..255 floats would be read as 255x too bright."""
-    if images.dtype.kind != "f" or images.size == 0:
+    """Refuse float pixels outside [0, 1]: 0..255 floats would be read as 255x too bright.
+
+    Integer pixels other than uint8 (int16, int64: how 0..255 often arrive) are held to
+    [0, 1] too; only uint8 means 0..255.
+    """
+    if images.dtype.kind not in "fiu" or images.dtype == np.uint8 or images.size == 0:
         return
     low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:
-        raise ValueError(f"{what}: float pixels must be in [0, 1]; got values in "
-                         f"[{low:.4g}, {high:.4g}]. Pass uint8 images (0..255) as they are, "
-                         "or divide float pixels by 255.")
+        if images.dtype.kind == "f":
+            raise ValueError(f"{what}: float pixels must be in [0, 1]; got values in "
+                             f"[{low:.4g}, {high:.4g}]. Pass uint8 images (0..255) as they are, "
+                             "or divide float pixels by 255.")
+        raise ValueError(f"{what}: {images.dtype} pixels must be in [0, 1] (only uint8 pixels "
+                         f"are read as 0..255); got values in [{low:.4g}, {high:.4g}]. Pass "
+                         "X.astype(np.uint8) for 8-bit images, or divide by 255.")
+
+
+def finite_decoded(decoded: np.ndarray, what: str = "Z") -> np.ndarray:
+    """``decoded`` unchanged, or ValueError naming the latent rows whose decoding overflowed."""
+    bad = np.flatnonzero(~np.isfinite(decoded.reshape(len(decoded), -1)).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{what} row(s) {bad[:5].tolist()} decode to values beyond the model's "
+                         "float range: those latents lie far outside the prior (the decoder "
+                         "overflows). Pass latents from encode or of the prior's scale.")
+    return decoded
 
 
 def check_count(n, name: str = "n_samples") -> int:

@@ -63,6 +63,12 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
     if suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if suffix == ".csv":
+        if index_col is not None:  # pandas fails obscurely on a missing one in some files
+            columns = list(pd.read_csv(path, nrows=0).columns)
+            if index_col not in columns and not (
+                    isinstance(index_col, int) and 0 <= index_col < len(columns)):
+                raise ValueError(f"{str(path)!r} has no column {index_col!r} for the index; "
+                                 f"its columns are {columns[:8]}.")
         return pd.read_csv(path, index_col=index_col)
     return pd.read_parquet(path)
 

@@ -95,5 +95,7 @@ def jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     for name, value in params.items():
         if isinstance(value, np.random.RandomState):
             value = None  # a generator's state is not a parameter worth keeping
-        out[name] = list(value) if isinstance(value, tuple) else value
+        if isinstance(value, (tuple, list)):
+            value = [v.item() if isinstance(v, np.generic) else v for v in value]
+        out[name] = value.item() if isinstance(value, np.generic) else value  # np.int64(8): 8
     return out

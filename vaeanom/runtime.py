@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import digest
-from .checks import finite_scores, is_outlier, outlier_labels
+from .checks import finite_decoded, finite_scores, is_outlier, outlier_labels
 from .codes import check_code_values
 from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY
 from .preprocessing import Preprocessing
@@ -189,7 +190,7 @@ class OnnxModel:
     def decode(self, Z) -> np.ndarray:
         """Latents -> reconstructions in the user's units."""
         self._require("decoder", "decode")
-        return self.run(Z)["reconstruction"]
+        return finite_decoded(self.run(Z)["reconstruction"])
 
     def _require(self, part: str, method: str) -> None:
         if self.part != part:
@@ -330,7 +331,77 @@ def _read_metadata(session: ort.InferenceSession, path: Path, sealed: bool) -> d
     if version >= 2 and not sealed:
         raise ValueError(f"{str(path)!r} has lost its SHA-256 digest: the file is corrupt or "
                          "was edited. Export it again.")
+    problem = _metadata_problem(meta, session)
+    if problem:  # a seal proves integrity, not authorship: check what the file claims
+        raise ValueError(f"{str(path)!r} has invalid vaeanom metadata ({problem}); the file is "
+                         "corrupt or was not written by vaeanom. Export it again.")
     return meta
+
+
+def _is_shape(value) -> bool:
+    return (isinstance(value, list) and 0 < len(value) <= 4
+            and all(type(d) is int and d >= 1 for d in value))
+
+
+def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> str | None:
+    """What is wrong with an exported file's metadata, or None: every field the runtime
+    uses, and that the graph's input and outputs are what the metadata says."""
+    checks = {
+        "estimator": lambda v: isinstance(v, str),
+        "part": lambda v: v in ("scorer", "encoder", "decoder"),
+        "score_kind": lambda v: isinstance(v, str),
+        "offset": lambda v: type(v) in (int, float) and abs(v) <= 1e308,  # NaN fails too
+        "is_image": lambda v: isinstance(v, bool),
+        "input_shape": _is_shape,
+        "data_shape": _is_shape,
+        "n_features_in": lambda v: type(v) is int and v >= 1,
+        "feature_names": lambda v: v is None or (isinstance(v, list)
+                                                 and all(isinstance(s, str) for s in v)),
+        "input_dtype": lambda v: isinstance(v, str) and v in _NUMPY_DTYPES,
+        "input_name": lambda v: isinstance(v, str),
+    }
+    optional = {"precision": lambda v: v in ("float32", "float16"),
+                "codebook_size": lambda v: v is None or (type(v) is int and v >= 1),
+                "preprocessing": lambda v: v is None or isinstance(v, dict)}
+    for name, check in {**checks, **optional}.items():
+        if (name in checks and name not in meta) or (name in meta and not check(meta[name])):
+            return f"{name} = {str(meta.get(name, '<missing>'))[:40]!r}"
+    data_shape = meta["data_shape"]
+    if math.prod(data_shape) != meta["n_features_in"] or (
+            len(data_shape) not in ((2, 3) if meta["is_image"] else (1,))):
+        return f"data_shape {data_shape} does not match n_features_in {meta['n_features_in']}"
+    names = meta["feature_names"]
+    if names is not None and (len(names) != meta["n_features_in"] or meta["is_image"]):
+        return f"{len(names)} feature names for {meta['n_features_in']} features"
+    if meta["part"] != "decoder" and meta["input_shape"] != data_shape:
+        return f"input_shape {meta['input_shape']} is not data_shape {data_shape}"
+    inputs, outputs = session.get_inputs(), {o.name for o in session.get_outputs()}
+    graph_type = {"float32": "tensor(float)", "float16": "tensor(float16)",
+                  "uint8": "tensor(uint8)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
+    if (len(inputs) != 1 or inputs[0].name != meta["input_name"]
+            or list(inputs[0].shape[1:]) != meta["input_shape"]
+            or inputs[0].type != graph_type[meta["input_dtype"]]):
+        return (f"the graph takes {[(i.name, i.type, i.shape) for i in inputs]}, not "
+                f"{meta['input_name']!r} {meta['input_dtype']} {meta['input_shape']}")
+    needed = {"scorer": "score", "decoder": "reconstruction"}.get(meta["part"])
+    if needed is not None and needed not in outputs:
+        return f"a {meta['part']} without a {needed!r} output"
+    codes = {"encoder": session.get_outputs()[0].type, "decoder": inputs[0].type}.get(meta["part"])
+    if codes is not None and (meta.get("codebook_size") is None) == (codes == "tensor(int64)"):
+        return f"codebook_size {meta.get('codebook_size')!r} for latents of type {codes}"
+    if meta.get("preprocessing") is not None:
+        try:
+            pre = Preprocessing.from_json(meta["preprocessing"])
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            return f"preprocessing: {type(err).__name__} {err}"
+        if (list(pre.input_shape) != data_shape or pre.is_image != meta["is_image"]
+                or pre.center.shape != pre.scale.shape
+                or pre.center.size != meta["n_features_in"]
+                or not np.isfinite(pre.center).all() or not np.isfinite(pre.scale).all()
+                or not (pre.scale > 0).all()
+                or (names is not None and list(pre.feature_names or ()) != names)):
+            return "preprocessing does not match the input or is not finite with positive scales"
+    return None
 
 
 def _dtype_of(output) -> np.dtype:

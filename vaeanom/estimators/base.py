@@ -25,7 +25,8 @@ from .. import training
 from ..checks import finite_scores, outlier_labels
 from ..preprocessing import Preprocessing
 from . import inputs, persistence
-from .params import AnyOf, Number, OneOf, RandomState, Rule, validate_params
+from .params import (AnyOf, InvalidParameterError, Number, OneOf, RandomState, Rule,
+                     validate_params)
 
 #: Rows are scored in chunks of exactly this many (the last one zero-padded), so
 #: every row goes through identically shaped kernels: a row's score is then the
@@ -39,6 +40,9 @@ def _seed_from(random_state: Any) -> int:
         return int(np.random.SeedSequence().entropy % 2**63)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, 2**31 - 1))
+    if not RandomState().accepts(random_state):  # sample() gets it unvalidated
+        raise InvalidParameterError(f"random_state must be {RandomState().describe()}; "
+                                    f"got {random_state!r}.")
     return int(random_state)
 
 
@@ -114,6 +118,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                                      self._epoch_statistics)
         self._on_fitted(x, generator)
         self.offset_ = self._offset_from(self._score_model_units(x))
+        if not np.isfinite(self.offset_):  # the last steps broke weights the loss never saw
+            raise training.TrainingDivergedError(
+                f"training diverged: the fitted model cannot score its training data (threshold "
+                f"{self.offset_}). Try a lower learning_rate (now {self.learning_rate}) or set "
+                "clip_grad_norm (e.g. 1.0).")
         return self
 
     def _training_config(self, n_rows: int) -> training.TrainingConfig:
@@ -388,6 +397,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         expected = {name: shape for name, shape in detector._array_shapes(arrays).items()
                     if name in arrays or name not in cls._optional_arrays}
         persistence.check_shapes(arrays, expected, what)
+        persistence.check_dtypes(arrays, what)
         persistence.check_values(arrays, what)
         for name, value in arrays.items():
             setattr(detector, name, value.numpy())
@@ -396,6 +406,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             skeleton = detector._build_model(detector._model_shape(), detector.is_image_)
         persistence.check_shapes(weights, {k: tuple(v.shape)
                                            for k, v in skeleton.state_dict().items()}, what)
+        persistence.check_values(weights, what)  # a NaN weight makes every score NaN
         with torch.random.fork_rng(devices=[]):
             model = detector._build_model(detector._model_shape(), detector.is_image_)
         model.load_state_dict(weights, strict=True)
@@ -419,3 +430,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 or not np.isfinite(scale).all()):
             raise ValueError(f"{what}: its standardisation (center_, scale_) is not finite "
                              "float64 with positive scales; the file is corrupt.")
+        raw = self.is_image_ and not self._standardises_images() or (
+            not self.is_image_ and self._needs_unit_range())
+        if (raw and ((center != 0).any() or (scale != 1).any())) or (self.is_image_ and (
+                (center < 0).any() or (center > 1).any() or (scale > 1).any())):
+            raise ValueError(f"{what}: its standardisation (center_, scale_) is not one fit "
+                             "makes for this model and data (pixel means in [0, 1], spreads at "
+                             "most 1; zeros and ones where inputs are not standardised); the "
+                             "file is corrupt.")

@@ -18,7 +18,7 @@ from ..checks import check_pixels
 def is_image_input(X) -> bool:
     """True for arrays of 3 or 4 dimensions: (n, H, W) or (n, C, H, W)."""
     ndim = getattr(X, "ndim", None)
-    if ndim is None:
+    if not isinstance(ndim, int):  # no ndim, or a class's descriptor (X=np.float64)
         try:
             ndim = np.asarray(X, dtype=object).ndim
         except ValueError:  # ragged nested lists: let check_array explain
@@ -33,6 +33,8 @@ def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int,
                          input_name="X", estimator=estimator)
     if images.ndim not in (3, 4):
         raise ValueError(f"images must have shape (n, H, W) or (n, C, H, W); got {images.shape}.")
+    if 0 in images.shape[1:]:
+        raise ValueError(f"images must hold at least one pixel; got shape {images.shape}.")
     if images.ndim == 4 and images.shape[1] > 4 and images.shape[-1] <= 4:
         raise ValueError(f"images of shape {images.shape} look channels-last; vaeanom expects "
                          "(n, C, H, W): pass X.transpose(0, 3, 1, 2).")

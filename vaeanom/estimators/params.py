@@ -8,6 +8,7 @@ what it allows, and the error names the parameter, the rule and the value.
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ class Number(Rule):
         kind = numbers.Integral if self.integer else numbers.Real
         if isinstance(value, bool) or not isinstance(value, kind):
             return False
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):  # NaN, inf
+            return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or value <= self.high
@@ -47,8 +50,8 @@ class Number(Rule):
         kind = "an int" if self.integer else "a float"
         left = "(" if self.low_open else "["
         low = "-inf" if self.low is None else self.low
-        high = "inf" if self.high is None else self.high
-        return f"{kind} in {left}{low}, {high}]"
+        high = "inf)" if self.high is None else f"{self.high}]"
+        return f"{kind} in {left}{low}, {high}"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ so a crash never leaves a half-written model where a good one was.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -141,7 +140,7 @@ def _is_int(value: Any, low: int = 0) -> bool:
 
 def _is_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+            and abs(value) <= 1e308)  # False for NaN, inf and ints past float (10**400)
 
 
 def _is_shape(value: Any) -> bool:
@@ -179,7 +178,7 @@ def checked_fitted(cls, fitted: dict[str, Any], what: str) -> dict[str, Any]:
                              "the file is corrupt.")
     n_pixels = int(np.prod(fitted["input_shape_"]))
     if n_pixels != fitted["n_features_in_"] or (
-            not fitted["is_image_"] and len(fitted["input_shape_"]) != 1):
+            len(fitted["input_shape_"]) not in ((2, 3) if fitted["is_image_"] else (1,))):
         raise ValueError(f"{what}: input_shape_ {fitted['input_shape_']} does not match "
                          f"n_features_in_ {fitted['n_features_in_']}; the file is corrupt.")
     names = fitted.get("feature_names_in_")
@@ -207,6 +206,20 @@ def check_shapes(found: dict[str, torch.Tensor], expected: dict[str, tuple[int, 
         if tuple(found[name].shape) != tuple(shape):
             raise ValueError(f"{what}: {name} has shape {tuple(found[name].shape)}, but the "
                              f"architecture needs {tuple(shape)}; the file is corrupt.")
+
+
+#: the dtype ``fit`` gives each saved array: float32 unless named here
+_ARRAY_DTYPES = {"center_": torch.float64, "scale_": torch.float64, "code_counts_": torch.int64}
+
+
+def check_dtypes(arrays: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse saved arrays of another dtype than fit writes (scoring mixes them with weights)."""
+    for name, array in arrays.items():
+        expected = _ARRAY_DTYPES.get(name, torch.float32)
+        if array.dtype != expected:
+            raise ValueError(f"{what}: {name} has dtype {str(array.dtype).removeprefix('torch.')},"
+                             f" but vaeanom writes {str(expected).removeprefix('torch.')}; "
+                             "the file is corrupt.")
 
 
 def check_values(arrays: dict[str, torch.Tensor], what: str) -> None:

@@ -10,7 +10,7 @@ import torch
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
-from ..checks import check_count, finite_scores, is_outlier
+from ..checks import check_count, finite_decoded, finite_scores, is_outlier
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MLPDecoder, MLPEncoder)
 from ..scoring import (IMAGE_SCORE_KINDS, SCORE_KINDS, FeatureContributions, ImageComplexity,
@@ -228,7 +228,8 @@ class VAEDetector(BaseDetector):
 
     def _array_shapes(self, found):
         bank = found.get("latent_bank_")
-        n_bank = len(bank) if bank is not None and 1 <= len(bank) <= BANK_SIZE else BANK_SIZE
+        n_bank = (len(bank) if bank is not None and bank.ndim >= 1 and 1 <= len(bank) <= BANK_SIZE
+                  else BANK_SIZE)
         return {**super()._array_shapes(found),
                 "noise_": (self.n_score_samples, self.latent_dim), "score_reference_": (3, 2),
                 "latent_bank_": (n_bank, self.latent_dim),
@@ -309,12 +310,12 @@ class VAEDetector(BaseDetector):
     def decode(self, Z) -> np.ndarray:
         """Mean of p(x|z) in the user's units (standardisation undone; images in [0, 1])."""
         check_is_fitted(self)
-        Z = check_array(Z, dtype=np.float32, input_name="Z")
+        Z = check_array(Z, dtype=np.float32, order="C", input_name="Z")  # torch: no neg. strides
         if Z.shape[1] != self.latent_dim:
             raise ValueError(f"Z has {Z.shape[1]} columns, but {type(self).__name__} has "
                              f"latent_dim={self.latent_dim}.")
         decoded = self._map_chunks(self.model_.decode, torch.from_numpy(Z))
-        return self._to_user_units(decoded)
+        return finite_decoded(self._to_user_units(decoded))
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images."""
@@ -346,7 +347,8 @@ class VAEDetector(BaseDetector):
             if self.is_image_:
                 raise ValueError("score_frame(explain=k) is for rows; for images, "
                                  "explain(X) returns per-pixel maps.")
-            frame = frame.join(top_features(self._explanation_frame(x, frame.index), k))
+            top = top_features(self._explanation_frame(x, pd.RangeIndex(len(x))), k)
+            frame = frame.assign(**{c: top[c].to_numpy() for c in top})  # X's index may repeat
         return frame
 
     def explain(self, X):

@@ -188,6 +188,8 @@ class VQVAEDetector(BaseDetector):
 
     def _array_shapes(self, found):
         grid = self._grid()
+        if not hasattr(self, "code_grid_"):
+            raise ValueError("the file has no code_grid_ among its fitted values; it is corrupt.")
         if tuple(self.code_grid_) != tuple(grid):
             raise ValueError(f"code_grid_ {tuple(self.code_grid_)} does not match the "
                              f"architecture's {tuple(grid)}; the file is corrupt.")
