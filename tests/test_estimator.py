@@ -205,7 +205,7 @@ def test_columns_reordered_or_missing_are_rejected(fitted):
 # ------------------------------------------------------------- bad input
 @pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 @pytest.mark.parametrize("bad, match", [
-    (np.full((5, 30), np.nan), "NaN"),
+    (np.full((5, 30), np.nan), "every entry missing"),
     (np.full((5, 30), np.inf), "infinity"),
     (np.zeros((5, 29)), "29 features"),
     (np.zeros((0, 30)), "0 sample"),
@@ -220,8 +220,10 @@ def test_bad_input_to_a_fitted_model(fitted, bad, match):
 def test_bad_input_to_fit():
     with pytest.raises(ValueError, match="1 sample"):
         VAEDetector(**FAST).fit(np.zeros((1, 4)))
-    with pytest.raises(ValueError, match="NaN"):
-        VAEDetector(**FAST).fit(np.array([[1.0, np.nan], [2.0, 3.0]]))
+    with pytest.raises(ValueError, match="no observed value"):
+        VAEDetector(**FAST).fit(np.array([[1.0, np.nan], [2.0, np.nan]]))
+    with pytest.raises(ValueError, match="infinity"):
+        VAEDetector(**FAST).fit(np.array([[1.0, np.inf], [2.0, 3.0]]))
     with pytest.raises(NotFittedError):
         VAEDetector().score_samples(np.zeros((2, 3)))
 

@@ -111,11 +111,15 @@ def test_float_pixels_outside_the_unit_range_are_refused(uint8_images, tmp_path)
 
 
 def test_text_columns_are_named_with_the_fix(cancer):
+    """VQ-VAE rows take numbers only; a numeric VAE model is given text it never saw."""
     X, _ = cancer
     X = X.iloc[:20].copy()
+    det = VAEDetector(**SMALL).fit(X)
     X["grade"] = ["a", "b"] * 10
     with pytest.raises(ValueError, match=r"non-numeric column.*'grade'.*get_dummies"):
-        VAEDetector(**SMALL).fit(X)
+        VQVAEDetector(epochs=1).fit(X)
+    with pytest.raises(ValueError, match=r"'grade'.*fitted on numbers only.*Refit"):
+        det.score_samples(X.drop(columns=X.columns[0]))
 
 
 # ------------------------------------------------------ argument checks

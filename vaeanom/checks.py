@@ -59,10 +59,15 @@ def input_bounds(center: np.ndarray, scale: np.ndarray,
 
 def check_bounds(values: np.ndarray, low: np.ndarray, high: np.ndarray,
                  feature_names: Sequence[str] | None = None, what: str = "X") -> None:
-    """Raise ValueError naming the features where ``values`` (n, *shape) leave [low, high]."""
+    """Raise ValueError naming the features where ``values`` (n, *shape) leave [low, high].
+
+    NaN (a missing value) is not out of bounds; callers that refuse holes do so first.
+    """
     values = np.asarray(values)
     flat = values.reshape(len(values), -1)
     bad = ~((flat >= low.reshape(-1)) & (flat <= high.reshape(-1)))
+    if flat.dtype.kind == "f":
+        bad &= ~np.isnan(flat)  # a missing value: the estimator's checks decide whether it may be
     if not bad.any():
         return
     columns = np.flatnonzero(bad.any(axis=0))

@@ -421,7 +421,9 @@ def _numeric_array(values, name: str) -> np.ndarray:
     if len(array) == 0:
         raise ValueError(f"{name} has 0 rows; pass at least one.")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinity; impute or drop those rows first.")
+        raise ValueError(f"{name} contains NaN or infinity; OnnxModel takes complete rows (the "
+                         "estimator scores missing values; their export is not available yet): "
+                         "impute or drop those rows first.")
     return array
 
 

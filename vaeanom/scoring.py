@@ -66,7 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models.likelihoods import GaussianLikelihood, gaussian_kl_standard_normal
+from .models.likelihoods import (GaussianLikelihood, gaussian_kl_standard_normal,
+                                 observed_row_mean)
 from .models.mlp import MLPDecoder
 from .models.vae import ELBOTerms, LOG_VAR_LIMIT, VAE
 
@@ -96,9 +97,13 @@ class ScoreTerms(NamedTuple):
 
 
 def reconstruction_error(model: VAE, x: Tensor) -> Tensor:
-    """Mean squared error per row between x and the decoding of its posterior mean."""
+    """Mean squared error per row between x and the decoding of its posterior mean.
+
+    Over the observed entries only; a categorical column counts 1 when the
+    most likely category is not x's.
+    """
     mu, _ = model.encode(x)
-    return (x - model.decode(mu)).flatten(1).pow(2).mean(dim=1)
+    return observed_row_mean(model.likelihood.squared_error(x, model.decode(mu)), x)
 
 
 class ImageComplexity(nn.Module):
@@ -338,16 +343,36 @@ class FeatureContributions(nn.Module):
     the ELBO's reconstruction term, so the explanation adds up to the part of
     the score the likelihood accounts for (the KL and kNN terms belong to the
     code, not to any one feature).
+
+    ``leave_one_out=True`` (the table model, whose encoder takes masks) asks
+    instead how unlikely x_j is given the *other* features: z comes from
+    q(z | x with x_j hidden). An anomalous entry then cannot pull the code
+    towards itself and shift the blame onto the features it disagrees with (a
+    wrong category would otherwise move the code and be charged to the
+    numbers). One encoder and decoder pass per feature.
     """
 
-    def __init__(self, model: VAE, eps: Tensor, reference: Tensor) -> None:
+    def __init__(self, model: VAE, eps: Tensor, reference: Tensor,
+                 leave_one_out: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.leave_one_out = leave_one_out
         self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))  # (L, 1, d)
         self.register_buffer("reference", reference)
 
     def forward(self, x: Tensor) -> Tensor:
-        return -self.model.feature_log_px(x, self.eps) - self.reference
+        """(b, ...) contributions; NaN where x is missing (a hole contributes nothing)."""
+        if self.leave_one_out:
+            nll = torch.stack([self._hidden_nll(x, j) for j in range(x.shape[1])], dim=1)
+        else:
+            nll = -self.model.feature_log_px(x, self.eps)
+        return torch.where(torch.isnan(x), x, nll - self.reference)
+
+    def _hidden_nll(self, x: Tensor, j: int) -> Tensor:
+        """-log p(x_j | z), z ~ q(z | x with column j hidden), for rows x (b, d)."""
+        seen = x.clone()
+        seen[:, j] = float("nan")
+        return -self.model.feature_log_px(x, self.eps, seen)[:, j]
 
 
 def supports_linear_gaussian(model: VAE) -> bool:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .. import training
 from ..checks import finite_scores, outlier_labels
 from ..preprocessing import Preprocessing
+from ..tables import TableSchema
 from . import inputs, persistence
 from .params import (AnyOf, InvalidParameterError, Number, OneOf, RandomState, Rule,
                      validate_params)
@@ -187,7 +188,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             if self._standardises_images():
                 return self._standardise(images)
             return torch.from_numpy(images)
-        rows = inputs.check_rows(self, X, fitting=False)
+        rows, _ = inputs.check_rows(self, X, fitting=False, schema=self._table_schema(),
+                                    allow_missing=self._allows_missing)
         self._check_range(rows)  # a Bernoulli model scores values past 1 as *more* normal
         return self._standardise(rows)
 
@@ -208,16 +210,45 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             self.center_ = np.zeros(images.shape[1:])
             self.scale_ = np.ones(images.shape[1:])
             return torch.from_numpy(images)
-        rows = inputs.check_rows(self, X, fitting=True)
+        rows, schema = inputs.check_rows(self, X, fitting=True,
+                                         allow_missing=self._allows_missing)
         self.input_shape_ = (rows.shape[1],)
-        if hasattr(self, "pixel_dtype_"):
-            del self.pixel_dtype_
+        for stale in ("pixel_dtype_", "categories_"):
+            if hasattr(self, stale):
+                delattr(self, stale)
+        if schema.has_categories or np.isnan(rows).any():
+            self.categories_ = schema.to_json()   # the table model: see _table_schema
         if self._needs_unit_range():
+            if hasattr(self, "categories_"):
+                raise ValueError(
+                    f"likelihood={self.likelihood!r} models numbers in [0, 1]; a table with "
+                    "categorical columns or missing values is modelled column by column: use "
+                    "likelihood='gaussian'.")
             self.center_, self.scale_ = np.zeros(rows.shape[1]), np.ones(rows.shape[1])
             self._check_range(rows)
         else:
-            self.center_, self.scale_ = inputs.standardisation(rows)
+            categorical = np.asarray(schema.cardinalities) > 0
+            self.center_, self.scale_ = inputs.standardisation(rows, categorical)
         return self._standardise(rows)
+
+    #: whether rows may hold missing values and categorical columns (the VAE's table model)
+    _allows_missing: ClassVar[bool] = False
+
+    def _table_schema(self) -> TableSchema | None:
+        """The fitted table's columns when fit saw categories or holes (the table model), else None."""
+        categories = getattr(self, "categories_", None)
+        return None if categories is None else TableSchema.from_json(categories)
+
+    def _as_table(self, values: np.ndarray):
+        """Rows in user units as they should be returned: a DataFrame with the category
+        names for a table with categorical columns, else the array as it is."""
+        schema = self._table_schema()
+        if schema is None or not schema.has_categories:
+            return values
+        names = getattr(self, "feature_names_in_", None)
+        columns = [str(n) for n in names] if names is not None else [
+            f"x{i}" for i in range(self.n_features_in_)]
+        return schema.decode(values, columns)
 
     def _standardise(self, data: np.ndarray) -> Tensor:
         """(data - center_) / scale_ as float32 (model units), refusing values that overflow."""
@@ -244,10 +275,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         return False
 
     def _check_range(self, data: np.ndarray) -> None:
-        if self._needs_unit_range() and (data.min() < 0 or data.max() > 1):
+        if self._needs_unit_range() and data.size and (np.nanmin(data) < 0 or np.nanmax(data) > 1):
             raise ValueError(
                 f"likelihood={self.likelihood!r} needs data in [0, 1]; got values in "
-                f"[{data.min():.4g}, {data.max():.4g}]. Scale X to [0, 1] (uint8 images are "
+                f"[{np.nanmin(data):.4g}, {np.nanmax(data):.4g}]. Scale X to [0, 1] (uint8 images are "
                 "scaled for you) or use likelihood='gaussian'.")
 
     def _to_user_units(self, x: np.ndarray) -> np.ndarray:
@@ -330,6 +361,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
+        tags.input_tags.allow_nan = self._allows_missing
         return tags
 
     # ---------------------------------------------------------------- export
@@ -357,7 +389,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     _optional_arrays: ClassVar[tuple[str, ...]] = ()
     _fitted_values: ClassVar[tuple[str, ...]] = (
         "offset_", "n_features_in_", "feature_names_in_", "input_shape_", "is_image_",
-        "pixel_dtype_", "history_")
+        "pixel_dtype_", "history_", "categories_")
 
     def save(self, path) -> None:
         """Write the fitted detector to one .safetensors file (weights + JSON config).

@@ -3,7 +3,9 @@
 Rows (2-D arrays, DataFrames) are standardised with statistics learned in
 ``fit``. Images, (n, H, W) or (n, C, H, W), are taken as pixels: uint8 is
 divided by 255, other dtypes are used as they are (expected in [0, 1]).
-Everything ends as a float32 tensor in "model units".
+Everything ends as a float32 tensor in "model units". Tables may hold
+categorical columns and missing values where the estimator allows them
+(:mod:`vaeanom.tables`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
 from ..checks import check_pixels
+from ..tables import TableSchema, categorical_columns
 
 
 def is_image_input(X) -> bool:
@@ -56,36 +59,98 @@ def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:
     return rows.reshape(len(rows), *shape)
 
 
-def check_rows(estimator, X, *, fitting: bool) -> np.ndarray:
-    """Validate tabular rows with scikit-learn's own checks (names, width, NaN, dtype)."""
-    _refuse_text_columns(X)
-    return validate_data(estimator, X, reset=fitting, dtype=[np.float64, np.float32],
-                         ensure_min_samples=2 if fitting else 1)
+def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None,
+               allow_missing: bool = False) -> tuple[np.ndarray, TableSchema]:
+    """Validate tabular rows; return float64 (n, d) and the table's :class:`TableSchema`.
+
+    Numbers stay numbers; with ``allow_missing``, missing entries become NaN and
+    categorical (object, string, ``category``) DataFrame columns become codes
+    (see :mod:`vaeanom.tables`). ``schema`` is what fit learned (None at fit,
+    or for a model fitted on complete numbers). Infinities are always refused.
+    """
+    text = categorical_columns(X)
+    if text and not allow_missing:
+        _refuse_text_columns(text)
+    if text or (schema is not None and schema.has_categories):
+        rows, schema = _check_mixed(estimator, X, fitting=fitting, schema=schema, text=text)
+    else:
+        rows = validate_data(estimator, X, reset=fitting, dtype=[np.float64, np.float32],
+                             ensure_min_samples=2 if fitting else 1,
+                             ensure_all_finite="allow-nan" if allow_missing else True)
+        schema = TableSchema.learn(rows) if fitting else schema
+    if allow_missing:
+        _refuse_empty_rows(rows)
+    return rows, schema
 
 
-def _refuse_text_columns(X) -> None:
-    """Name the DataFrame columns that hold text or categories, and say what to do."""
+def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
+                 text: list[str]) -> tuple[np.ndarray, TableSchema]:
+    """A DataFrame with categorical columns -> (codes and numbers with NaN holes, schema)."""
     if not isinstance(X, pd.DataFrame):
-        return
-    text = [str(c) for c, dtype in X.dtypes.items()
-            if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))]
-    if text:
+        raise ValueError(f"{type(estimator).__name__} was fitted on a DataFrame with categorical "
+                         "columns; pass a DataFrame with the same columns (numpy arrays hold "
+                         "numbers only).")
+    if not fitting and (schema is None or not schema.has_categories):
         shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
-        raise ValueError(
-            f"X has {len(text)} non-numeric column(s): {shown}. vaeanom models numbers only "
-            "(for now): one-hot encode them, e.g. pd.get_dummies(X, columns=[...], dtype=float), "
-            "map them to numbers, or drop them.")
+        raise ValueError(f"X has non-numeric column(s) {shown}, but this model was fitted on "
+                         "numbers only. Refit it on a DataFrame holding those columns (vaeanom "
+                         "models them as categories), or pass the numbers it was fitted on.")
+    validate_data(estimator, X, reset=fitting, skip_check_array=True)
+    if len(X) < (2 if fitting else 1):
+        raise ValueError(f"Found array with {len(X)} sample(s) (shape={X.shape}) while a "
+                         f"minimum of {2 if fitting else 1} is required.")
+    if X.shape[1] == 0:
+        raise ValueError("X has 0 columns; pass at least one.")
+    if fitting:
+        schema = TableSchema.learn(X)
+    rows = schema.encode(X)
+    infinite = np.flatnonzero(np.isinf(rows).any(axis=0))
+    if len(infinite):
+        names = [str(X.columns[j]) for j in infinite[:5]]
+        raise ValueError(f"Input X contains infinity in column(s) {names}. A missing value is "
+                         "NaN (or None, pd.NA, an empty CSV field); replace the infinities.")
+    return rows, schema
 
 
-def standardisation(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _refuse_empty_rows(rows: np.ndarray) -> None:
+    """A row with no observed entry has nothing to score: name it."""
+    empty = np.flatnonzero(np.isnan(rows).all(axis=1)) if rows.size else np.array([], int)
+    if len(empty):
+        raise ValueError(f"row(s) {empty[:5].tolist()} of X have every entry missing: there is "
+                         "nothing to score. Drop them (X.dropna(how='all')).")
+
+
+def _refuse_text_columns(text: list[str]) -> None:
+    """Name the DataFrame columns that hold text or categories, and say what to do."""
+    shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
+    raise ValueError(
+        f"X has {len(text)} non-numeric column(s): {shown}. This model takes numbers only: "
+        "one-hot encode them, e.g. pd.get_dummies(X, columns=[...], dtype=float), map them "
+        "to numbers, or drop them (VAEDetector models them as categories).")
+
+
+def standardisation(rows: np.ndarray,
+                    categorical: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std; a constant feature gets scale 1 (it stays centred at 0).
 
+    Missing entries (NaN) are left out; ``categorical`` columns (codes) get 0 and 1.
     Raises ValueError naming the features whose mean or std overflow float64
     (values near 1e300): standardising them would silently give zeros.
     """
+    if categorical is None:
+        categorical = np.zeros(rows.shape[1], dtype=bool)
+    empty = np.flatnonzero(np.isnan(rows).all(axis=0) & ~categorical) if len(rows) else []
+    if len(empty):
+        raise ValueError(f"features {list(empty[:5])} have no observed value (every entry is "
+                         "missing): drop them before fit.")
     with np.errstate(over="ignore", invalid="ignore"):
-        center = rows.mean(axis=0, dtype=np.float64)
-        scale = rows.std(axis=0, dtype=np.float64)
+        if np.isnan(rows).any():
+            center = np.nanmean(rows, axis=0, dtype=np.float64)
+            scale = np.nanstd(rows, axis=0, dtype=np.float64)
+        else:
+            center = rows.mean(axis=0, dtype=np.float64)
+            scale = rows.std(axis=0, dtype=np.float64)
+    center[categorical], scale[categorical] = 0.0, 1.0
     broken = np.flatnonzero(~(np.isfinite(center) & np.isfinite(scale)))
     if len(broken):
         raise ValueError(f"features {broken[:5].tolist()} hold values too large to standardise "

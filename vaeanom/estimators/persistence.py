@@ -30,6 +30,7 @@ from safetensors.torch import save as save_tensors
 from .. import digest
 from ..fileio import atomic_write
 from ..preprocessing import PIXEL_DTYPES, jsonable_params
+from ..tables import TableSchema
 from .params import InvalidParameterError, validate_params
 
 FORMAT = "vaeanom-model"
@@ -147,6 +148,14 @@ def _is_shape(value: Any) -> bool:
     return isinstance(value, list) and 0 < len(value) <= 4 and all(_is_int(v, 1) for v in value)
 
 
+def _is_table_schema(value: Any) -> bool:
+    try:
+        TableSchema.from_json(value)
+    except ValueError:
+        return False
+    return True
+
+
 #: what each JSON fitted value must look like (anything else means a corrupt or crafted file)
 _FITTED_CHECKS = {
     "offset_": _is_number,
@@ -159,6 +168,7 @@ _FITTED_CHECKS = {
     "code_grid_": _is_shape,
     "perplexity_": _is_number,
     "used_codes_": _is_number,
+    "categories_": _is_table_schema,
 }
 _FITTED_REQUIRED = ("offset_", "n_features_in_", "input_shape_", "is_image_")
 
@@ -181,6 +191,11 @@ def checked_fitted(cls, fitted: dict[str, Any], what: str) -> dict[str, Any]:
             len(fitted["input_shape_"]) not in ((2, 3) if fitted["is_image_"] else (1,))):
         raise ValueError(f"{what}: input_shape_ {fitted['input_shape_']} does not match "
                          f"n_features_in_ {fitted['n_features_in_']}; the file is corrupt.")
+    categories = fitted.get("categories_")
+    if categories is not None and (fitted["is_image_"]
+                                   or len(categories) != fitted["n_features_in_"]):
+        raise ValueError(f"{what}: categories_ has {len(categories)} columns for a model of "
+                         f"{fitted['n_features_in_']} features; the file is corrupt.")
     names = fitted.get("feature_names_in_")
     if names is not None and len(names) != fitted["n_features_in_"]:
         raise ValueError(f"{what}: {len(names)} feature names for {fitted['n_features_in_']} "

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..checks import check_count, finite_decoded, finite_scores, is_outlier
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
-                      MLPDecoder, MLPEncoder)
+                      MixedLikelihood, MLPDecoder, MLPEncoder, TableEncoder, n_decoder_outputs)
 from ..scoring import (IMAGE_SCORE_KINDS, SCORE_KINDS, FeatureContributions, ImageComplexity,
                        LatentNeighbours, Scorer, inference_scorer, term_reference)
 from .base import BaseDetector, _seed_from
@@ -22,6 +22,9 @@ from .params import AnyOf, IntTuple, Number, OneOf
 #: epochs="auto" trains rows for about this many gradient steps, whatever the table's size;
 #: chosen on the selection half of benchmarks/anomaly_tabular.py (see the ``epochs`` parameter)
 ROW_STEPS = 1000
+#: share of entries the table model's encoder is not shown in each training step
+#: (the likelihood still scores them): see VAEDetector._hide_entries
+HIDDEN_FRACTION = 0.2
 #: at most this many training codes are kept for the latent kNN score kinds
 BANK_SIZE = 2048
 #: neighbours averaged by the latent kNN score kinds
@@ -49,6 +52,17 @@ class VAEDetector(BaseDetector):
     ``(n, C, H, W)`` are standardised per feature (pixel) and modelled by an
     MLP; ``backbone="conv"`` models images in [0, 1] with a convolutional
     network instead. Scores are per row, higher = more normal.
+
+    Tables may hold categorical columns (object, string, ``category``) and
+    missing values (NaN, None, pd.NA) in any column. A table with either at
+    fit gets the *table model* (``categories_`` is set): a categorical
+    likelihood over the categories seen in fit plus an "unknown" slot for
+    those it never saw, a Gaussian for numbers, and an encoder that sees the
+    mask of observed entries (:mod:`vaeanom.models.table`). Missing entries
+    are left out of the likelihood, which charges a row its log-likelihood
+    per observed entry times the number of columns, so scores of rows with
+    and without holes are comparable. A model fitted on complete numbers
+    takes holes at score time too: its encoder sees the training mean there.
 
     Parameters
     ----------
@@ -138,6 +152,8 @@ class VAEDetector(BaseDetector):
         Median and interquartile range of -ELBO, of KL and of the latent kNN
         distance on the training rows (each training row leaving its own code
         out): the units of the "elbo_kl" and "elbo_kl_knn" votes.
+    categories_ : list of (list of str or None)
+        Table models only: per column, None (numeric) or the categories seen in fit.
     latent_bank_ : ndarray of shape (min(n, BANK_SIZE), latent_dim)
         Posterior means of (a random subset of up to ``BANK_SIZE`` = 2048)
         training rows: the neighbours of the latent kNN score kinds.
@@ -168,6 +184,7 @@ class VAEDetector(BaseDetector):
     _fitted_arrays: ClassVar = ("center_", "scale_", "noise_", "score_reference_",
                                 "latent_bank_", "explain_reference_")
     _optional_arrays: ClassVar = ("explain_reference_",)   # files from before explain()
+    _allows_missing: ClassVar = True
 
     def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),
                  backbone="auto", likelihood="gaussian", sigma="learned", beta="auto",
@@ -181,6 +198,9 @@ class VAEDetector(BaseDetector):
     _auto_image_backbone: ClassVar = "mlp"
 
     def _build_model(self, shape: tuple[int, ...], images: bool) -> VAE:
+        schema = None if images else self._table_schema()
+        if schema is not None:
+            return self._build_table_model(schema.cardinalities)
         if self._backbone(images) == "conv":
             encoder = ConvEncoder(shape, self.conv_channels, self.latent_dim)
             decoder = ConvDecoder(self.latent_dim, self.conv_channels, shape)
@@ -193,12 +213,33 @@ class VAEDetector(BaseDetector):
             likelihood = GaussianLikelihood(shape, None if self.sigma == "learned" else self.sigma)
         return VAE(encoder, decoder, likelihood, self.latent_dim)
 
+    def _build_table_model(self, cardinalities: tuple[int, ...]) -> VAE:
+        """The table model: mask-aware encoder, a Gaussian or softmax likelihood per column."""
+        self._backbone(False)  # refuses backbone="conv" on rows
+        encoder = TableEncoder(cardinalities, self.hidden_dims, self.latent_dim)
+        decoder = MLPDecoder(self.latent_dim, self.hidden_dims,
+                             (n_decoder_outputs(cardinalities),))
+        likelihood = MixedLikelihood(cardinalities,
+                                     None if self.sigma == "learned" else self.sigma)
+        return VAE(encoder, decoder, likelihood, self.latent_dim)
+
     def _loss(self, model: VAE, batch: Tensor, generator: torch.Generator):
         eps = torch.randn((1, len(batch), self.latent_dim), generator=generator)
-        terms = model(batch, eps.to(batch.device))
+        seen = self._hide_entries(batch, generator) if self._table_schema() is not None else None
+        terms = model(batch, eps.to(batch.device), seen)
         loss = -terms.elbo(self._resolved_beta()).mean()
         return loss, {"elbo": terms.elbo().mean(), "reconstruction": -terms.log_px.mean(),
                       "kl": terms.kl.mean()}
+
+    @staticmethod
+    def _hide_entries(batch: Tensor, generator: torch.Generator) -> Tensor:
+        """The batch with a random HIDDEN_FRACTION of its entries hidden (NaN) from the encoder.
+
+        The table model then learns to predict an entry from the others: what
+        a row with holes needs, and what leave-one-out explanations ask.
+        """
+        hide = torch.rand(batch.shape, generator=generator) < HIDDEN_FRACTION
+        return batch.masked_fill(hide.to(batch.device), float("nan"))
 
     def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
         self.noise_ = torch.randn((self.n_score_samples, self.latent_dim),
@@ -216,7 +257,7 @@ class VAEDetector(BaseDetector):
         self.score_reference_ = term_reference(-terms.elbo, terms.kl, distance)
         self.explain_reference_ = np.zeros(tuple(x.shape[1:]), dtype=np.float32)
         nll = self._map_chunks(self._contributions(), x)            # reference 0: the raw NLL
-        self.explain_reference_ = np.median(nll, axis=0).astype(np.float32)
+        self.explain_reference_ = _median_observed(nll).astype(np.float32)
 
     def _contributions(self) -> FeatureContributions:
         if not hasattr(self, "explain_reference_"):
@@ -224,7 +265,8 @@ class VAEDetector(BaseDetector):
                              "refit it to use explain().")
         device = next(self.model_.parameters()).device
         return FeatureContributions(self.model_, torch.from_numpy(self.noise_).to(device),
-                                    torch.from_numpy(self.explain_reference_).to(device))
+                                    torch.from_numpy(self.explain_reference_).to(device),
+                                    leave_one_out=self._table_schema() is not None)
 
     def _array_shapes(self, found):
         bank = found.get("latent_bank_")
@@ -281,6 +323,10 @@ class VAEDetector(BaseDetector):
     def onnx_part(self, part: str, *, fp16: bool = False):
         from ..export import PartSpec
 
+        if self._table_schema() is not None:
+            raise ValueError("ONNX export of a model fitted on a table with categorical columns "
+                             "or missing values is not available yet; score it with the "
+                             "estimator (save/load keep it), or fit on complete numeric columns.")
         model = self._model_for_export(fp16)
         kind = self._resolved_score_kind()
         if part == "scorer":
@@ -315,7 +361,7 @@ class VAEDetector(BaseDetector):
             raise ValueError(f"Z has {Z.shape[1]} columns, but {type(self).__name__} has "
                              f"latent_dim={self.latent_dim}.")
         decoded = self._map_chunks(self.model_.decode, torch.from_numpy(Z))
-        return finite_decoded(self._to_user_units(decoded))
+        return self._as_table(finite_decoded(self._to_user_units(decoded)))
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images."""
@@ -323,7 +369,7 @@ class VAEDetector(BaseDetector):
         n_samples = check_count(n_samples)
         generator = torch.Generator().manual_seed(_seed_from(random_state))
         z = torch.randn((n_samples, self.latent_dim), generator=generator)
-        return self._to_user_units(self._map_chunks(self.model_.decode, z))
+        return self._as_table(self._to_user_units(self._map_chunks(self.model_.decode, z)))
 
     def score_frame(self, X, explain: int = 0) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier.
@@ -375,10 +421,24 @@ class VAEDetector(BaseDetector):
                             columns=columns)
 
 
+def _median_observed(values: np.ndarray) -> np.ndarray:
+    """Per-column median over the non-NaN entries; 0 for a column with none."""
+    observed = ~np.isnan(values)
+    if observed.all():
+        return np.median(values, axis=0)
+    medians = np.zeros(values.shape[1:])
+    for j in np.ndindex(values.shape[1:]):
+        column = values[(slice(None), *j)]
+        if (~np.isnan(column)).any():
+            medians[j] = np.median(column[~np.isnan(column)])
+    return medians
+
+
 def top_features(contributions: pd.DataFrame, k: int) -> pd.DataFrame:
     """The k largest contributions of each row: feature_i and contribution_i columns."""
     values = contributions.to_numpy()
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    ranked = np.where(np.isnan(values), -np.inf, values)   # a missing entry ranks last
+    order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
     names = np.asarray(contributions.columns, dtype=object)
     columns = {}
     for i in range(order.shape[1]):

@@ -7,6 +7,7 @@ from .conv import ConvDecoder, ConvEncoder, ConvGridDecoder, ConvGridEncoder, gr
 from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, bernoulli_log_prob,
                           gaussian_kl_standard_normal, gaussian_log_prob)
 from .mlp import MLPDecoder, MLPEncoder, MLPGridDecoder, MLPGridEncoder
+from .table import MixedLikelihood, TableEncoder, n_decoder_outputs
 from .vae import VAE, ELBOTerms
 from .vq import VQVAE, Codebook, Quantized, VectorQuantizer, usage_statistics
 
@@ -15,5 +16,5 @@ __all__ = [
     "GaussianLikelihood", "BernoulliLikelihood", "gaussian_log_prob", "bernoulli_log_prob",
     "gaussian_kl_standard_normal", "VQVAE", "Codebook", "Quantized", "VectorQuantizer",
     "usage_statistics", "ConvGridEncoder", "ConvGridDecoder", "MLPGridEncoder",
-    "MLPGridDecoder", "grid_shape",
+    "MLPGridDecoder", "grid_shape", "TableEncoder", "MixedLikelihood", "n_decoder_outputs",
 ]

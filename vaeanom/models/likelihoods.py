@@ -21,6 +21,32 @@ def _sum_rows(t: Tensor) -> Tensor:
     return t.flatten(1).sum(dim=1)
 
 
+def observed_row_sum(per_entry: Tensor, x: Tensor) -> Tensor:
+    """Sum of ``per_entry`` over each row's observed entries (x not NaN), times d / observed.
+
+    The scaling keeps log-likelihoods of rows with different numbers of holes
+    on one scale: a row is charged its mean log-likelihood per observed entry
+    times the number of entries d. A complete row's sum is unchanged (the factor
+    is exactly 1).
+    """
+    observed = ~torch.isnan(x)
+    total = torch.where(observed, per_entry, torch.zeros_like(per_entry)).flatten(1).sum(1)
+    n_observed = observed.flatten(1).sum(1).to(total.dtype)
+    return total * (observed[0].numel() / n_observed)
+
+
+def observed_row_mean(per_entry: Tensor, x: Tensor) -> Tensor:
+    """Mean of ``per_entry`` over each row's observed entries (x not NaN)."""
+    observed = ~torch.isnan(x)
+    total = torch.where(observed, per_entry, torch.zeros_like(per_entry)).flatten(1).sum(1)
+    return total / observed.flatten(1).sum(1).to(total.dtype)
+
+
+def _holes_zeroed(x: Tensor) -> Tensor:
+    """x with missing entries (NaN) set to 0, so no NaN reaches a loss or its gradient."""
+    return torch.where(torch.isnan(x), torch.zeros_like(x), x)
+
+
 def gaussian_log_prob_elementwise(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """log N(x | mean, exp(log_scale)^2) per entry, x's shape. ``log_scale`` broadcasts."""
     z = (x - mean) * torch.exp(-log_scale)
@@ -79,10 +105,16 @@ class GaussianLikelihood(nn.Module):
         return decoded
 
     def log_prob(self, x: Tensor, decoded: Tensor) -> Tensor:
-        return gaussian_log_prob(x, decoded, self.log_scale())
+        """Summed over the observed entries of each row (see :func:`observed_row_sum`)."""
+        return observed_row_sum(self.log_prob_elementwise(x, decoded), x)
 
     def log_prob_elementwise(self, x: Tensor, decoded: Tensor) -> Tensor:
-        return gaussian_log_prob_elementwise(x, decoded, self.log_scale())
+        """Per entry; 0 where x is missing (NaN)."""
+        per_entry = gaussian_log_prob_elementwise(_holes_zeroed(x), decoded, self.log_scale())
+        return torch.where(torch.isnan(x), torch.zeros_like(per_entry), per_entry)
+
+    def squared_error(self, x: Tensor, mean: Tensor) -> Tensor:
+        return (_holes_zeroed(x) - mean) ** 2
 
 
 class BernoulliLikelihood(nn.Module):
@@ -92,7 +124,13 @@ class BernoulliLikelihood(nn.Module):
         return torch.sigmoid(decoded)
 
     def log_prob(self, x: Tensor, decoded: Tensor) -> Tensor:
-        return bernoulli_log_prob(x, decoded)
+        """Summed over the observed entries of each row (see :func:`observed_row_sum`)."""
+        return observed_row_sum(self.log_prob_elementwise(x, decoded), x)
 
     def log_prob_elementwise(self, x: Tensor, decoded: Tensor) -> Tensor:
-        return bernoulli_log_prob_elementwise(x, decoded)
+        """Per entry; 0 where x is missing (NaN)."""
+        per_entry = bernoulli_log_prob_elementwise(_holes_zeroed(x), decoded)
+        return torch.where(torch.isnan(x), torch.zeros_like(per_entry), per_entry)
+
+    def squared_error(self, x: Tensor, mean: Tensor) -> Tensor:
+        return (_holes_zeroed(x) - mean) ** 2

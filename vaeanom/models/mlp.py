@@ -19,14 +19,20 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    """x (b, d) -> posterior mean and log-variance, each (b, latent_dim)."""
+    """x (b, d) -> posterior mean and log-variance, each (b, latent_dim).
+
+    A missing entry (NaN) is fed as 0: the training mean, in standardised units.
+    (A model fitted on a table with holes uses :class:`vaeanom.models.table.TableEncoder`,
+    which sees the mask instead.)
+    """
 
     def __init__(self, n_features: int, hidden_dims: Sequence[int], latent_dim: int) -> None:
         super().__init__()
         self.net = mlp([n_features, *hidden_dims, 2 * latent_dim])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, log_var = self.net(x.flatten(1)).chunk(2, dim=1)
+        x = x.flatten(1)
+        mu, log_var = self.net(torch.where(torch.isnan(x), torch.zeros_like(x), x)).chunk(2, dim=1)
         return mu, log_var
 
 

@@ -57,9 +57,13 @@ class VAE(nn.Module):
         """Mean of p(x|z) in the model's (preprocessed) units."""
         return self.likelihood.mean(self.decoder(z))
 
-    def _sample(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Posterior parameters, z_l = mu + sigma * eps_l (L, b, d) and log p(x|z_l) (L, b)."""
-        mu, log_var = self.encode(x)
+    def _sample(self, x: Tensor, eps: Tensor,
+                seen: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Posterior parameters, z_l = mu + sigma * eps_l (L, b, d) and log p(x|z_l) (L, b).
+
+        ``seen`` is what the encoder gets instead of x (x with entries hidden as NaN).
+        """
+        mu, log_var = self.encode(x if seen is None else seen)
         z = mu + torch.exp(0.5 * log_var) * eps                    # (L, b, d)
         n_samples, batch = z.shape[0], x.shape[0]
         decoded = self.decoder(z.reshape(n_samples * batch, -1)).float()    # (L b, ...)
@@ -67,22 +71,25 @@ class VAE(nn.Module):
         log_px = self.likelihood.log_prob(x_rep, decoded).view(n_samples, batch)
         return mu, log_var, z, log_px
 
-    def forward(self, x: Tensor, eps: Tensor) -> ELBOTerms:
+    def forward(self, x: Tensor, eps: Tensor, seen: Tensor | None = None) -> ELBOTerms:
         """ELBO terms for x (b, ...) with reparameterisation noise eps (L, b|1, latent_dim).
 
         E_q[log p(x|z)] is the mean over the L samples z_l = mu + sigma * eps_l;
-        the KL term is in closed form.
+        the KL term is in closed form. With ``seen`` (x with some entries hidden
+        as NaN), q is q(z | seen) while the likelihood still scores all of x:
+        the model learns to predict entries it was not shown.
         """
-        mu, log_var, _, log_px = self._sample(x, eps)
+        mu, log_var, _, log_px = self._sample(x, eps, seen)
         return ELBOTerms(log_px=log_px.mean(0), kl=gaussian_kl_standard_normal(mu, log_var))
 
-    def feature_log_px(self, x: Tensor, eps: Tensor) -> Tensor:
+    def feature_log_px(self, x: Tensor, eps: Tensor, seen: Tensor | None = None) -> Tensor:
         """E_q[log p(x_j | z)] per entry (b, ...): the reconstruction term feature by feature.
 
         The same Monte-Carlo mean over z_l = mu + sigma * eps_l as ``forward``;
         summed over features it is ``forward``'s ``log_px`` (up to float rounding).
+        ``seen`` as in ``forward``.
         """
-        mu, log_var = self.encode(x)
+        mu, log_var = self.encode(x if seen is None else seen)
         z = mu + torch.exp(0.5 * log_var) * eps                    # (L, b, d)
         n_samples, batch = z.shape[0], x.shape[0]
         decoded = self.decoder(z.reshape(n_samples * batch, -1)).float()

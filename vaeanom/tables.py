@@ -1,0 +1,151 @@
+"""Mixed-type tables with holes: how a DataFrame's columns become numbers and back.
+
+A column is *categorical* when its dtype is object, string or ``category``;
+every other column (numbers, booleans, nullable integers) is *numeric*. A
+:class:`TableSchema` learned in ``fit`` keeps, for each categorical column,
+the sorted categories seen there, and encodes any later table as one float64
+array of shape (n, d) in the caller's column order:
+
+- a numeric entry is its value;
+- a categorical entry is its category's code 0..K-1, or K (the reserved
+  "unknown" slot) for a category ``fit`` never saw: never an error, never
+  dropped, and the model gives that slot almost no probability, so the row
+  scores as very unusual;
+- a missing entry (NaN, None, pd.NA, NaT, an empty CSV field) is NaN in either
+  kind of column. The likelihood skips it and the encoder sees a mask.
+
+numpy and pandas only: the torch-free runtime imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def is_categorical_dtype(dtype) -> bool:
+    """True for the dtypes vaeanom models as categories: object, string and ``category``."""
+    return not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+                or pd.api.types.is_datetime64_any_dtype(dtype)
+                or pd.api.types.is_timedelta64_dtype(dtype))
+
+
+def categorical_columns(X) -> list[str]:
+    """Names of the categorical columns of a DataFrame (none for anything else)."""
+    if not isinstance(X, pd.DataFrame):
+        return []
+    return [str(c) for c, dtype in X.dtypes.items() if is_categorical_dtype(dtype)]
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """Per column: ``None`` for a numeric column, or the categories seen in ``fit``.
+
+    Attributes
+    ----------
+    categories : tuple of (tuple of str or None)
+        One entry per column, in the order of the table's columns.
+    """
+
+    categories: tuple[tuple[str, ...] | None, ...]
+
+    @classmethod
+    def learn(cls, X) -> TableSchema:
+        """The schema of a training table: a DataFrame, or a numeric array (all numeric)."""
+        if not isinstance(X, pd.DataFrame):
+            return cls((None,) * np.shape(X)[1])
+        categories = []
+        for name, column in X.items():
+            if not is_categorical_dtype(column.dtype):
+                categories.append(None)
+                continue
+            seen = sorted({str(v) for v in column[column.notna()].tolist()})
+            if not seen:
+                raise ValueError(f"column {str(name)!r} holds no value at all (every entry is "
+                                 "missing): drop it before fit.")
+            categories.append(tuple(seen))
+        return cls(tuple(categories))
+
+    @property
+    def cardinalities(self) -> tuple[int, ...]:
+        """Per column: 0 for numeric, K (categories seen in fit) for categorical."""
+        return tuple(0 if c is None else len(c) for c in self.categories)
+
+    @property
+    def has_categories(self) -> bool:
+        return any(c is not None for c in self.categories)
+
+    def encode(self, X) -> np.ndarray:
+        """A table in the columns of this schema -> float64 (n, d): values, codes, NaN holes.
+
+        ``X`` is a DataFrame whose columns are already checked (names, order,
+        width), or, for an all-numeric schema, a numeric array.
+        """
+        if not isinstance(X, pd.DataFrame):
+            return np.asarray(X, dtype=np.float64)
+        out = np.empty(X.shape, dtype=np.float64)
+        for j, (name, column) in enumerate(X.items()):
+            known = self.categories[j]
+            out[:, j] = (_numeric(column, name) if known is None
+                         else _codes(column, known))
+        return out
+
+    def decode(self, values: np.ndarray, columns) -> pd.DataFrame:
+        """Numbers and codes (n, d) -> a DataFrame with the categories' names restored.
+
+        A code is rounded and clipped to the categories seen in fit (the
+        decoder's means of categorical columns are already the most likely
+        category's code).
+        """
+        frame = {}
+        for j, name in enumerate(columns):
+            known = self.categories[j]
+            if known is None:
+                frame[name] = values[:, j]
+            else:
+                codes = np.clip(np.rint(values[:, j]), 0, len(known) - 1).astype(np.int64)
+                frame[name] = pd.Categorical.from_codes(codes, categories=list(known))
+        return pd.DataFrame(frame)
+
+    def to_json(self) -> list[list[str] | None]:
+        return [None if c is None else list(c) for c in self.categories]
+
+    @classmethod
+    def from_json(cls, data: Any) -> TableSchema:
+        """The schema from its JSON form, or ValueError when the form is not one fit writes."""
+        if not isinstance(data, list) or not data:
+            raise ValueError("categories must be a non-empty list")
+        categories = []
+        for entry in data:
+            if entry is None:
+                categories.append(None)
+            elif (isinstance(entry, list) and entry and all(isinstance(s, str) for s in entry)
+                  and len(set(entry)) == len(entry)):
+                categories.append(tuple(entry))
+            else:
+                raise ValueError("each column's categories must be None or distinct strings")
+        return cls(tuple(categories))
+
+
+def _numeric(column: pd.Series, name) -> np.ndarray:
+    """A numeric column as float64 with NaN for every kind of missing value."""
+    try:
+        return column.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        raise ValueError(f"column {str(name)!r} was numeric in fit but now holds "
+                         f"{column.dtype} values that are not numbers; pass numbers "
+                         "(or NaN for a missing value).") from None
+
+
+def _codes(column: pd.Series, known: tuple[str, ...]) -> np.ndarray:
+    """Category codes 0..K-1, K for a category fit never saw, NaN where missing."""
+    missing = column.isna().to_numpy()
+    as_text = column.astype(object).where(~missing, None).map(
+        lambda v: None if v is None else str(v))
+    codes = pd.Index(known).get_indexer(as_text.to_numpy()).astype(np.float64)  # -1: unseen
+    codes[codes < 0] = len(known)        # unseen in fit: the reserved "unknown" slot
+    codes[missing] = np.nan
+    return codes
