@@ -42,7 +42,7 @@ def observed_row_mean(per_entry: Tensor, x: Tensor) -> Tensor:
     return total / observed.flatten(1).sum(1).to(total.dtype)
 
 
-def _holes_zeroed(x: Tensor) -> Tensor:
+def holes_zeroed(x: Tensor) -> Tensor:
     """x with missing entries (NaN) set to 0, so no NaN reaches a loss or its gradient."""
     return torch.where(torch.isnan(x), torch.zeros_like(x), x)
 
@@ -110,11 +110,11 @@ class GaussianLikelihood(nn.Module):
 
     def log_prob_elementwise(self, x: Tensor, decoded: Tensor) -> Tensor:
         """Per entry; 0 where x is missing (NaN)."""
-        per_entry = gaussian_log_prob_elementwise(_holes_zeroed(x), decoded, self.log_scale())
+        per_entry = gaussian_log_prob_elementwise(holes_zeroed(x), decoded, self.log_scale())
         return torch.where(torch.isnan(x), torch.zeros_like(per_entry), per_entry)
 
     def squared_error(self, x: Tensor, mean: Tensor) -> Tensor:
-        return (_holes_zeroed(x) - mean) ** 2
+        return (holes_zeroed(x) - mean) ** 2
 
 
 class BernoulliLikelihood(nn.Module):
@@ -129,8 +129,8 @@ class BernoulliLikelihood(nn.Module):
 
     def log_prob_elementwise(self, x: Tensor, decoded: Tensor) -> Tensor:
         """Per entry; 0 where x is missing (NaN)."""
-        per_entry = bernoulli_log_prob_elementwise(_holes_zeroed(x), decoded)
+        per_entry = bernoulli_log_prob_elementwise(holes_zeroed(x), decoded)
         return torch.where(torch.isnan(x), torch.zeros_like(per_entry), per_entry)
 
     def squared_error(self, x: Tensor, mean: Tensor) -> Tensor:
-        return (_holes_zeroed(x) - mean) ** 2
+        return (holes_zeroed(x) - mean) ** 2

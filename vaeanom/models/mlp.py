@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .likelihoods import holes_zeroed
+
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers of the given sizes with SiLU between them (none after the last)."""
@@ -32,7 +34,7 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.flatten(1)
-        mu, log_var = self.net(torch.where(torch.isnan(x), torch.zeros_like(x), x)).chunk(2, dim=1)
+        mu, log_var = self.net(holes_zeroed(x)).chunk(2, dim=1)
         return mu, log_var
 
 

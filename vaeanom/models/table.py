@@ -22,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .likelihoods import gaussian_log_prob_elementwise, observed_row_sum
+from .likelihoods import gaussian_log_prob_elementwise, holes_zeroed, observed_row_sum
 from .mlp import mlp
 
 
 def _observed(x: Tensor) -> tuple[Tensor, Tensor]:
     """(mask of observed entries, x with its holes set to 0): NaN never reaches a gradient."""
-    observed = ~torch.isnan(x)
-    return observed, torch.where(observed, x, torch.zeros_like(x))
+    return ~torch.isnan(x), holes_zeroed(x)
 
 
 class TableEncoder(nn.Module):
