@@ -6,12 +6,15 @@ that contradicts a row's numbers is as detectable as a shifted number.
 """
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pandas as pd
 import pytest
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 
-from vaeanom import VAEDetector, cli
+from vaeanom import OnnxModel, VAEDetector, cli
+from vaeanom.export import read_metadata, triton_config
 
 #: the defaults, as a user gets them (the explanation floor is a promise about those)
 TABLE = dict(random_state=0)
@@ -101,8 +104,6 @@ def test_mixed_tables_keep_the_estimator_contract(table_model, tmp_path):
         det.score_samples(train[train.columns[::-1]])
     with pytest.raises(ValueError, match="pass a DataFrame"):
         det.score_samples(train.select_dtypes("number").to_numpy())
-    with pytest.raises(ValueError, match="ONNX export .* not available yet"):
-        det.export_onnx(tmp_path / "m.onnx")
     again = clone(det).fit(train)
     np.testing.assert_array_equal(again.score_samples(train), det.score_samples(train))
 
@@ -181,3 +182,104 @@ def test_the_cli_fits_and_explains_a_csv_with_strings_and_empty_fields(table_mod
     scored = pd.read_csv(tmp_path / "s.csv")
     assert len(scored) == 300 and {"feature_1", "feature_3", "contribution_3"} <= set(scored)
     assert set(scored["feature_1"]) <= set(train.columns)
+    cli.main(["export", "--model", str(tmp_path / "m.safetensors"), str(tmp_path / "m.onnx")])
+    cli.main(["score", str(tmp_path / "t.csv"), "--onnx", str(tmp_path / "m.onnx"),
+              "--output", str(tmp_path / "o.csv")])
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "o.csv")["score"], scored["score"],
+                               rtol=1e-5, atol=1e-5 * scored["score"].abs().max())
+
+
+# ------------------------------------------------------------------ ONNX
+@pytest.fixture(scope="module")
+def table_exports(table_model, tmp_path_factory):
+    det, _ = table_model
+    folder = tmp_path_factory.mktemp("table-onnx")
+    return {part: det.export_onnx(folder / f"{part}.onnx", part)
+            for part in ("scorer", "encoder", "decoder")}
+
+
+def awkward_rows(train: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a hole in each kind of column, an unseen category and a lone number."""
+    rows = train.iloc[:40].copy().astype({"level": object})
+    rows.loc[rows.index[0], "n0"] = np.nan
+    rows.loc[rows.index[1], "level"] = None
+    rows.loc[rows.index[2], "side"] = np.nan
+    rows.loc[rows.index[3], "level"] = "never seen"
+    rows.loc[rows.index[4], ["n0", "n1", "n2", "level", "side"]] = None
+    return rows
+
+
+def test_onnx_table_parts_match_the_estimator(table_model, table_exports):
+    """Strings become codes in OnnxModel, holes become the mask: the scorer, encoder and
+    decoder give what the estimator gives, whatever the batch size."""
+    det, train = table_model
+    rows = awkward_rows(train)
+    expected = det.score_samples(rows)
+    scores = OnnxModel(table_exports["scorer"]).score_samples(rows)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    one_by_one = OnnxModel(table_exports["scorer"], batch_size=1).score_samples(rows)
+    np.testing.assert_array_equal(one_by_one, scores)
+    codes = det.encode(rows)
+    np.testing.assert_allclose(OnnxModel(table_exports["encoder"]).encode(rows), codes,
+                               rtol=1e-5, atol=1e-5)
+    decoded = OnnxModel(table_exports["decoder"]).decode(codes)
+    expected_rows = det.decode(codes)
+    assert isinstance(decoded, pd.DataFrame) and list(decoded.columns) == list(train.columns)
+    pd.testing.assert_frame_equal(decoded, expected_rows, rtol=1e-4, atol=1e-4, check_dtype=False)
+
+
+def test_a_bare_onnxruntime_session_takes_numbers_codes_and_a_mask(table_model,
+                                                                   table_exports):
+    """The documented inputs: numeric columns as float32, categorical ones as int64 codes
+    into the categories in the metadata (anything else: unseen), and the observed mask."""
+    det, train = table_model
+    rows = awkward_rows(train)
+    categories = read_metadata(table_exports["scorer"])["preprocessing"]["categories"]
+    numeric = [c for c, known in zip(rows.columns, categories) if known is None]
+    codes = np.stack([rows[c].astype(object).map(dict(zip(known, range(len(known))))).fillna(-1)
+                      for c, known in zip(rows.columns, categories) if known is not None], 1)
+    session = ort.InferenceSession(table_exports["scorer"])
+    assert [i.name for i in session.get_inputs()] == ["numbers", "codes", "observed"]
+    score, = session.run(["score"], {
+        "numbers": rows[numeric].to_numpy(np.float32),      # NaN where missing is fine
+        "codes": codes.astype(np.int64),                      # -1: missing or unseen
+        "observed": rows.notna().to_numpy()})
+    expected = det.score_samples(rows)
+    np.testing.assert_allclose(score, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    config = triton_config("t", onnx.load(table_exports["scorer"]), 64)
+    assert 'name: "codes"' in config and "TYPE_BOOL" in config and "TYPE_INT64" in config
+
+
+def test_onnx_table_input_errors_are_named(table_model, table_exports):
+    det, train = table_model
+    model = OnnxModel(table_exports["scorer"])
+    rows = train.iloc[:3].copy()
+    rows.loc[rows.index[1], :] = None
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\].*every entry missing"):
+        model.score_samples(rows)
+    with pytest.raises(ValueError, match="infinity in column 'n2'"):
+        model.score_samples(train.iloc[:2].assign(n2=np.inf))
+    with pytest.raises(ValueError, match="pass a DataFrame"):
+        model.score_samples(train.select_dtypes("number").to_numpy())
+    with pytest.raises(ValueError, match="another order"):
+        model.score_samples(train[train.columns[::-1]])
+    with pytest.raises(ValueError, match="numeric in fit"):
+        model.score_samples(train.iloc[:2].assign(n0="text"))
+
+
+def test_numeric_tables_with_holes_export_and_complete_ones_say_so(cancer, tmp_path):
+    """A model fitted with numeric holes takes numbers and a mask in its graph and scores
+    holes as the estimator does; the export of one fitted on complete numbers takes
+    complete rows (its fast ELBO has no mask) and says so."""
+    X, y = cancer
+    holed = X.mask(np.random.default_rng(0).random(X.shape) < 0.1)
+    det = VAEDetector(**QUICK, epochs=5).fit(holed[y == 1])
+    model = OnnxModel(det.export_onnx(tmp_path / "holed.onnx"))
+    expected = det.score_samples(holed)
+    for rows in (holed, holed.to_numpy()):
+        np.testing.assert_allclose(model.score_samples(rows), expected, rtol=1e-5,
+                                   atol=1e-5 * np.abs(expected).max())
+    complete = VAEDetector(**QUICK, epochs=5).fit(X[y == 1])
+    model = OnnxModel(complete.export_onnx(tmp_path / "complete.onnx"))
+    with pytest.raises(ValueError, match="fitted on complete rows.*impute or drop"):
+        model.score_samples(holed)

@@ -81,6 +81,21 @@ def check_bounds(values: np.ndarray, low: np.ndarray, high: np.ndarray,
         "value (like 1e300 or -9999999)? Replace it with a real value or drop the row.")
 
 
+def check_missing_values(rows: np.ndarray, feature_names: Sequence[str] | None = None,
+                         what: str = "X") -> None:
+    """Rows with holes (NaN) as the table model takes them: infinities and rows with no
+    observed entry at all are refused, by name."""
+    infinite = np.flatnonzero(np.isinf(rows).any(axis=0)) if rows.size else []
+    if len(infinite):
+        names = [_feature_label(j, feature_names) for j in infinite[:5]]
+        raise ValueError(f"{what} contains infinity in {', '.join(names)}. A missing value is "
+                         "NaN (or None, pd.NA, an empty CSV field); replace the infinities.")
+    empty = np.flatnonzero(np.isnan(rows).all(axis=1)) if rows.size else []
+    if len(empty):
+        raise ValueError(f"row(s) {list(map(int, empty[:5]))} of {what} have every entry "
+                         "missing: there is nothing to score. Drop them (X.dropna(how='all')).")
+
+
 def _feature_label(index: int, feature_names: Sequence[str] | None) -> str:
     if feature_names is not None and index < len(feature_names):
         return f"column {feature_names[index]!r}"

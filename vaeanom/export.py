@@ -11,6 +11,12 @@ Each part is one self-contained ``.onnx`` file (weights inside, no side
   mean and log-variance for a VAE).
 - ``"decoder"``: latents -> reconstructions in the user's units.
 
+A table model (fitted on categorical columns or holes) takes, instead of one
+``input``, the numeric columns as float32 ``numbers``, the categorical ones as
+int64 ``codes`` and the bool ``observed`` mask
+(:func:`vaeanom.onnx_format.table_inputs`); the categories behind the codes are
+in the metadata's ``preprocessing``.
+
 The batch dimension is dynamic. Everything :class:`vaeanom.OnnxModel` needs
 (version, estimator and parameters, input shape and feature names, score kind,
 ``offset_``) is written to the model's ``metadata_props``; see ``read_metadata``.
@@ -41,6 +47,7 @@ import copy
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,7 +57,8 @@ from torch import Tensor, nn
 from . import __version__, digest
 from .fileio import atomic_write
 from .onnx_rewrite import stable_reductions
-from .onnx_format import DIGEST_KEY, DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, PARTS
+from .onnx_format import (DIGEST_KEY, DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, PARTS,
+                          table_inputs)
 from .preprocessing import Preprocessing, jsonable_params
 
 INPUT_DTYPES = ("auto", "float32", "uint8")
@@ -137,6 +145,41 @@ class _WorstIfNotFinite(nn.Module):
         return torch.where(torch.isfinite(score), score, torch.full_like(score, -torch.inf))
 
 
+class _TableInput(nn.Module):
+    """A table model's inputs (:func:`vaeanom.onnx_format.table_inputs`) -> model units.
+
+    Numbers are standardised, codes outside 0..K-1 become K (unseen), and
+    every entry ``observed`` marks False becomes NaN: the rows the estimator
+    builds with :meth:`vaeanom.tables.TableSchema.encode`.
+    """
+
+    def __init__(self, pre: Preprocessing) -> None:
+        super().__init__()
+        cardinalities = pre.schema.cardinalities
+        numeric = [j for j, k in enumerate(cardinalities) if k == 0]
+        categorical = [j for j, k in enumerate(cardinalities) if k > 0]
+        self.has_numbers, self.has_codes = bool(numeric), bool(categorical)
+        self.register_buffer("center", torch.tensor(pre.center[numeric], dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(pre.scale[numeric], dtype=torch.float32))
+        self.register_buffer("unseen", torch.tensor([cardinalities[j] for j in categorical]))
+        # inputs come grouped (numbers, then codes); column j of the table is at order[j]
+        grouped = numeric + categorical
+        self.register_buffer("order", torch.tensor([grouped.index(j)
+                                                    for j in range(len(cardinalities))]))
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        *values, observed = inputs
+        parts = []
+        if self.has_numbers:
+            parts.append((values.pop(0) - self.center) / self.scale)
+        if self.has_codes:
+            codes = values.pop(0)
+            known = (codes >= 0) & (codes < self.unseen)
+            parts.append(torch.where(known, codes, self.unseen).float())
+        rows = torch.cat(parts, dim=1).index_select(1, self.order)
+        return torch.where(observed, rows, torch.full_like(rows, torch.nan))
+
+
 class _Graph(nn.Module):
     """pre -> part -> post, with tuple outputs kept as tuples."""
 
@@ -144,15 +187,35 @@ class _Graph(nn.Module):
         super().__init__()
         self.pre, self.part, self.post = pre, part, post
 
-    def forward(self, x: Tensor):
-        return self.post(self.part(self.pre(x)))
+    def forward(self, *inputs: Tensor):
+        return self.post(self.part(self.pre(*inputs)))
 
 
-def _example_input(pre: Preprocessing, spec: PartSpec, input_dtype: str) -> Tensor:
+_TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8, "int64": torch.int64,
+                 "bool": torch.bool}
+
+
+def graph_inputs(pre: Preprocessing, spec: PartSpec, input_dtype: str) -> list[dict[str, Any]]:
+    """The graph's inputs, per row: name, dtype and shape (what the metadata lists)."""
     if spec.input == "latent":
-        return torch.zeros((2, *spec.latent_shape), dtype=spec.latent_dtype)
-    dtype = torch.uint8 if input_dtype == "uint8" else torch.float32
-    return torch.zeros((2, *pre.input_shape), dtype=dtype)
+        dtype = str(spec.latent_dtype).removeprefix("torch.")
+        return [{"name": "latent", "dtype": dtype, "shape": list(spec.latent_shape)}]
+    if pre.schema is not None:
+        return table_inputs(pre.schema.cardinalities)
+    return [{"name": "input", "dtype": input_dtype, "shape": list(pre.input_shape)}]
+
+
+def _example_inputs(inputs: list[dict[str, Any]]) -> tuple[Tensor, ...]:
+    return tuple(torch.zeros((2, *spec["shape"]), dtype=_TORCH_DTYPES[spec["dtype"]])
+                 for spec in inputs)
+
+
+def _first_stage(pre: Preprocessing, spec: PartSpec, input_dtype: str) -> nn.Module:
+    if spec.input == "latent":
+        return nn.Identity()
+    if pre.schema is not None:
+        return _TableInput(pre)
+    return _UserInput(pre, input_dtype)
 
 
 def resolve_input_dtype(pre: Preprocessing, input_dtype: str) -> str:
@@ -165,17 +228,27 @@ def resolve_input_dtype(pre: Preprocessing, input_dtype: str) -> str:
     return input_dtype
 
 
+class Graph(NamedTuple):
+    """What ``export_onnx`` traces: the module, its inputs (name, dtype, per-row shape),
+    example inputs of two rows, and the part's spec."""
+
+    module: nn.Module
+    inputs: list[dict[str, Any]]
+    examples: tuple[Tensor, ...]
+    spec: PartSpec
+
+
 def build_graph(detector, part: str = "scorer", *, fp16: bool = False,
-                input_dtype: str = "auto") -> tuple[nn.Module, Tensor, PartSpec]:
-    """The torch module that is exported for ``part``, an example input and its spec."""
+                input_dtype: str = "auto") -> Graph:
+    """The torch module that is exported for ``part``, with its inputs and spec."""
     _check_choice("part", part, PARTS)
     pre = detector.preprocessing_
     input_dtype = resolve_input_dtype(pre, input_dtype)
     spec = detector.onnx_part(part, fp16=fp16)
-    first = nn.Identity() if spec.input == "latent" else _UserInput(pre, input_dtype)
     last = {"decoder": _UserOutput(pre), "scorer": _WorstIfNotFinite()}.get(part, nn.Identity())
-    graph = _Graph(first, spec.module, last).cpu().eval()
-    return graph, _example_input(pre, spec, input_dtype), spec
+    module = _Graph(_first_stage(pre, spec, input_dtype), spec.module, last).cpu().eval()
+    inputs = graph_inputs(pre, spec, input_dtype)
+    return Graph(module, inputs, _example_inputs(inputs), spec)
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -200,17 +273,19 @@ def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16
 
     check_is_fitted(detector)
     input_dtype = resolve_input_dtype(detector.preprocessing_, input_dtype)
-    graph, example, spec = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype)
+    graph = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype)
     batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
-    input_name = "latent" if spec.input == "latent" else "input"
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
+        # inputs share the batch axis: torch says it keeps one name for them, which is right
+        warnings.filterwarnings("ignore", ".*The axis name: batch will not be used")
         program = torch.onnx.export(
-            graph, (example,), input_names=[input_name], output_names=list(spec.outputs),
-            dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
-            external_data=False, verbose=False)
+            graph.module, graph.examples, input_names=[i["name"] for i in graph.inputs],
+            output_names=list(graph.spec.outputs),
+            dynamic_shapes=(tuple({0: batch} for _ in graph.inputs),), opset_version=OPSET,
+            dynamo=True, external_data=False, verbose=False)
         program.save(os.path.join(tmp, "model.onnx"), external_data=False)
         proto = stable_reductions(onnx.load(os.path.join(tmp, "model.onnx")))
-    meta = _metadata(detector, part, spec, fp16, input_dtype, input_name)
+    meta = _metadata(detector, part, graph, fp16, input_dtype)
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta),
                                         DIGEST_KEY: digest.PLACEHOLDER.decode()})
     proto.doc_string = f"vaeanom {meta['estimator']} {part} (vaeanom {__version__})"
@@ -220,10 +295,11 @@ def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16
     return Path(path)
 
 
-def _metadata(detector, part: str, spec: PartSpec, fp16: bool, input_dtype: str,
-              input_name: str) -> dict[str, Any]:
-    pre = detector.preprocessing_
+def _metadata(detector, part: str, graph: Graph, fp16: bool,
+              input_dtype: str) -> dict[str, Any]:
+    pre, spec = detector.preprocessing_, graph.spec
     latent = spec.input == "latent"
+    input_name = graph.inputs[0]["name"]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -233,6 +309,7 @@ def _metadata(detector, part: str, spec: PartSpec, fp16: bool, input_dtype: str,
         "part": part,
         "precision": "float16" if fp16 else "float32",
         "input_name": input_name,
+        "graph_inputs": graph.inputs,
         "input_shape": list(spec.latent_shape if latent else pre.input_shape),
         "input_dtype": str(spec.latent_dtype).removeprefix("torch.") if latent else input_dtype,
         "outputs": list(spec.outputs),
@@ -262,7 +339,7 @@ def read_metadata(proto_or_path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ Triton
 _TRITON_TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8",
-                 "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+                 "int64": "TYPE_INT64", "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
 
 
 def _triton_tensor(value_info) -> str:

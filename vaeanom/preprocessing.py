@@ -40,6 +40,11 @@ class Preprocessing:
     feature_names : tuple of str or None
     unit_range : bool
         The model takes values in [0, 1] only (a Bernoulli likelihood on rows).
+    categories : tuple of (tuple of str or None), or None
+        The table model's columns (:class:`vaeanom.tables.TableSchema`): per
+        column None (numeric) or the categories seen in fit, whose codes
+        0..K-1 stand in the column (K: unseen). The table model takes missing
+        values (NaN). None for other models.
     """
 
     center: np.ndarray
@@ -49,6 +54,14 @@ class Preprocessing:
     pixel_dtype: str | None = None
     feature_names: tuple[str, ...] | None = None
     unit_range: bool = False
+    categories: tuple[tuple[str, ...] | None, ...] | None = None
+
+    @property
+    def schema(self):
+        """The table model's :class:`vaeanom.tables.TableSchema`, or None for other models."""
+        from .tables import TableSchema   # pandas: imported only for tables
+
+        return None if self.categories is None else TableSchema(self.categories)
 
     def check(self, values: np.ndarray, precision: str = "float32", what: str = "X") -> None:
         """Refuse values whose model units overflow ``precision`` (see :mod:`vaeanom.checks`).
@@ -77,16 +90,26 @@ class Preprocessing:
                 "input_shape": list(self.input_shape), "is_image": self.is_image,
                 "pixel_dtype": self.pixel_dtype,
                 "feature_names": None if self.feature_names is None else list(self.feature_names),
-                "unit_range": self.unit_range}
+                "unit_range": self.unit_range,
+                "categories": None if self.categories is None else self.schema.to_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Preprocessing:
         names = data.get("feature_names")
+        categories = data.get("categories")
         return cls(np.asarray(data["center"], dtype=np.float64),
                    np.asarray(data["scale"], dtype=np.float64),
                    tuple(int(s) for s in data["input_shape"]), bool(data["is_image"]),
                    data.get("pixel_dtype"), None if names is None else tuple(map(str, names)),
-                   bool(data.get("unit_range", False)))
+                   bool(data.get("unit_range", False)),
+                   None if categories is None else _table_categories(categories))
+
+
+def _table_categories(data: Any) -> tuple[tuple[str, ...] | None, ...]:
+    """Checked table columns from JSON (pandas is imported for tables only)."""
+    from .tables import TableSchema
+
+    return TableSchema.from_json(data).categories
 
 
 def jsonable_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -40,9 +40,10 @@ import numpy as np
 import onnxruntime as ort
 
 from . import digest
-from .checks import finite_decoded, finite_scores, is_outlier, outlier_labels
+from .checks import (check_missing_values, finite_decoded, finite_scores, is_outlier,
+                     outlier_labels)
 from .codes import check_code_values
-from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY
+from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, table_inputs
 from .preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ class OnnxModel:
     part, score_kind, offset_, input_shape, n_features_in_, feature_names_in_
     preprocessing : Preprocessing or None
         The exported model's preprocessing (None in files from before format 2).
+    table_schema : vaeanom.tables.TableSchema or None
+        A table model's columns: DataFrames are encoded with it (category
+        names to the codes the graph takes, as the estimator does).
     precision : {"float32", "float16"}
     providers : list of str
         The providers the session actually uses.
@@ -148,6 +152,8 @@ class OnnxModel:
         self.precision = meta.get("precision", "float32")
         pre = meta.get("preprocessing")
         self.preprocessing = None if pre is None else Preprocessing.from_json(pre)
+        self.table_schema = None if self.preprocessing is None else self.preprocessing.schema
+        self._graph_inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = {o.name: o for o in self._session.get_outputs()}
 
     def __repr__(self) -> str:
@@ -190,7 +196,14 @@ class OnnxModel:
     def decode(self, Z) -> np.ndarray:
         """Latents -> reconstructions in the user's units."""
         self._require("decoder", "decode")
-        return finite_decoded(self.run(Z)["reconstruction"])
+        decoded = finite_decoded(self.run(Z)["reconstruction"])
+        schema = self.table_schema
+        if schema is None or not schema.has_categories:
+            return decoded
+        names = getattr(self, "feature_names_in_", None)
+        columns = (list(names) if names is not None
+                   else [f"x{i}" for i in range(self.n_features_in_)])
+        return schema.decode(decoded, columns)
 
     def _require(self, part: str, method: str) -> None:
         if self.part != part:
@@ -201,17 +214,17 @@ class OnnxModel:
     # ----------------------------------------------------------- execution
     def run(self, X) -> dict[str, np.ndarray]:
         """Every output of the graph for X, as a dict of numpy arrays, chunk by chunk."""
-        feed = self._check_input(X)
-        size, n_rows = self.batch_size, len(feed)
+        feeds = self._feeds(X)
+        size, n_rows = self.batch_size, len(next(iter(feeds.values())))
         n_padded = -(-n_rows // size) * size
         results = {name: np.empty((n_padded, *self._row_shape(out)), _dtype_of(out))
                    for name, out in self._outputs.items()}
         binding = self._session.io_binding()
         for start in range(0, n_rows, size):
-            chunk = _padded(feed[start:start + size], size)
-            binding.bind_cpu_input(self._input_name, chunk)
+            for name, feed in feeds.items():
+                binding.bind_cpu_input(name, _padded(feed[start:start + size], size))
             for name, result in results.items():
-                target = result[start:start + len(chunk)]
+                target = result[start:start + size]
                 binding.bind_output(name, "cpu", 0, target.dtype, list(target.shape),
                                     target.ctypes.data)
             self._session.run_with_iobinding(binding)
@@ -227,10 +240,40 @@ class OnnxModel:
         return tuple(dims)
 
     # ---------------------------------------------------------- validation
+    def _feeds(self, X) -> dict[str, np.ndarray]:
+        """Validated X as the graph's inputs, by name."""
+        if self.part == "decoder":
+            return {self._input_name: self._check_latents(X)}
+        if self.table_schema is not None:
+            return self._table_feeds(X)
+        return {self._input_name: self._check_input(X)}
+
+    def _table_feeds(self, X) -> dict[str, np.ndarray]:
+        """A table's rows -> numbers, category codes and the mask of observed entries
+        (:func:`vaeanom.onnx_format.table_inputs`), checked as the estimator checks them."""
+        schema = self.table_schema
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):
+            self._check_columns(X)
+            rows = schema.encode(X)
+        elif schema.has_categories:
+            raise ValueError("this model was fitted on a DataFrame with categorical columns; "
+                             "pass a DataFrame with the same columns (numpy arrays hold numbers "
+                             "only).")
+        else:
+            rows = _numeric_array(X, "X", allow_nan=True).astype(np.float64)
+        _check_width(rows, self.n_features_in_, "X")
+        names = getattr(self, "feature_names_in_", None)
+        check_missing_values(rows, None if names is None else list(names))
+        self.preprocessing.check(rows, self.precision)
+        observed = ~np.isnan(rows)
+        filled = np.where(observed, rows, 0.0)
+        numeric = np.asarray(schema.cardinalities) == 0
+        feeds = {"numbers": filled[:, numeric].astype(np.float32),
+                 "codes": filled[:, ~numeric].astype(np.int64), "observed": observed}
+        return {name: feeds[name] for name in self._graph_inputs}
+
     def _check_input(self, X) -> np.ndarray:
         """Validate X and convert it to the graph's input dtype and shape."""
-        if self.part == "decoder":
-            return self._check_latents(X)
         values = self._frame_values(X)
         array = _numeric_array(values, "X")
         if self.is_image and array.ndim == 2:  # flattened pixels
@@ -249,20 +292,25 @@ class OnnxModel:
         return self._to_input_dtype(array)
 
     def _frame_values(self, X):
-        if hasattr(X, "columns") and hasattr(X, "to_numpy"):
-            names = getattr(self, "feature_names_in_", None)
-            columns = [str(c) for c in X.columns]
-            if names is not None and columns != list(names):
-                missing = [n for n in names if n not in columns]
-                unexpected = [c for c in columns if c not in set(names)]
-                raise ValueError(
-                    "X's columns differ from those the model was fitted on"
-                    + (f"; missing: {missing[:5]}" if missing else "")
-                    + (f"; unexpected: {unexpected[:5]}" if unexpected else "")
-                    + ("; same names in another order: reorder with X[model.feature_names_in_]"
-                       if not missing and not unexpected else "") + ".")
-            return X.to_numpy()
-        return X
+        """A DataFrame's values (checked against the fitted columns; pd.NA and None are NaN
+        where the model takes holes), or X itself."""
+        if not (hasattr(X, "columns") and hasattr(X, "to_numpy")):
+            return X
+        self._check_columns(X)
+        return X.to_numpy()
+
+    def _check_columns(self, X) -> None:
+        names = getattr(self, "feature_names_in_", None)
+        columns = [str(c) for c in X.columns]
+        if names is not None and columns != list(names):
+            missing = [n for n in names if n not in columns]
+            unexpected = [c for c in columns if c not in set(names)]
+            raise ValueError(
+                "X's columns differ from those the model was fitted on"
+                + (f"; missing: {missing[:5]}" if missing else "")
+                + (f"; unexpected: {unexpected[:5]}" if unexpected else "")
+                + ("; same names in another order: reorder with X[model.feature_names_in_]"
+                   if not missing and not unexpected else "") + ".")
 
     def _to_input_dtype(self, array: np.ndarray) -> np.ndarray:
         if self.input_dtype == np.uint8:
@@ -338,6 +386,18 @@ def _read_metadata(session: ort.InferenceSession, path: Path, sealed: bool) -> d
     return meta
 
 
+_GRAPH_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)",
+                "uint8": "tensor(uint8)", "int64": "tensor(int64)", "int32": "tensor(int32)",
+                "bool": "tensor(bool)"}
+
+
+def _is_input_list(value) -> bool:
+    return (isinstance(value, list) and 1 <= len(value) <= 3
+            and all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                    and i.get("dtype") in _GRAPH_TYPES and _is_shape(i.get("shape"))
+                    for i in value))
+
+
 def _is_shape(value) -> bool:
     return (isinstance(value, list) and 0 < len(value) <= 4
             and all(type(d) is int and d >= 1 for d in value))
@@ -376,13 +436,17 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
     if meta["part"] != "decoder" and meta["input_shape"] != data_shape:
         return f"input_shape {meta['input_shape']} is not data_shape {data_shape}"
     inputs, outputs = session.get_inputs(), {o.name for o in session.get_outputs()}
-    graph_type = {"float32": "tensor(float)", "float16": "tensor(float16)",
-                  "uint8": "tensor(uint8)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
-    if (len(inputs) != 1 or inputs[0].name != meta["input_name"]
-            or list(inputs[0].shape[1:]) != meta["input_shape"]
-            or inputs[0].type != graph_type[meta["input_dtype"]]):
-        return (f"the graph takes {[(i.name, i.type, i.shape) for i in inputs]}, not "
-                f"{meta['input_name']!r} {meta['input_dtype']} {meta['input_shape']}")
+    listed = meta.get("graph_inputs") or [  # files before format 3 had one input
+        {"name": meta["input_name"], "dtype": meta["input_dtype"], "shape": meta["input_shape"]}]
+    if not _is_input_list(listed):
+        return f"graph_inputs = {str(listed)[:60]!r}"
+    first = listed[0]
+    if first["name"] != meta["input_name"] or (len(listed) == 1 and (
+            first["dtype"] != meta["input_dtype"] or first["shape"] != meta["input_shape"])):
+        return f"input {meta['input_name']!r} {meta['input_dtype']} is not the graph's {first}"
+    graph = [(i.name, i.type, list(i.shape[1:])) for i in inputs]
+    if graph != [(i["name"], _GRAPH_TYPES[i["dtype"]], i["shape"]) for i in listed]:
+        return f"the graph takes {graph}, not the inputs its metadata lists ({listed})"
     needed = {"scorer": "score", "decoder": "reconstruction"}.get(meta["part"])
     if needed is not None and needed not in outputs:
         return f"a {meta['part']} without a {needed!r} output"
@@ -394,6 +458,9 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
             pre = Preprocessing.from_json(meta["preprocessing"])
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             return f"preprocessing: {type(err).__name__} {err}"
+        if (pre.categories is not None and meta["part"] != "decoder"
+                and listed != table_inputs(pre.schema.cardinalities)):
+            return f"a table model whose graph takes {listed}"
         if (list(pre.input_shape) != data_shape or pre.is_image != meta["is_image"]
                 or pre.center.shape != pre.scale.shape
                 or pre.center.size != meta["n_features_in"]
@@ -410,7 +477,7 @@ def _dtype_of(output) -> np.dtype:
                      "int64": np.int64, "int32": np.int32, "uint8": np.uint8}[name])
 
 
-def _numeric_array(values, name: str) -> np.ndarray:
+def _numeric_array(values, name: str, allow_nan: bool = False) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be numeric; got dtype {array.dtype}. Convert text or "
@@ -420,10 +487,11 @@ def _numeric_array(values, name: str) -> np.ndarray:
                          f"Use {name}.reshape(1, -1) for a single row.")
     if len(array) == 0:
         raise ValueError(f"{name} has 0 rows; pass at least one.")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinity; OnnxModel takes complete rows (the "
-                         "estimator scores missing values; their export is not available yet): "
-                         "impute or drop those rows first.")
+    if array.dtype.kind == "f" and not allow_nan and not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity. This model was fitted on complete "
+                         "rows and its export takes complete rows (a VAEDetector fitted on rows "
+                         "with holes takes them, and so does its export): impute or drop those "
+                         "rows first.")
     return array
 
 

@@ -259,12 +259,14 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """What fit learned about the input, as the public :class:`vaeanom.Preprocessing`."""
         check_is_fitted(self)
         names = getattr(self, "feature_names_in_", None)
+        schema = None if self.is_image_ else self._table_schema()
         return Preprocessing(
             np.asarray(self.center_, dtype=np.float64), np.asarray(self.scale_, dtype=np.float64),
             tuple(self.input_shape_), bool(self.is_image_),
             getattr(self, "pixel_dtype_", "float") if self.is_image_ else None,
             None if names is None else tuple(str(n) for n in names),
-            self._needs_unit_range() and not self.is_image_)
+            self._needs_unit_range() and not self.is_image_,
+            None if schema is None else schema.categories)
 
     def _needs_unit_range(self) -> bool:
         """True when the likelihood needs data in [0, 1] (no standardisation)."""

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
-from ..checks import check_pixels
+from ..checks import check_missing_values, check_pixels
 from ..tables import TableSchema, categorical_columns
 
 
@@ -79,7 +79,8 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
                              ensure_all_finite="allow-nan" if allow_missing else True)
         schema = TableSchema.learn(rows) if fitting else schema
     if allow_missing:
-        _refuse_empty_rows(rows)
+        names = getattr(estimator, "feature_names_in_", None)
+        check_missing_values(rows, None if names is None else [str(n) for n in names])
     return rows, schema
 
 
@@ -103,21 +104,7 @@ def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
         raise ValueError("X has 0 columns; pass at least one.")
     if fitting:
         schema = TableSchema.learn(X)
-    rows = schema.encode(X)
-    infinite = np.flatnonzero(np.isinf(rows).any(axis=0))
-    if len(infinite):
-        names = [str(X.columns[j]) for j in infinite[:5]]
-        raise ValueError(f"Input X contains infinity in column(s) {names}. A missing value is "
-                         "NaN (or None, pd.NA, an empty CSV field); replace the infinities.")
-    return rows, schema
-
-
-def _refuse_empty_rows(rows: np.ndarray) -> None:
-    """A row with no observed entry has nothing to score: name it."""
-    empty = np.flatnonzero(np.isnan(rows).all(axis=1)) if rows.size else np.array([], int)
-    if len(empty):
-        raise ValueError(f"row(s) {empty[:5].tolist()} of X have every entry missing: there is "
-                         "nothing to score. Drop them (X.dropna(how='all')).")
+    return schema.encode(X), schema
 
 
 def _refuse_text_columns(text: list[str]) -> None:

@@ -323,10 +323,6 @@ class VAEDetector(BaseDetector):
     def onnx_part(self, part: str, *, fp16: bool = False):
         from ..export import PartSpec
 
-        if self._table_schema() is not None:
-            raise ValueError("ONNX export of a model fitted on a table with categorical columns "
-                             "or missing values is not available yet; score it with the "
-                             "estimator (save/load keep it), or fit on complete numeric columns.")
         model = self._model_for_export(fp16)
         kind = self._resolved_score_kind()
         if part == "scorer":
