@@ -360,6 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default="vaeanom", help="Triton model name (default: %(default)s)")
     export.add_argument("--max-batch-size", type=int, default=4096)
 
+    serve = sub.add_parser("serve", help="serve an .onnx file or a Triton repository over the "
+                                         "Open Inference Protocol (needs vaeanom[serve])")
+    serve.add_argument("path", type=Path, help="an exported .onnx file, or a repository "
+                                               "written by `vaeanom export --triton`")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 2**20)
+    serve.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM, how long requests in flight may take to finish")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="onnxruntime intra-op threads per model (default: all cores)")
+
     for verb, text in (("compress", "images (.png, folder of .png, .npy) to bytes with a "
                                     "VQVAEDetector"),
                        ("decompress", "bytes back to images (.png, folder of .png, .npy)")):
@@ -395,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             run_export(args.model, args.out, args.part, args.fp16, args.input_dtype, args.triton,
                        args.name, args.max_batch_size)
+        elif args.command == "serve":
+            from .serving import serve
+            serve(args.path, args.host, args.port, args.workers,
+                  max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
+                  graceful_timeout_s=args.graceful_timeout, intra_op_num_threads=args.threads)
         elif args.command == "compress":
             run_compress(args.model, args.source, args.out)
         elif args.command == "decompress":

@@ -214,7 +214,62 @@ class OnnxModel:
     # ----------------------------------------------------------- execution
     def run(self, X) -> dict[str, np.ndarray]:
         """Every output of the graph for X, as a dict of numpy arrays, chunk by chunk."""
-        feeds = self._feeds(X)
+        return self.run_feeds(self._feeds(X))
+
+    @property
+    def graph_inputs(self) -> list[dict[str, Any]]:
+        """The graph's inputs: name, dtype (numpy name) and per-row shape, in order."""
+        return [{"name": i.name, "dtype": _GRAPH_DTYPES[i.type], "shape": list(i.shape[1:])}
+                for i in self._session.get_inputs()]
+
+    def check_feeds(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Tensors named as the graph's inputs (what a server receives) -> checked feeds.
+
+        Names, dtypes and shapes must be the graph's exactly; then the values get
+        the checks ``run`` gives user input (NaN, overflow, holes), so a bad
+        request is refused before it shares a batch with good ones.
+        """
+        expected = self.graph_inputs
+        names = [spec["name"] for spec in expected]
+        unknown = [name for name in tensors if name not in names]
+        if unknown:
+            raise ValueError(f"unknown input(s) {unknown}; the model takes {names}.")
+        missing = [name for name in names if name not in tensors]
+        if missing:
+            raise ValueError(f"missing input(s) {missing}; the model takes {names}.")
+        rows = None
+        for spec in expected:
+            array = np.asarray(tensors[spec["name"]])
+            if array.dtype != np.dtype(spec["dtype"]):
+                raise TypeError(f"input {spec['name']!r} must be {spec['dtype']}; got "
+                                f"{array.dtype}.")
+            if array.ndim != 1 + len(spec["shape"]) or list(array.shape[1:]) != spec["shape"]:
+                raise ValueError(f"input {spec['name']!r} must have shape (n, "
+                                 f"{', '.join(map(str, spec['shape']))}); got {array.shape}.")
+            if rows is not None and len(array) != rows:
+                raise ValueError(f"inputs have different numbers of rows ({rows} and "
+                                 f"{len(array)}); each row needs every input.")
+            rows = len(array)
+        if self.part != "decoder" and self.table_schema is not None:
+            return self._checked_table_feeds(self._rows_from_table_feeds(tensors))
+        return self._feeds(tensors[names[0]])
+
+    def _rows_from_table_feeds(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
+        """numbers, codes and observed -> the float64 rows with NaN holes they stand for."""
+        cardinalities = np.asarray(self.table_schema.cardinalities)
+        observed = tensors["observed"]
+        rows = np.empty(observed.shape, dtype=np.float64)
+        if "numbers" in tensors:
+            rows[:, cardinalities == 0] = tensors["numbers"]
+        if "codes" in tensors:
+            codes = tensors["codes"]
+            known = (codes >= 0) & (codes < cardinalities[cardinalities > 0])
+            rows[:, cardinalities > 0] = np.where(known, codes, cardinalities[cardinalities > 0])
+        rows[~observed] = np.nan
+        return rows
+
+    def run_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the graph for checked feeds (see ``check_feeds``), chunk by chunk."""
         size, n_rows = self.batch_size, len(next(iter(feeds.values())))
         n_padded = -(-n_rows // size) * size
         results = {name: np.empty((n_padded, *self._row_shape(out)), _dtype_of(out))
@@ -261,6 +316,11 @@ class OnnxModel:
                              "only).")
         else:
             rows = _numeric_array(X, "X", allow_nan=True).astype(np.float64)
+        return self._checked_table_feeds(rows)
+
+    def _checked_table_feeds(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Encoded rows (numbers, codes, NaN holes) -> checked graph inputs."""
+        schema = self.table_schema
         _check_width(rows, self.n_features_in_, "X")
         names = getattr(self, "feature_names_in_", None)
         check_missing_values(rows, None if names is None else list(names))
@@ -469,6 +529,11 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
                 or (names is not None and list(pre.feature_names or ()) != names)):
             return "preprocessing does not match the input or is not finite with positive scales"
     return None
+
+
+_GRAPH_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
+                 "tensor(double)": "float64", "tensor(uint8)": "uint8",
+                 "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
 
 def _dtype_of(output) -> np.dtype:

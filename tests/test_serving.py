@@ -1,0 +1,373 @@
+"""`vaeanom serve` as it runs: a subprocess on 127.0.0.1 driven by Triton's own client.
+
+The repository is what `vaeanom export --triton` writes (plus a queue delay in
+one copy's config, as a user would set it), so the same folder would serve on
+Triton unchanged.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype  # noqa: E402
+
+from vaeanom import OnnxModel, VAEDetector  # noqa: E402
+from vaeanom.serving.protocol import ProtocolError, parse_infer  # noqa: E402
+
+QUICK = dict(random_state=0, hidden_dims=(32, 16), latent_dim=4, n_score_samples=8, epochs=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _vaeanom_command() -> list[str]:
+    installed = Path(sys.executable).parent / "vaeanom"
+    return [str(installed)] if installed.exists() else [sys.executable, "-m", "vaeanom.cli"]
+
+
+class Server:
+    """`vaeanom serve REPO` in a subprocess; stopped with SIGTERM."""
+
+    def __init__(self, repo: Path, *extra: str) -> None:
+        self.port = _free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log = repo.parent / f"serve-{self.port}.log"
+        self.process = subprocess.Popen(
+            [*_vaeanom_command(), "serve", str(repo), "--port", str(self.port), "--threads",
+             "1", *extra], stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        self.client = tritonclient_http.InferenceServerClient(self.url, concurrency=16)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if self.client.is_server_ready():
+                    return
+            except Exception:   # not listening yet
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the server did not get ready:\n{self.log.read_text()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None) -> tuple[int, dict | str]:
+        request = urllib.request.Request(f"http://{self.url}{path}", data=body, method=method,
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            status, text = err.code, err.read().decode()
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+    def stop(self) -> bool:
+        """SIGTERM; True when the server shut down gracefully (uvicorn then re-raises the
+        signal, so the exit status is -SIGTERM, or 0 on older uvicorn)."""
+        self.client.close()
+        self.process.send_signal(signal.SIGTERM)
+        return self.exited_cleanly()
+
+    def exited_cleanly(self) -> bool:
+        code = self.process.wait(timeout=60)
+        return (code in (0, -signal.SIGTERM)
+                and "Application shutdown complete" in self.log.read_text())
+
+
+def table_frame(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n),
+                          "color": rng.choice(["red", "green", "blue"], n)})
+    frame.loc[rng.random(n) < 0.1, "a"] = np.nan
+    return frame
+
+
+@pytest.fixture(scope="module")
+def repo(cancer, tmp_path_factory):
+    """A repository with a rows scorer, the same scorer with a queue delay, and a table
+    model; exported by the CLI's code path (export_triton)."""
+    X, y = cancer
+    folder = tmp_path_factory.mktemp("serve") / "repo"
+    rows = VAEDetector(**QUICK).fit(X[y == 1])
+    rows.export_triton(folder, "cancer")
+    rows.export_triton(folder, "cancer_batched")
+    config = folder / "cancer_batched" / "config.pbtxt"
+    config.write_text(config.read_text().replace(
+        "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 300000 }"))
+    VAEDetector(**QUICK).fit(table_frame(300, 0)).export_triton(folder, "table")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    running = Server(repo)
+    yield running
+    assert running.stop()
+
+
+def _infer(client, model, array, binary, name="input", datatype="FP32", **kwargs):
+    tensor = tritonclient_http.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    output = tritonclient_http.InferRequestedOutput("score", binary_data=binary)
+    return client.infer(model, [tensor], outputs=[output], **kwargs).as_numpy("score")
+
+
+# ------------------------------------------------------------ the protocol
+def test_tritonclient_drives_the_server_and_scores_equal_onnx_model(server, repo, cancer):
+    client = server.client
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("cancer")
+    meta = client.get_model_metadata("cancer")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]
+    assert meta["parameters"]["score_kind"] == "elbo_kl_knn"
+    assert len(meta["parameters"]["feature_names"]) == 30
+    X = cancer[0].to_numpy(np.float32)
+    expected = OnnxModel(repo / "cancer" / "1" / "model.onnx").score_samples(X)
+    assert meta["parameters"]["threshold"] == OnnxModel(repo / "cancer" / "1" /
+                                                        "model.onnx").offset_
+    for binary in (False, True):
+        scores = _infer(client, "cancer", X, binary)
+        np.testing.assert_array_equal(scores.astype(np.float64), expected)   # bit for bit
+
+
+def test_a_table_model_is_served_with_numbers_codes_and_mask(server, repo):
+    frame = table_frame(50, 1)
+    model = OnnxModel(repo / "table" / "1" / "model.onnx")
+    categories = model.table_schema.categories[2]
+    codes = frame[["color"]].apply(lambda c: c.map(dict(zip(categories, range(3)))))
+    tensors = {"numbers": frame[["a", "b"]].to_numpy(np.float32),
+               "codes": codes.to_numpy(np.int64), "observed": frame.notna().to_numpy()}
+    datatypes = {"numbers": "FP32", "codes": "INT64", "observed": "BOOL"}
+    for binary in (False, True):
+        inputs = []
+        for name, array in tensors.items():
+            tensor = tritonclient_http.InferInput(name, list(array.shape), datatypes[name])
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            inputs.append(tensor)
+        scores = server.client.infer("table", inputs).as_numpy("score")
+        np.testing.assert_array_equal(scores.astype(np.float64), model.score_samples(frame))
+
+
+def test_records_endpoint_scores_a_table_by_column_name(server, repo):
+    frame = table_frame(20, 2)
+    records = json.loads(frame.to_json(orient="records"))   # NaN -> null: a missing value
+    records[0]["color"] = "never seen"
+    status, body = server.request("POST", "/v1/models/table/score", json.dumps(records).encode())
+    assert status == 200, body
+    model = OnnxModel(repo / "table" / "1" / "model.onnx")
+    frame.loc[0, "color"] = "never seen"
+    np.testing.assert_array_equal(body["score"], model.score_samples(frame))
+    assert body["is_outlier"] == list(model.score_samples(frame) < model.offset_)
+
+
+def test_the_exported_repository_parses_with_tritons_own_model_config(repo):
+    for name in ("cancer", "table"):
+        config = text_format.Parse((repo / name / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        assert config.name == name and config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == 4096 and config.HasField("dynamic_batching")
+    table = text_format.Parse((repo / "table" / "config.pbtxt").read_text(),
+                              model_config_pb2.ModelConfig())
+    assert [(i.name, model_config_pb2.DataType.Name(i.data_type)) for i in table.input] == [
+        ("numbers", "TYPE_FP32"), ("codes", "TYPE_INT64"), ("observed", "TYPE_BOOL")]
+
+
+def test_concurrent_requests_share_batches_without_changing_results(server, repo, cancer):
+    """With a 300 ms queue delay, 12 concurrent requests of 1..12 rows are coalesced into
+    fewer onnxruntime calls; every request still gets exactly its solo scores."""
+    X = cancer[0].to_numpy(np.float32)
+    model = OnnxModel(repo / "cancer_batched" / "1" / "model.onnx")
+    before = _batch_count(server, "cancer_batched")
+    pieces = [X[10 * i:10 * i + i + 1] for i in range(12)]
+    results = [None] * len(pieces)
+
+    def send(i):
+        client = tritonclient_http.InferenceServerClient(server.url)
+        results[i] = _infer(client, "cancer_batched", pieces[i], binary=True)
+        client.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(pieces))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batches = _batch_count(server, "cancer_batched") - before
+    assert batches < len(pieces), f"{batches} batches for {len(pieces)} requests"
+    for piece, scores in zip(pieces, results):
+        np.testing.assert_array_equal(scores.astype(np.float64), model.score_samples(piece))
+
+
+def _batch_count(server, model: str) -> float:
+    _, text = server.request("GET", "/metrics")
+    for line in text.splitlines():
+        if line.startswith(f'vaeanom_batch_rows_count{{model="{model}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# ---------------------------------------------------------------- errors
+def _json_body(inputs, **extra) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+ROW = {"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [1.0] * 30}
+BAD_REQUESTS = {
+    "wrong shape": ("/v2/models/cancer/infer", _json_body([{**ROW, "shape": [1, 29],
+                                                            "data": [1.0] * 29}]),
+                    {}, 400, "shape"),
+    "wrong datatype": ("/v2/models/cancer/infer", _json_body([{**ROW, "datatype": "INT64",
+                                                               "data": [1] * 30}]),
+                       {}, 400, "must be float32"),
+    "unknown input name": ("/v2/models/cancer/infer", _json_body([{**ROW, "name": "x"}]),
+                           {}, 400, "unknown input"),
+    "NaN": ("/v2/models/cancer/infer",
+            b'{"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ['
+            + b"NaN, " * 29 + b"1.0]}]}", {}, 400, "NaN"),
+    "unknown model": ("/v2/models/nope/infer", _json_body([ROW]), {}, 404, "unknown model"),
+    "unknown version": ("/v2/models/cancer/versions/7/infer", _json_body([ROW]), {}, 404,
+                        "no version '7'"),
+    "malformed JSON": ("/v2/models/cancer/infer", b'{"inputs": [', {}, 400, "malformed JSON"),
+    "binary length": ("/v2/models/cancer/infer",
+                      _json_body([{k: v for k, v in ROW.items() if k != "data"}
+                                  | {"parameters": {"binary_data_size": 120}}])
+                      + b"\0" * 100, {"Inference-Header-Content-Length": "x"}, 400,
+                      "must be an integer"),
+    "binary too short": ("/v2/models/cancer/infer", None, {}, 400, "needs 120 bytes"),
+    "too many rows": ("/v2/models/cancer/infer",
+                      _json_body([{**ROW, "shape": [4097, 30], "data": [1.0] * 30 * 4097}]),
+                      {}, 400, "at most 4096"),
+    "unknown output": ("/v2/models/cancer/infer",
+                       _json_body([ROW], outputs=[{"name": "nope"}]), {}, 400,
+                       "unknown output"),
+    "unknown path": ("/v2/nothing/here", b"{}", {}, 404, "Not Found"),
+    "unknown record column": ("/v1/models/table/score", b'[{"a": 1, "zzz": 2}]', {}, 400,
+                              "unknown column"),
+}
+
+
+def _binary_too_short() -> tuple[bytes, dict]:
+    header = _json_body([{k: v for k, v in ROW.items() if k != "data"}
+                         | {"parameters": {"binary_data_size": 120}}])
+    return header + b"\0" * 100, {"Inference-Header-Content-Length": str(len(header))}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_every_bad_request_gets_a_named_4xx_and_the_server_lives_on(server, case):
+    path, body, headers, status, message = BAD_REQUESTS[case]
+    if case == "binary too short":
+        body, headers = _binary_too_short()
+    got, answer = server.request("POST", path, body, {"Content-Type": "application/json",
+                                                      **headers})
+    assert got == status and message in answer["error"], (got, answer)
+    assert server.client.is_server_live() and server.client.is_server_ready()
+
+
+def test_a_body_over_the_limit_is_refused_with_413(repo):
+    running = Server(repo, "--max-body-bytes", "1000")
+    try:
+        status, answer = running.request("POST", "/v2/models/cancer/infer",
+                                         _json_body([ROW] * 10))
+        assert status == 413 and "max-body-bytes" in answer["error"]
+        status, _ = running.request("POST", "/v2/models/cancer/infer", _json_body([ROW]))
+        assert status == 200
+    finally:
+        assert running.stop()
+
+
+def test_tritonclient_sees_errors_as_exceptions_and_metrics_count_them(server):
+    with pytest.raises(InferenceServerException, match="must be float32"):
+        _infer(server.client, "cancer", np.zeros((1, 30), np.float64), True, datatype="FP64")
+    _, text = server.request("GET", "/metrics")
+    assert 'vaeanom_request_errors_total{endpoint="infer",model="cancer",status="400"}' in text
+    assert "vaeanom_request_seconds_bucket" in text and "vaeanom_queue_seconds" in text
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits(repo, cancer):
+    """The batched copy holds a request 300 ms in its queue: SIGTERM arrives meanwhile,
+    the request is still answered, and the process exits cleanly."""
+    running = Server(repo)
+    X = cancer[0].to_numpy(np.float32)[:3]
+    answer = {}
+
+    def send():
+        client = tritonclient_http.InferenceServerClient(running.url)
+        answer["scores"] = _infer(client, "cancer_batched", X, binary=True)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    time.sleep(0.1)
+    running.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=30)
+    assert running.exited_cleanly()
+    assert answer["scores"].shape == (3,)
+    with pytest.raises(Exception):
+        tritonclient_http.InferenceServerClient(running.url).is_server_live()
+
+
+# ----------------------------------------------------- protocol properties
+ARRAYS = st.sampled_from(["FP32", "FP64", "INT64", "INT32", "UINT8", "BOOL", "FP16"]).flatmap(
+    lambda datatype: st.tuples(st.just(datatype), hnp.arrays(
+        triton_to_np_dtype(datatype) if datatype != "BOOL" else np.bool_,
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+        elements=None if datatype[:2] != "FP" else {"allow_nan": False})))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(ARRAYS, st.booleans())
+def test_requests_built_by_tritonclient_parse_to_the_same_arrays(case, binary):
+    datatype, array = case
+    tensor = tritonclient_http.InferInput("x", list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    body, header_length = tritonclient_http.InferenceServerClient.generate_request_body(
+        [tensor])
+    parsed = parse_infer(body, None if header_length is None else str(header_length))
+    np.testing.assert_array_equal(parsed.inputs["x"], array)
+    assert parsed.inputs["x"].dtype == array.dtype
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.binary(max_size=200), st.one_of(st.none(), st.integers(-5, 300).map(str)))
+def test_any_bytes_are_parsed_or_refused_with_a_protocol_error(body, header_length):
+    try:
+        parse_infer(body, header_length)
+    except ProtocolError as err:
+        assert err.status == 400 and str(err)
+
+
+def test_the_server_never_imports_torch(repo):
+    """Loading, warming up and answering a request in the server's code: no torch."""
+    code = (
+        "import asyncio, sys\n"
+        "from starlette.testclient import TestClient\n"
+        "from vaeanom.serving import Settings, create_app\n"
+        f"with TestClient(create_app(Settings({str(repo)!r}))) as client:\n"
+        "    for _ in range(600):\n"
+        "        if client.get('/v2/health/ready').status_code == 200: break\n"
+        "        import time; time.sleep(0.1)\n"
+        "    body = {'inputs': [{'name': 'input', 'shape': [1, 30], 'datatype': 'FP32',\n"
+        "                        'data': [1.0] * 30}]}\n"
+        "    assert client.post('/v2/models/cancer/infer', json=body).status_code == 200\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,0 +1,45 @@
+"""``vaeanom serve``: exported models over the Open Inference Protocol (KServe v2).
+
+Starlette on uvicorn, over :class:`vaeanom.OnnxModel`; torch is never
+imported. Needs the ``serve`` extra: ``pip install "vaeanom[serve]"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from .app import Settings, create_app
+
+__all__ = ["Settings", "create_app", "serve"]
+
+
+def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
+          max_body_bytes: int = 64 * 2**20, request_timeout_s: float = 30.0,
+          graceful_timeout_s: float = 30.0, intra_op_num_threads: int | None = None,
+          log_level: str = "info") -> None:
+    """Serve ``path`` (one .onnx file or a Triton repository) until SIGTERM or Ctrl-C.
+
+    On SIGTERM uvicorn stops accepting connections, lets the requests in
+    flight finish (up to ``graceful_timeout_s``), then exits.
+    """
+    import uvicorn
+
+    settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
+                        intra_op_num_threads)
+    _configure_logging(log_level)
+    options = dict(host=host, port=port, log_level=log_level, access_log=False,
+                   timeout_graceful_shutdown=graceful_timeout_s, log_config=None)
+    if workers > 1:
+        os.environ["VAEANOM_SERVE"] = settings.to_json()
+        uvicorn.run("vaeanom.serving.app:app_from_environment", factory=True,
+                    workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
+
+
+def _configure_logging(level: str) -> None:
+    """One line per event on stderr; access lines are JSON objects."""
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("vaeanom.serving").setLevel(level.upper())

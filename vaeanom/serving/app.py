@@ -1,0 +1,361 @@
+"""The ASGI application behind ``vaeanom serve``: the Open Inference Protocol over Starlette.
+
+Endpoints (KServe v2 / Triton HTTP):
+
+- ``GET /v2/health/live``, ``GET /v2/health/ready`` (503 until every model is
+  loaded and has run once), ``GET /v2`` (server metadata);
+- ``GET /v2/models/{name}[/versions/{v}]`` (inputs, outputs, and vaeanom's own
+  metadata in ``parameters``), ``GET .../ready``;
+- ``POST /v2/models/{name}[/versions/{v}]/infer``: JSON tensors or the binary
+  tensor data extension (:mod:`vaeanom.serving.protocol`);
+- ``POST /v1/models/{name}/score``: JSON records (column -> value) in, scores
+  and outlier flags out;
+- ``GET /metrics``: Prometheus metrics.
+
+Errors are ``{"error": "..."}`` with a 4xx status that names the problem; only
+a fault of the server itself is a 500. Runs over :class:`vaeanom.OnnxModel`;
+never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..checks import finite_scores, is_outlier
+from . import repository
+from .batching import DynamicBatcher
+from .metrics import Metrics
+from .protocol import InferRequest, ProtocolError, datatype_of, infer_response, parse_infer
+
+access_log = logging.getLogger("vaeanom.serving.access")
+logger = logging.getLogger("vaeanom.serving")
+
+
+@dataclass
+class Settings:
+    """What ``vaeanom serve`` is asked to serve, and its limits."""
+
+    path: str
+    max_body_bytes: int = 64 * 2**20
+    request_timeout_s: float = 30.0
+    intra_op_num_threads: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        return cls(**json.loads(text))
+
+
+class ServerError(Exception):
+    """A request the server refuses: ``status`` and a message for ``{"error": ...}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _State:
+    settings: Settings
+    metrics: Metrics
+    models: dict[str, dict[str, repository.ServedModel]] = field(default_factory=dict)
+    batchers: dict[tuple[str, str], DynamicBatcher] = field(default_factory=dict)
+    ready: bool = False
+    failure: str | None = None
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The application; models load and warm up in the background after start-up."""
+    state = _State(settings, Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loading = asyncio.get_running_loop().create_task(_load(state))
+        yield
+        loading.cancel()
+        for batcher in state.batchers.values():
+            await batcher.stop()
+
+    routes = [
+        Route("/v2/health/live", _handler(state, _live)),
+        Route("/v2/health/ready", _handler(state, _ready)),
+        Route("/v2", _handler(state, _server_metadata)),
+        Route("/v2/models/{name}", _handler(state, _model_metadata)),
+        Route("/v2/models/{name}/versions/{version}", _handler(state, _model_metadata)),
+        Route("/v2/models/{name}/ready", _handler(state, _model_ready)),
+        Route("/v2/models/{name}/versions/{version}/ready", _handler(state, _model_ready)),
+        Route("/v2/models/{name}/infer", _handler(state, _infer), methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", _handler(state, _infer),
+              methods=["POST"]),
+        Route("/v1/models/{name}/score", _handler(state, _score), methods=["POST"]),
+        Route("/metrics", _handler(state, _metrics)),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error})
+    app.state.vaeanom = state
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """The app for ``uvicorn --factory`` worker processes: settings from VAEANOM_SERVE."""
+    import os
+
+    return create_app(Settings.from_json(os.environ["VAEANOM_SERVE"]))
+
+
+# ------------------------------------------------------------- lifecycle
+async def _load(state: _State) -> None:
+    """Load every model, run each once (warm-up), start the batchers, then be ready."""
+    settings = state.settings
+    try:
+        options = {} if settings.intra_op_num_threads is None else {
+            "intra_op_num_threads": settings.intra_op_num_threads}
+        state.models = await asyncio.to_thread(repository.load, settings.path, **options)
+        for versions in state.models.values():
+            for served in versions.values():
+                await asyncio.to_thread(_warm_up, served.model)
+                if served.dynamic_batching:
+                    batcher = DynamicBatcher(served.model.run_feeds, served.max_batch_size,
+                                             served.max_queue_delay_us,
+                                             state.metrics.batch_observer(served.name))
+                    batcher.start()
+                    state.batchers[served.name, served.version] = batcher
+        state.ready = True
+        logger.info("ready: %s", {n: sorted(v) for n, v in state.models.items()})
+    except Exception as err:    # not ready, and says why
+        state.failure = f"{type(err).__name__}: {err}"
+        logger.error("loading the models failed: %s", state.failure)
+
+
+def _warm_up(model) -> None:
+    """One row of zeros (every entry observed) through the graph: sessions allocate now."""
+    feeds = {}
+    for spec in model.graph_inputs:
+        value = True if spec["dtype"] == "bool" else 0
+        feeds[spec["name"]] = np.full((1, *spec["shape"]), value, dtype=spec["dtype"])
+    model.run_feeds(feeds)
+
+
+# ------------------------------------------------------------ plumbing
+Handler = Callable[[_State, Request], Awaitable[Response]]
+
+
+def _handler(state: _State, handle: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """``handle`` with errors as protocol bodies, metrics and one access-log line."""
+
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await handle(state, request)
+        except (ServerError, ProtocolError) as err:
+            response = _error(err.status, str(err))
+        except Exception as err:
+            logger.exception("internal error on %s", request.url.path)
+            response = _error(500, f"internal server error: {type(err).__name__}: {err}")
+        seconds = time.perf_counter() - started
+        name = request.path_params.get("name", "")
+        name = name if name in state.models else ""     # labels only for models we serve
+        state.metrics.request(request.url.path, name, response.status_code, seconds)
+        access_log.info(json.dumps({
+            "method": request.method, "path": request.url.path,
+            "status": response.status_code, "ms": round(seconds * 1e3, 3), "model": name,
+            "client": request.client.host if request.client else None}))
+        return response
+
+    return endpoint
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+
+async def _body(state: _State, request: Request) -> bytes:
+    """The request body, refused with 413 past ``max_body_bytes`` (before it is all read)."""
+    limit = state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServerError(413, f"the request body has {declared} bytes; this server takes at "
+                               f"most {limit} (--max-body-bytes).")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServerError(413, f"the request body is over {limit} bytes "
+                                   "(--max-body-bytes).")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _served(state: _State, request: Request) -> repository.ServedModel:
+    if not state.ready:
+        raise ServerError(503, "the server is still loading its models"
+                          + (f" (loading failed: {state.failure})" if state.failure else "")
+                          + "; see /v2/health/ready.")
+    name = request.path_params["name"]
+    versions = state.models.get(name)
+    if versions is None:
+        raise ServerError(404, f"unknown model {name!r}; this server has {sorted(state.models)}.")
+    version = request.path_params.get("version")
+    if version is None:
+        return versions[max(versions, key=int)]
+    if version not in versions:
+        raise ServerError(404, f"model {name!r} has no version {version!r}; it has "
+                               f"{sorted(versions, key=int)}.")
+    return versions[version]
+
+
+async def _run(state: _State, served: repository.ServedModel, feeds) -> dict[str, np.ndarray]:
+    """The model's outputs for checked feeds: through the batcher, within the timeout."""
+    rows = len(next(iter(feeds.values())))
+    if rows > served.max_batch_size:
+        raise ServerError(400, f"the request has {rows} rows; model {served.name!r} takes at "
+                               f"most {served.max_batch_size} per request (max_batch_size).")
+    batcher = state.batchers.get((served.name, served.version))
+    work = (batcher.submit(feeds) if batcher is not None
+            else asyncio.to_thread(served.model.run_feeds, feeds))
+    try:
+        return await asyncio.wait_for(work, state.settings.request_timeout_s)
+    except TimeoutError:
+        raise ServerError(503, f"the request timed out after {state.settings.request_timeout_s}"
+                               " s (--request-timeout); the server is overloaded.") from None
+
+
+# ------------------------------------------------------------ endpoints
+async def _live(state: _State, request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def _ready(state: _State, request: Request) -> Response:
+    if not state.ready:
+        return _error(503, "not ready: " + (state.failure or "models are loading"))
+    return JSONResponse({"ready": True})
+
+
+async def _server_metadata(state: _State, request: Request) -> Response:
+    return JSONResponse({"name": "vaeanom", "version": __version__,
+                         "extensions": ["binary_tensor_data"]})
+
+
+async def _model_metadata(state: _State, request: Request) -> Response:
+    served = _served(state, request)
+    model = served.model
+    session_outputs = model._session.get_outputs()
+    meta = model.metadata
+    return JSONResponse({
+        "name": served.name,
+        "versions": sorted(state.models[served.name], key=int),
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": spec["name"], "datatype": datatype_of(spec["dtype"]),
+                    "shape": [-1, *spec["shape"]]} for spec in model.graph_inputs],
+        "outputs": [{"name": out.name, "datatype": datatype_of(_output_dtype(out)),
+                     "shape": [-1, *out.shape[1:]]} for out in session_outputs],
+        "parameters": {
+            "estimator": meta["estimator"], "part": meta["part"],
+            "score_kind": meta["score_kind"], "threshold": meta["offset"],
+            "feature_names": meta["feature_names"], "max_batch_size": served.max_batch_size,
+            "categories": (None if model.table_schema is None
+                           else model.table_schema.to_json()),
+        },
+    })
+
+
+def _output_dtype(output) -> np.dtype:
+    from ..runtime import _dtype_of
+
+    return _dtype_of(output)
+
+
+async def _model_ready(state: _State, request: Request) -> Response:
+    _served(state, request)
+    return JSONResponse({"ready": True})
+
+
+async def _infer(state: _State, request: Request) -> Response:
+    served = _served(state, request)
+    body = await _body(state, request)
+    parsed = parse_infer(body, request.headers.get("inference-header-content-length"))
+    try:
+        feeds = served.model.check_feeds(parsed.inputs)
+    except (ValueError, TypeError) as err:
+        raise ServerError(400, str(err)) from None
+    outputs = await _run(state, served, feeds)
+    outputs = _requested(outputs, parsed)
+    body, headers = infer_response(served.name, served.version, parsed, outputs)
+    return Response(body, headers=headers)
+
+
+def _requested(outputs: dict[str, np.ndarray], request: InferRequest) -> dict[str, np.ndarray]:
+    if request.outputs is None:
+        return outputs
+    unknown = [name for name in request.outputs if name not in outputs]
+    if unknown:
+        raise ServerError(400, f"unknown output(s) {unknown}; the model gives {list(outputs)}.")
+    return {name: outputs[name] for name in request.outputs}
+
+
+async def _score(state: _State, request: Request) -> Response:
+    """JSON records -> {"score": [...], "is_outlier": [...], "threshold": offset}."""
+    served = _served(state, request)
+    model = served.model
+    if model.part != "scorer":
+        raise ServerError(400, f"model {served.name!r} is an {model.part}; /score needs a scorer.")
+    try:
+        records = json.loads(await _body(state, request))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ServerError(400, f"malformed JSON in the request: {err}") from None
+    if isinstance(records, dict):
+        records = records.get("records", records.get("instances"))
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict)
+                                                                for r in records):
+        raise ServerError(400, "the body must be a non-empty list of records (objects mapping "
+                               "column names to values), or {\"records\": [...]}.")
+    try:
+        feeds = model._feeds(_frame(model, records))
+    except (ValueError, TypeError) as err:
+        raise ServerError(400, str(err)) from None
+    score = finite_scores((await _run(state, served, feeds))["score"])
+    return JSONResponse({"score": [float(s) if np.isfinite(s) else None for s in score],
+                         "is_outlier": is_outlier(score, model.offset_).tolist(),
+                         "threshold": model.offset_})
+
+
+def _frame(model, records: list[dict]):
+    """Records -> a DataFrame in the fitted column order (missing keys are missing values)."""
+    import pandas as pd
+
+    names = getattr(model, "feature_names_in_", None)
+    columns = [str(n) for n in names] if names is not None else [
+        f"x{i}" for i in range(model.n_features_in_)]
+    unknown = sorted({key for record in records for key in record} - set(columns))
+    if unknown:
+        raise ValueError(f"unknown column(s) {unknown[:5]}; the model takes {columns[:10]}"
+                         + (" ..." if len(columns) > 10 else "") + ".")
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    if names is None:
+        return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    return frame
+
+
+async def _metrics(state: _State, request: Request) -> Response:
+    body, content_type = state.metrics.exposition()
+    return Response(body, media_type=content_type)
