@@ -75,8 +75,16 @@ class Preprocessing:
             raise ValueError(f"{what}: this model (Bernoulli likelihood) takes values in [0, 1]; "
                              f"got values in [{values.min():.4g}, {values.max():.4g}]. "
                              "Scale X as it was scaled for fit.")
-        low, high = input_bounds(self.center, self.scale, precision)
+        low, high = self.bounds(precision)
         check_bounds(values, low, high, self.feature_names, what)
+
+    def bounds(self, precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature (low, high) user values whose model units fit ``precision``
+        (:func:`vaeanom.checks.input_bounds`), computed once per precision."""
+        cache = self.__dict__.setdefault("_bounds", {})   # frozen: fill the dict in place
+        if precision not in cache:
+            cache[precision] = input_bounds(self.center, self.scale, precision)
+        return cache[precision]
 
     def to_model_units(self, values: np.ndarray) -> np.ndarray:
         """Checked ``(values - center) / scale`` as float32, shaped like ``center`` per row."""

@@ -250,6 +250,8 @@ class OnnxModel:
                 raise ValueError(f"inputs have different numbers of rows ({rows} and "
                                  f"{len(array)}); each row needs every input.")
             rows = len(array)
+        if rows == 0:
+            raise ValueError("the inputs have 0 rows; send at least one.")
         if self.part != "decoder" and self.table_schema is not None:
             return self._checked_table_feeds(self._rows_from_table_feeds(tensors))
         return self._feeds(tensors[names[0]])
@@ -507,6 +509,13 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
     graph = [(i.name, i.type, list(i.shape[1:])) for i in inputs]
     if graph != [(i["name"], _GRAPH_TYPES[i["dtype"]], i["shape"]) for i in listed]:
         return f"the graph takes {graph}, not the inputs its metadata lists ({listed})"
+    for value in (*inputs, *session.get_outputs()):   # batch first and dynamic, the rest fixed
+        if (not value.shape or isinstance(value.shape[0], int)
+                or not all(isinstance(d, int) for d in value.shape[1:])):
+            return f"{value.name!r} has shape {value.shape}; only its first axis may be dynamic"
+    unknown = [o.name for o in session.get_outputs() if o.type not in _GRAPH_DTYPES]
+    if unknown:
+        return f"outputs {unknown} have types the runtime does not read"
     needed = {"scorer": "score", "decoder": "reconstruction"}.get(meta["part"])
     if needed is not None and needed not in outputs:
         return f"a {meta['part']} without a {needed!r} output"
@@ -518,9 +527,13 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
             pre = Preprocessing.from_json(meta["preprocessing"])
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             return f"preprocessing: {type(err).__name__} {err}"
-        if (pre.categories is not None and meta["part"] != "decoder"
-                and listed != table_inputs(pre.schema.cardinalities)):
+        if pre.categories is not None and len(pre.categories) != meta["n_features_in"]:
+            return f"{len(pre.categories)} table columns for {meta['n_features_in']} features"
+        table_data = pre.categories is not None and meta["part"] != "decoder"
+        if table_data and listed != table_inputs(pre.schema.cardinalities):
             return f"a table model whose graph takes {listed}"
+        if not table_data and len(listed) != 1:
+            return f"a graph with {len(listed)} inputs for a model that takes one"
         if (list(pre.input_shape) != data_shape or pre.is_image != meta["is_image"]
                 or pre.center.shape != pre.scale.shape
                 or pre.center.size != meta["n_features_in"]

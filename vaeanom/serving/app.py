@@ -39,7 +39,8 @@ from ..checks import finite_scores, is_outlier
 from . import repository
 from .batching import DynamicBatcher
 from .metrics import Metrics
-from .protocol import InferRequest, ProtocolError, datatype_of, infer_response, parse_infer
+from .protocol import (InferRequest, ProtocolError, datatype_of, infer_response, parse_infer,
+                       read_json)
 
 access_log = logging.getLogger("vaeanom.serving.access")
 logger = logging.getLogger("vaeanom.serving")
@@ -192,6 +193,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 async def _body(state: _State, request: Request) -> bytes:
     """The request body, refused with 413 past ``max_body_bytes`` (before it is all read)."""
     limit = state.settings.max_body_bytes
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise ServerError(415, f"Content-Encoding {encoding!r} is not supported; send the body "
+                               "uncompressed.")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServerError(413, f"the request body has {declared} bytes; this server takes at "
@@ -235,7 +240,7 @@ async def _run(state: _State, served: repository.ServedModel, feeds) -> dict[str
             else asyncio.to_thread(served.model.run_feeds, feeds))
     try:
         return await asyncio.wait_for(work, state.settings.request_timeout_s)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):   # distinct classes before Python 3.11
         raise ServerError(503, f"the request timed out after {state.settings.request_timeout_s}"
                                " s (--request-timeout); the server is overloaded.") from None
 
@@ -296,7 +301,7 @@ async def _infer(state: _State, request: Request) -> Response:
     parsed = parse_infer(body, request.headers.get("inference-header-content-length"))
     try:
         feeds = served.model.check_feeds(parsed.inputs)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OverflowError) as err:
         raise ServerError(400, str(err)) from None
     outputs = await _run(state, served, feeds)
     outputs = _requested(outputs, parsed)
@@ -319,10 +324,7 @@ async def _score(state: _State, request: Request) -> Response:
     model = served.model
     if model.part != "scorer":
         raise ServerError(400, f"model {served.name!r} is an {model.part}; /score needs a scorer.")
-    try:
-        records = json.loads(await _body(state, request))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ServerError(400, f"malformed JSON in the request: {err}") from None
+    records = read_json(await _body(state, request))
     if isinstance(records, dict):
         records = records.get("records", records.get("instances"))
     if not isinstance(records, list) or not records or not all(isinstance(r, dict)
@@ -331,7 +333,7 @@ async def _score(state: _State, request: Request) -> Response:
                                "column names to values), or {\"records\": [...]}.")
     try:
         feeds = model._feeds(_frame(model, records))
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OverflowError) as err:
         raise ServerError(400, str(err)) from None
     score = finite_scores((await _run(state, served, feeds))["score"])
     return JSONResponse({"score": [float(s) if np.isfinite(s) else None for s in score],

@@ -15,11 +15,14 @@ position in any batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 #: what a batch function takes and returns: named input arrays -> named output arrays
 Tensors = dict[str, np.ndarray]
@@ -55,12 +58,19 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Stop taking batches; requests still queued get an error (the server is going)."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        waiting = [self._carry] if self._carry is not None else []
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("the server is shutting down"))
 
     async def submit(self, feeds: Tensors) -> Tensors:
         """Queue one request's checked feeds; its own rows of every output."""
@@ -72,23 +82,36 @@ class DynamicBatcher:
     async def _loop(self) -> None:
         while True:
             batch = await self._collect()
-            if not batch:        # every request in it timed out while queued
-                continue
             try:
                 outputs = await asyncio.to_thread(self._run, _concatenate(batch))
-            except Exception as err:  # the server answers each request with it
+                start = 0
+                for pending in batch:
+                    if not pending.future.done():   # a timed-out request is cancelled
+                        pending.future.set_result({name: value[start:start + pending.rows]
+                                                   for name, value in outputs.items()})
+                    start += pending.rows
+            except Exception as err:  # the server answers each request of the batch with it
+                logger.exception("a batch of %d request(s) failed", len(batch))
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(err)
-                continue
-            start = 0
-            for pending in batch:
-                if not pending.future.done():   # a timed-out request is cancelled
-                    pending.future.set_result({name: value[start:start + pending.rows]
-                                               for name, value in outputs.items()})
-                start += pending.rows
 
     async def _collect(self) -> list[_Pending]:
+        """The next batch: at least one request whose caller still waits."""
+        while True:
+            batch = await self._gather()
+            if self._on_batch is not None:
+                try:
+                    now = time.perf_counter()
+                    self._on_batch(sum(p.rows for p in batch),
+                                   [now - p.queued_at for p in batch])
+                except Exception:  # metrics must never stop the batcher
+                    logger.exception("the batch observer failed")
+            live = [p for p in batch if not p.future.cancelled()]
+            if live:
+                return live
+
+    async def _gather(self) -> list[_Pending]:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, rows = [first], first.rows
@@ -102,17 +125,14 @@ class DynamicBatcher:
                     break
                 try:
                     pending = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
                     break
             if rows + pending.rows > self.max_batch_size:
                 self._carry = pending        # first in the next batch: order is kept
                 break
             batch.append(pending)
             rows += pending.rows
-        if self._on_batch is not None:
-            now = time.perf_counter()
-            self._on_batch(rows, [now - p.queued_at for p in batch])
-        return [p for p in batch if not p.future.cancelled()]
+        return batch
 
 
 def _concatenate(batch: list[_Pending]) -> Tensors:

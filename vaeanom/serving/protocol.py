@@ -28,6 +28,8 @@ DATATYPES = {"BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8),
              "FP64": np.dtype(np.float64)}
 DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
+#: the largest dimension and rank a request may declare (a tensor still has to fit the body)
+MAX_DIMENSION, MAX_RANK = 2**31 - 1, 8
 
 
 class ProtocolError(ValueError):
@@ -61,10 +63,7 @@ def datatype_of(dtype) -> str:
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     """An ``/infer`` body (JSON, or JSON then binary tensors) -> :class:`InferRequest`."""
     json_part, binary = _split(body, header_length)
-    try:
-        document = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"malformed JSON in the request: {err}") from None
+    document = read_json(json_part)
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise ProtocolError("the request must be a JSON object with an 'inputs' list.")
     if not document["inputs"]:
@@ -79,16 +78,32 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         raise ProtocolError(f"the request carries {len(binary)} bytes of binary tensor data, but "
                             f"its inputs' binary_data_size add up to {offset}.")
     request = InferRequest(inputs, _optional_str(document.get("id"), "id"))
-    parameters = _parameters(document, "request")
-    request.binary_default = bool(parameters.get("binary_data_output", False))
+    request.binary_default = _flag(_parameters(document, "request"), "binary_data_output", False)
     if document.get("outputs") is not None:
         request.outputs = []
         for entry in _list(document["outputs"], "outputs"):
             name = _name(entry, "output")
             request.outputs.append(name)
-            if _parameters(entry, f"output {name!r}").get("binary_data", request.binary_default):
+            if _flag(_parameters(entry, f"output {name!r}"), "binary_data",
+                     request.binary_default):
                 request.binary_outputs.add(name)
     return request
+
+
+def read_json(text: bytes) -> Any:
+    """JSON from a request body; ProtocolError for anything unreadable (bad UTF-8,
+    syntax, nesting deeper than Python's recursion limit, integers of 4300+ digits)."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ProtocolError(f"malformed JSON in the request: {str(err)[:200]}") from None
+
+
+def _flag(parameters: dict, name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"parameter {name!r} must be true or false; got {value!r}.")
+    return value
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -108,14 +123,14 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 def _read_input(entry: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
     name = _name(entry, "input")
     datatype = entry.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise ProtocolError(f"input {name!r} has datatype {datatype!r}; this server takes "
                             f"{sorted(DATATYPES)}.")
     shape = entry.get("shape")
-    if (not isinstance(shape, list) or not shape
-            or not all(type(d) is int and d >= 0 for d in shape)):
-        raise ProtocolError(f"input {name!r} needs a shape: a non-empty list of non-negative "
-                            f"integers; got {shape!r}.")
+    if (not isinstance(shape, list) or not 0 < len(shape) <= MAX_RANK
+            or not all(type(d) is int and 0 <= d <= MAX_DIMENSION for d in shape)):
+        raise ProtocolError(f"input {name!r} needs a shape: a list of 1 to {MAX_RANK} "
+                            f"integers in [0, {MAX_DIMENSION}]; got {str(shape)[:80]}.")
     dtype, count = DATATYPES[datatype], math.prod(shape)
     size = _parameters(entry, f"input {name!r}").get("binary_data_size")
     if size is not None:
@@ -133,16 +148,23 @@ def _read_input(entry: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray
 
 
 def _from_json(data: Any, dtype: np.dtype, shape: list[int], name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ProtocolError(f"input {name!r}: 'data' must be a list (flat or nested).")
     try:
-        array = np.asarray(data, dtype=np.float64 if dtype.kind == "f" else object)
+        flat = np.asarray(data, dtype=object).reshape(-1)
     except (ValueError, TypeError):
-        raise ProtocolError(f"input {name!r}: 'data' must be a list of numbers.") from None
-    if array.size != math.prod(shape):
-        raise ProtocolError(f"input {name!r} has {array.size} values for shape {shape} "
+        raise ProtocolError(f"input {name!r}: 'data' is a ragged list.") from None
+    if flat.size != math.prod(shape):
+        raise ProtocolError(f"input {name!r} has {flat.size} values for shape {shape} "
                             f"({math.prod(shape)} values).")
     if dtype.kind == "f":
-        return array.reshape(shape).astype(dtype)
-    flat = array.reshape(-1)
+        if not all(type(v) in (int, float) for v in flat):
+            raise ProtocolError(f"input {name!r} is {datatype_of(dtype)}: its data must be "
+                                "numbers.")
+        try:
+            return np.asarray(flat.tolist(), dtype=np.float64).reshape(shape).astype(dtype)
+        except OverflowError:
+            raise ProtocolError(f"input {name!r}: a value is too large for a float.") from None
     if dtype.kind == "b":
         if not all(isinstance(v, bool) for v in flat):
             raise ProtocolError(f"input {name!r} is BOOL: its data must be true or false.")
@@ -161,7 +183,9 @@ def _name(entry: Any, what: str) -> str:
 
 
 def _parameters(entry: dict, what: str) -> dict:
-    parameters = entry.get("parameters") or {}
+    parameters = entry.get("parameters", {})
+    if parameters is None:
+        return {}
     if not isinstance(parameters, dict):
         raise ProtocolError(f"the {what}'s 'parameters' must be an object.")
     return parameters
