@@ -13,10 +13,16 @@ stops. Requests carry JSON tensors of 1 or 256 rows:
 - ``naive FastAPI``: what a user writes by hand, an endpoint that calls
   ``OnnxModel.score_samples`` on each request's rows.
 
-kserve's ModelServer is not a peer here: it pins its own FastAPI/uvicorn stack and
-pulls cloud SDKs, which we keep out of this environment (see README).
+- ``kserve ModelServer``: with ``--kserve-python PY``, kserve's own Python model
+  server wrapping the same ``OnnxModel`` (a ``kserve.Model`` whose ``predict``
+  calls ``score_samples``), fed the same Open Inference Protocol requests. kserve
+  pins its own FastAPI, uvicorn and cloud SDKs, so it lives in a virtual
+  environment of its own (with onnxruntime-gpu and pandas; vaeanom comes from
+  this checkout through PYTHONPATH), not in vaeanom's.
 
     python benchmarks/serving.py            # about 5 minutes on 2 cores
+    python3 -m venv /tmp/ksv && /tmp/ksv/bin/pip install kserve onnxruntime-gpu pandas scikit-learn
+    python benchmarks/serving.py --kserve-python /tmp/ksv/bin/python
 """
 
 from __future__ import annotations
@@ -63,6 +69,39 @@ def score(body: Rows):
 '''
 
 
+KSERVE_APP = '''
+import os
+import sys
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from vaeanom.runtime import OnnxModel
+
+
+class VaeanomScorer(Model):
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(name)
+        self.path, self.model = path, None   # kserve pickles models into its workers
+        self.ready = True
+
+    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
+        if self.model is None:
+            self.model = OnnxModel(self.path, intra_op_num_threads=1)
+        score = self.model.score_samples(payload.inputs[0].as_numpy()).astype(np.float32)
+        output = InferOutput(name="score", shape=list(score.shape), datatype="FP32")
+        output.set_data_from_numpy(score, binary_data=False)
+        return InferResponse(model_name=self.name, infer_outputs=[output],
+                             response_id=payload.id or "")
+
+
+if __name__ == "__main__":
+    port, workers = int(sys.argv[1]), int(sys.argv[2])
+    ModelServer(http_port=port, grpc_port=port + 1, workers=workers, enable_grpc=False,
+                enable_latency_logging=False).start(
+        [VaeanomScorer("cancer", os.environ["NAIVE_MODEL"])])
+'''
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,6 +121,7 @@ def export_model(folder: Path) -> np.ndarray:
     config = folder / "unbatched" / "cancer" / "config.pbtxt"
     config.write_text(config.read_text().replace("dynamic_batching { }\n", ""))
     (folder / "naive_app.py").write_text(NAIVE_APP)
+    (folder / "kserve_app.py").write_text(KSERVE_APP)
     return X.astype(np.float32)
 
 
@@ -177,6 +217,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1500,
                         help="requests per cell for 1-row requests (256-row: a fifth)")
+    parser.add_argument("--kserve-python", default=None, metavar="PY",
+                        help="a Python with kserve installed: adds kserve's ModelServer")
     parser.add_argument("--workers", type=int, default=2,
                         help="server processes, the same for every server (default: 2 cores)")
     args = parser.parse_args()
@@ -194,7 +236,13 @@ def main() -> None:
                                      "naive_app:app", "--port", str(p), "--log-level",
                                      "warning", *workers], "/docs", "/score", "naive"),
     }
-    env = {"NAIVE_MODEL": str(folder / "batched" / "cancer" / "1" / "model.onnx"),
+    if args.kserve_python:
+        servers["kserve ModelServer"] = (
+            lambda p: [args.kserve_python, str(folder / "kserve_app.py"), str(p),
+                       str(args.workers)],
+            "/v2/health/ready", "/v2/models/cancer/infer", "oip")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "NAIVE_MODEL": str(folder / "batched" / "cancer" / "1" / "model.onnx"),
            "OMP_NUM_THREADS": "1"}
     rows_out = []
     for server, (command, ready, path, kind) in servers.items():

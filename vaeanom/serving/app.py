@@ -93,7 +93,8 @@ def create_app(settings: Settings) -> Starlette:
         for batcher in state.batchers.values():
             await batcher.stop()
 
-    routes = [
+    routes = [  # Starlette tries routes in order: the hot path first
+        Route("/v2/models/{name}/infer", _handler(state, _infer), methods=["POST"]),
         Route("/v2/health/live", _handler(state, _live)),
         Route("/v2/health/ready", _handler(state, _ready)),
         Route("/v2", _handler(state, _server_metadata)),
@@ -101,7 +102,6 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v2/models/{name}/versions/{version}", _handler(state, _model_metadata)),
         Route("/v2/models/{name}/ready", _handler(state, _model_ready)),
         Route("/v2/models/{name}/versions/{version}/ready", _handler(state, _model_ready)),
-        Route("/v2/models/{name}/infer", _handler(state, _infer), methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", _handler(state, _infer),
               methods=["POST"]),
         Route("/v1/models/{name}/score", _handler(state, _score), methods=["POST"]),
