@@ -225,7 +225,8 @@ class VAEDetector(BaseDetector):
 
     def _loss(self, model: VAE, batch: Tensor, generator: torch.Generator):
         eps = torch.randn((1, len(batch), self.latent_dim), generator=generator)
-        seen = self._hide_entries(batch, generator) if self._table_schema() is not None else None
+        table_model = hasattr(self, "categories_")   # not _table_schema(): this runs every step
+        seen = self._hide_entries(batch, generator) if table_model else None
         terms = model(batch, eps.to(batch.device), seen)
         loss = -terms.elbo(self._resolved_beta()).mean()
         return loss, {"elbo": terms.elbo().mean(), "reconstruction": -terms.log_px.mean(),
