@@ -550,9 +550,7 @@ _GRAPH_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
 
 
 def _dtype_of(output) -> np.dtype:
-    name = output.type.removeprefix("tensor(").removesuffix(")")
-    return np.dtype({"float": np.float32, "float16": np.float16, "double": np.float64,
-                     "int64": np.int64, "int32": np.int32, "uint8": np.uint8}[name])
+    return np.dtype(_GRAPH_DTYPES[output.type])
 
 
 def _numeric_array(values, name: str, allow_nan: bool = False) -> np.ndarray:
