@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -155,29 +156,35 @@ async def load(port: int, path: str, bodies: list[bytes], concurrency: int,
 
     Raw HTTP/1.1 on keep-alive asyncio streams with the requests built in advance:
     a Python HTTP client (httpx) spent about 10 ms of CPU per request here, more
-    than the servers it was measuring.
+    than the servers it was measuring. Every connection is open before the clock
+    starts, and the generator's own garbage collector is off while it runs, so
+    that neither connecting nor its pauses count as server latency.
     """
     requests = [(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                  f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body for body in bodies]
     latencies, sent = [], 0
 
-    async def worker():
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         nonlocal sent
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while sent < n_requests:
-                request = requests[sent % len(requests)]
-                sent += 1
-                t0 = time.perf_counter()
-                writer.write(request)
-                await _read_response(reader)
-                latencies.append(time.perf_counter() - t0)
-        finally:
-            writer.close()
+        while sent < n_requests:
+            request = requests[sent % len(requests)]
+            sent += 1
+            t0 = time.perf_counter()
+            writer.write(request)
+            await _read_response(reader)
+            latencies.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
+    connections = [await asyncio.open_connection("127.0.0.1", port)
+                   for _ in range(concurrency)]
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(*connection) for connection in connections))
+        seconds = time.perf_counter() - started
+    finally:
+        gc.enable()
+        for _, writer in connections:
+            writer.close()
     latencies = np.asarray(latencies)
     return {"requests": len(latencies), "seconds": seconds,
             "requests_per_s": len(latencies) / seconds,
@@ -284,7 +291,9 @@ def summarise(frame: pd.DataFrame, workers: int) -> str:
         "# Serving: vaeanom serve vs a naive FastAPI endpoint, same run", "",
         f"CPU, {os.cpu_count()} cores; every server runs {workers} worker process(es) with one "
         "onnxruntime thread each; the load generator shares the machine. JSON tensors in "
-        "every request. Regenerate: `python benchmarks/serving.py`.", "",
+        "every request. `vaeanom serve` runs its default 8-row onnxruntime calls "
+        "(`--chunk-rows`); the naive and kserve peers call `OnnxModel` with its default "
+        "64-row chunks. Regenerate: `python benchmarks/serving.py`.", "",
         frame.pivot_table(index=["rows_per_request", "concurrency"], columns="server",
                           values="rows_per_s").to_markdown(floatfmt=".0f"), "",
         "Rows per second above; latency (ms) below.", "",

@@ -31,6 +31,7 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype  # noqa: E402
 
 from vaeanom import OnnxModel, VAEDetector  # noqa: E402
+from vaeanom.serving.app import _infer_path_params  # noqa: E402
 from vaeanom.serving.protocol import ProtocolError, parse_infer  # noqa: E402
 
 QUICK = dict(random_state=0, hidden_dims=(32, 16), latent_dim=4, n_score_samples=8, epochs=5)
@@ -307,6 +308,28 @@ def test_every_bad_request_gets_a_named_4xx_and_the_server_lives_on(server, case
                                                       **headers})
     assert got == status and message in answer["error"], (got, answer)
     assert server.client.is_server_live() and server.client.is_server_ready()
+
+
+def test_infer_paths_are_matched_like_the_routes_they_bypass(server):
+    """InferFirst answers POST .../infer before Starlette: other methods, empty names and
+    extra path segments must still get the router's answers."""
+    assert _infer_path_params("/v2/models/cancer/infer") == {"name": "cancer"}
+    assert _infer_path_params("/v2/models/cancer/versions/1/infer") == {
+        "name": "cancer", "version": "1"}
+    for path in ("/v2/models//infer", "/v2/models/a/b/infer", "/v2/models/a/infer/",
+                 "/v1/models/a/infer", "/v2/models/a/versions//infer"):
+        assert _infer_path_params(path) is None, path
+    assert server.request("POST", "/v2/models/cancer/versions/1/infer",
+                          _json_body([ROW]))[0] == 200
+    assert server.request("GET", "/v2/models/cancer/infer")[0] == 405
+    assert server.request("POST", "/v2/models/cancer/x/infer", _json_body([ROW]))[0] == 404
+
+
+def test_serve_refuses_a_chunk_of_no_rows_before_starting(repo):
+    from vaeanom.serving import serve
+
+    with pytest.raises(ValueError, match="--chunk-rows"):
+        serve(repo, chunk_rows=0)
 
 
 def test_a_body_over_the_limit_is_refused_with_413(repo):

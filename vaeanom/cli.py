@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on SIGTERM, how long requests in flight may take to finish")
     serve.add_argument("--threads", type=int, default=None,
                        help="onnxruntime intra-op threads per model (default: all cores)")
+    serve.add_argument("--chunk-rows", type=int, default=8,
+                       help="rows per onnxruntime call, the last zero-padded: a 1-row request "
+                            "pays for this many, a 256-row one makes 256/N calls (default: 8)")
 
     for verb, text in (("compress", "images (.png, folder of .png, .npy) to bytes with a "
                                     "VQVAEDetector"),
@@ -413,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             from .serving import serve
             serve(args.path, args.host, args.port, args.workers,
                   max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
-                  graceful_timeout_s=args.graceful_timeout, intra_op_num_threads=args.threads)
+                  graceful_timeout_s=args.graceful_timeout, intra_op_num_threads=args.threads,
+                  chunk_rows=args.chunk_rows)
         elif args.command == "compress":
             run_compress(args.model, args.source, args.out)
         elif args.command == "decompress":

@@ -18,16 +18,19 @@ __all__ = ["Settings", "create_app", "serve"]
 def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
           max_body_bytes: int = 64 * 2**20, request_timeout_s: float = 30.0,
           graceful_timeout_s: float = 30.0, intra_op_num_threads: int | None = None,
-          log_level: str = "info") -> None:
+          chunk_rows: int = 8, log_level: str = "info") -> None:
     """Serve ``path`` (one .onnx file or a Triton repository) until SIGTERM or Ctrl-C.
 
     On SIGTERM uvicorn stops accepting connections, lets the requests in
-    flight finish (up to ``graceful_timeout_s``), then exits.
+    flight finish (up to ``graceful_timeout_s``), then exits. ``chunk_rows`` is
+    the rows per onnxruntime call (see :class:`vaeanom.OnnxModel`'s ``batch_size``).
     """
     import uvicorn
 
+    if int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows (--chunk-rows) must be >= 1; got {chunk_rows}.")
     settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
-                        intra_op_num_threads)
+                        intra_op_num_threads, chunk_rows)
     _configure_logging(log_level)
     options = dict(host=host, port=port, log_level=log_level, access_log=False,
                    timeout_graceful_shutdown=graceful_timeout_s, log_config=None)
