@@ -6,8 +6,6 @@ Triton unchanged.
 """
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess

@@ -6,7 +6,6 @@ imported. Needs the ``serve`` extra: ``pip install "vaeanom[serve]"``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
