@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vaeanom import VAEDetector, cli
+from vaeanom import OnnxModel, VAEDetector, cli
 from vaeanom.cli import main, parse_params
 
 
@@ -92,6 +92,11 @@ def test_export_then_score_with_onnx_matches_the_saved_model(table):
                  "--part", "encoder"]) == 0
     assert (tmp / "repo" / "cancer" / "config.pbtxt").is_file()
     assert (tmp / "repo" / "cancer" / "1" / "model.onnx").is_file()
+    assert main(["export", "--model", model, str(tmp / "explaining.onnx"), "--explain"]) == 0
+    explained = OnnxModel(tmp / "explaining.onnx").explain(frame)
+    pd.testing.assert_index_equal(explained.columns, frame.columns)
+    np.testing.assert_allclose(explained, VAEDetector.load(model).explain(frame),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("argv, message", [

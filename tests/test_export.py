@@ -140,6 +140,35 @@ def test_encoder_and_decoder_match_torch(rows, images, exported):
         _close(OnnxModel(exported[name, "decoder"]).decode(z), det.decode(z))
 
 
+@pytest.mark.parametrize("data", ["rows", "images"])
+def test_an_explaining_scorer_gives_explain_and_the_same_scores(data, rows, images, exported,
+                                                                tmp_path):
+    det, X = {"rows": rows, "images": images}[data]
+    model = OnnxModel(det.export_onnx(tmp_path / "explaining.onnx", explain=True))
+    assert model.explains and not OnnxModel(exported[data, "scorer"]).explains
+    expected = det.explain(X[:64])
+    got = model.explain(X[:64])
+    if data == "rows":
+        assert list(got.columns) == list(expected.columns) and got.index.equals(X.index[:64])
+        got, expected = got.to_numpy(), expected.to_numpy()
+    assert got.shape == expected.shape
+    _close(got, expected, rtol=1e-4)
+    np.testing.assert_array_equal(model.score_samples(X[:64]),
+                                  OnnxModel(exported[data, "scorer"]).score_samples(X[:64]))
+
+
+def test_explanations_are_refused_where_there_are_none(rows, exported, tmp_path):
+    det, X = rows
+    with pytest.raises(ValueError, match="export the scorer with"):
+        OnnxModel(exported["rows", "scorer"]).explain(X[:2])
+    with pytest.raises(ValueError, match="explain=True adds explanations to the scorer"):
+        det.export_onnx(tmp_path / "e.onnx", "encoder", explain=True)
+    from vaeanom import VQVAEDetector
+    vq = VQVAEDetector(epochs=1, random_state=0).fit(np.random.default_rng(0).random((64, 8, 8)))
+    with pytest.raises(ValueError, match="needs a VAEDetector"):
+        vq.export_onnx(tmp_path / "v.onnx", explain=True)
+
+
 def test_uint8_graph_scales_pixels_itself(images, tmp_path):
     det, X = images
     path = det.export_onnx(tmp_path / "u8.onnx", input_dtype="uint8")

@@ -115,7 +115,7 @@ def repo(cancer, tmp_path_factory):
     config = folder / "cancer_batched" / "config.pbtxt"
     config.write_text(config.read_text().replace(
         "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 300000 }"))
-    VAEDetector(**QUICK).fit(table_frame(300, 0)).export_triton(folder, "table")
+    VAEDetector(**QUICK).fit(table_frame(300, 0)).export_triton(folder, "table", explain=True)
     return folder
 
 
@@ -179,6 +179,9 @@ def test_records_endpoint_scores_a_table_by_column_name(server, repo):
     frame.loc[0, "color"] = "never seen"
     np.testing.assert_array_equal(body["score"], model.score_samples(frame))
     assert body["is_outlier"] == list(model.score_samples(frame) < model.offset_)
+    explained = pd.DataFrame(body["explanations"], dtype=float)   # null: a missing entry
+    pd.testing.assert_frame_equal(explained, model.explain(frame), check_dtype=False)
+    assert np.isnan(explained.loc[frame["a"].isna(), "a"]).all()
 
 
 def test_the_exported_repository_parses_with_tritons_own_model_config(repo):

@@ -228,6 +228,22 @@ def test_onnx_table_parts_match_the_estimator(table_model, table_exports):
     pd.testing.assert_frame_equal(decoded, expected_rows, rtol=1e-4, atol=1e-4, check_dtype=False)
 
 
+def test_an_explaining_table_scorer_gives_explain_with_its_holes(table_model, tmp_path):
+    """Leave-one-out explanations in the graph: each entry equals the estimator's, a hole
+    stays NaN, and the scores are those of the plain scorer."""
+    det, train = table_model
+    rows = awkward_rows(train)
+    model = OnnxModel(det.export_onnx(tmp_path / "explaining.onnx", explain=True))
+    expected = det.explain(rows)
+    got = model.explain(rows)
+    assert list(got.columns) == list(train.columns) and got.index.equals(rows.index)
+    np.testing.assert_array_equal(np.isnan(got.to_numpy()), np.isnan(expected.to_numpy()))
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-4, atol=1e-4)
+    scores = det.score_samples(rows)
+    np.testing.assert_allclose(model.score_samples(rows), scores, rtol=1e-5,
+                               atol=1e-5 * np.abs(scores).max())
+
+
 def test_a_bare_onnxruntime_session_takes_numbers_codes_and_a_mask(table_model,
                                                                    table_exports):
     """The documented inputs: numeric columns as float32, categorical ones as int64 codes

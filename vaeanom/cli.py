@@ -183,17 +183,18 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
 
 
 def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype: str,
-               triton: Path | None, name: str, max_batch_size: int) -> Path:
+               triton: Path | None, name: str, max_batch_size: int,
+               explain: bool = False) -> Path:
     """Export a saved model to one ONNX file, or to a Triton model repository."""
     if (out is None) == (triton is None):
         raise ValueError("give exactly one of OUT.onnx or --triton REPO_DIR.")
     detector = load_detector(model)
     if triton is not None:
         folder = detector.export_triton(triton, name, part, fp16=fp16, input_dtype=input_dtype,
-                                        max_batch_size=max_batch_size)
+                                        max_batch_size=max_batch_size, explain=explain)
         logger.info("wrote Triton model %s", folder)
         return folder
-    detector.export_onnx(out, part, fp16=fp16, input_dtype=input_dtype)
+    detector.export_onnx(out, part, fp16=fp16, input_dtype=input_dtype, explain=explain)
     logger.info("wrote the %s of %s to %s", part, model, out)
     return out
 
@@ -352,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", type=Path, required=True)
     export.add_argument("--part", choices=("scorer", "encoder", "decoder"), default="scorer")
     export.add_argument("--fp16", action="store_true", help="half-precision networks (for GPUs)")
+    export.add_argument("--explain", action="store_true",
+                        help="the scorer also returns each feature's contribution (what "
+                             "explain gives; served as 'explanations' by /v1/.../score)")
     export.add_argument("--input-dtype", choices=("auto", "float32", "uint8"), default="auto",
                         help="auto: what the model was fitted on (8-bit pixels for models "
                              "fitted on uint8 images); uint8: the graph takes 8-bit pixels")
@@ -411,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 frame.to_csv(sys.stdout)
         elif args.command == "export":
             run_export(args.model, args.out, args.part, args.fp16, args.input_dtype, args.triton,
-                       args.name, args.max_batch_size)
+                       args.name, args.max_batch_size, args.explain)
         elif args.command == "serve":
             from .serving import serve
             serve(args.path, args.host, args.port, args.workers,

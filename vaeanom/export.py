@@ -145,6 +145,29 @@ class _WorstIfNotFinite(nn.Module):
         return torch.where(torch.isfinite(score), score, torch.full_like(score, -torch.inf))
 
 
+class _ScoreAndExplain(nn.Module):
+    """One model-unit batch -> (score, contributions): the scorer with ``explain=True``."""
+
+    def __init__(self, scorer: nn.Module, contributions: nn.Module) -> None:
+        super().__init__()
+        self.scorer, self.contributions = scorer, contributions
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.scorer(x), self.contributions(x)
+
+
+class _OnScore(nn.Module):
+    """``post`` applied to the score of a (score, contributions) pair only."""
+
+    def __init__(self, post: nn.Module) -> None:
+        super().__init__()
+        self.post = post
+
+    def forward(self, outputs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        score, contributions = outputs
+        return self.post(score), contributions
+
+
 class _TableInput(nn.Module):
     """A table model's inputs (:func:`vaeanom.onnx_format.table_inputs`) -> model units.
 
@@ -239,16 +262,31 @@ class Graph(NamedTuple):
 
 
 def build_graph(detector, part: str = "scorer", *, fp16: bool = False,
-                input_dtype: str = "auto") -> Graph:
+                input_dtype: str = "auto", explain: bool = False) -> Graph:
     """The torch module that is exported for ``part``, with its inputs and spec."""
     _check_choice("part", part, PARTS)
     pre = detector.preprocessing_
     input_dtype = resolve_input_dtype(pre, input_dtype)
     spec = detector.onnx_part(part, fp16=fp16)
     last = {"decoder": _UserOutput(pre), "scorer": _WorstIfNotFinite()}.get(part, nn.Identity())
+    if explain:
+        spec = _with_contributions(detector, part, spec, fp16)
+        last = _OnScore(last)
     module = _Graph(_first_stage(pre, spec, input_dtype), spec.module, last).cpu().eval()
     inputs = graph_inputs(pre, spec, input_dtype)
     return Graph(module, inputs, _example_inputs(inputs), spec)
+
+
+def _with_contributions(detector, part: str, spec: PartSpec, fp16: bool) -> PartSpec:
+    """The scorer's spec with a second output, ``contributions``: what ``explain`` gives."""
+    if part != "scorer":
+        raise ValueError(f"explain=True adds explanations to the scorer; part={part!r} has "
+                         "none. Export part='scorer'.")
+    if not hasattr(detector, "onnx_contributions"):
+        raise ValueError(f"{type(detector).__name__} has no explain(); explain=True needs a "
+                         "VAEDetector.")
+    module = _ScoreAndExplain(spec.module, detector.onnx_contributions(fp16=fp16))
+    return spec._replace(module=module, outputs=("score", "contributions"))
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -257,8 +295,13 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16: bool = False,
-                input_dtype: str = "auto") -> Path:
+                input_dtype: str = "auto", explain: bool = False) -> Path:
     """Write ``part`` of a fitted detector to one self-contained, sealed ONNX file at ``path``.
+
+    ``explain=True`` (a VAEDetector's scorer) adds the output ``contributions``,
+    what ``explain`` returns: (n, n_features) for rows, NaN where an entry is
+    missing; (n, H, W) for images. For a table model it costs one encoder and
+    decoder pass per column.
 
     ``input_dtype="uint8"`` (image models only) makes the graph take 8-bit pixels
     and divide them by 255 itself, as ``score_samples`` does with uint8 images;
@@ -273,7 +316,7 @@ def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16
 
     check_is_fitted(detector)
     input_dtype = resolve_input_dtype(detector.preprocessing_, input_dtype)
-    graph = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype)
+    graph = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype, explain=explain)
     batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
         # inputs share the batch axis: torch says it keeps one name for them, which is right
@@ -366,7 +409,7 @@ def triton_config(name: str, proto, max_batch_size: int) -> str:
 
 def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
                   part: str = "scorer", *, max_batch_size: int = 4096, fp16: bool = False,
-                  input_dtype: str = "auto", version: int = 1) -> Path:
+                  input_dtype: str = "auto", version: int = 1, explain: bool = False) -> Path:
     """Write a Triton model repository entry: ``repo/<name>/config.pbtxt`` and
     ``repo/<name>/<version>/model.onnx``. Returns the model folder."""
     import onnx
@@ -375,7 +418,7 @@ def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
         raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}.")
     folder = Path(repo_dir) / name
     model_path = export_onnx(detector, folder / str(version) / "model.onnx", part, fp16=fp16,
-                             input_dtype=input_dtype)
+                             input_dtype=input_dtype, explain=explain)
     config = triton_config(name, onnx.load(model_path), max_batch_size)
     atomic_write(folder / "config.pbtxt", lambda tmp: Path(tmp).write_text(config))
     return folder

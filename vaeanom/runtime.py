@@ -187,6 +187,35 @@ class OnnxModel:
         return pd.DataFrame({"score": score, "is_outlier": is_outlier(score, self.offset_)},
                             index=index)
 
+    def explain(self, X):
+        """Each feature's contribution to each row's anomaly: what the detector's ``explain``
+        gives. Rows: a DataFrame with X's index, one column per feature (NaN where an entry
+        is missing); images: an array (n, H, W). Needs a scorer exported with explain=True.
+        """
+        self._require("scorer", "explain")
+        if not self.explains:
+            raise ValueError(f"{str(self.path)!r} has no explanations; export the scorer with "
+                             "det.export_onnx(path, explain=True) (vaeanom export --explain).")
+        contributions = self.run(X)["contributions"]
+        if self.is_image:
+            return contributions
+        import pandas as pd
+
+        index = X.index if isinstance(X, pd.DataFrame) else pd.RangeIndex(len(contributions))
+        return pd.DataFrame(contributions, index=index, columns=self.feature_columns)
+
+    @property
+    def explains(self) -> bool:
+        """True for a scorer exported with explain=True (it has a ``contributions`` output)."""
+        return "contributions" in self._outputs
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """Column names: the fitted feature names, else x0, x1, ..."""
+        names = getattr(self, "feature_names_in_", None)
+        return ([str(n) for n in names] if names is not None
+                else [f"x{i}" for i in range(self.n_features_in_)])
+
     # ---------------------------------------------------------- latent API
     def encode(self, X) -> np.ndarray:
         """The encoder's first output: posterior means (VAE) or code indices (VQ-VAE)."""
@@ -200,10 +229,7 @@ class OnnxModel:
         schema = self.table_schema
         if schema is None or not schema.has_categories:
             return decoded
-        names = getattr(self, "feature_names_in_", None)
-        columns = (list(names) if names is not None
-                   else [f"x{i}" for i in range(self.n_features_in_)])
-        return schema.decode(decoded, columns)
+        return schema.decode(decoded, self.feature_columns)
 
     def _require(self, part: str, method: str) -> None:
         if self.part != part:
@@ -519,6 +545,11 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
     needed = {"scorer": "score", "decoder": "reconstruction"}.get(meta["part"])
     if needed is not None and needed not in outputs:
         return f"a {meta['part']} without a {needed!r} output"
+    if "contributions" in outputs:
+        shape = [o.shape[1:] for o in session.get_outputs() if o.name == "contributions"][0]
+        if meta["part"] != "scorer" or shape != (
+                data_shape[-2:] if meta["is_image"] else [meta["n_features_in"]]):
+            return f"contributions of shape {shape} in a {meta['part']} of data {data_shape}"
     codes = {"encoder": session.get_outputs()[0].type, "decoder": inputs[0].type}.get(meta["part"])
     if codes is not None and (meta.get("codebook_size") is None) == (codes == "tensor(int64)"):
         return f"codebook_size {meta.get('codebook_size')!r} for latents of type {codes}"

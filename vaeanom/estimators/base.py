@@ -368,16 +368,18 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- export
     def export_onnx(self, path, part: str = "scorer", *, fp16: bool = False,
-                    input_dtype: str = "auto"):
+                    input_dtype: str = "auto", explain: bool = False):
         """Write ``part`` ("scorer", "encoder" or "decoder") to one ONNX file.
 
         The scorer takes raw rows or images and returns ``score_samples``;
         preprocessing and the fixed Monte-Carlo noise are inside the graph. Load
         it with :class:`vaeanom.OnnxModel` (no torch) or any ONNX runtime. See
-        :mod:`vaeanom.export` for ``fp16`` and ``input_dtype``.
+        :func:`vaeanom.export.export_onnx` for ``fp16``, ``input_dtype`` and
+        ``explain`` (the scorer also returns what ``explain`` gives).
         """
         from ..export import export_onnx
-        return export_onnx(self, path, part, fp16=fp16, input_dtype=input_dtype)
+        return export_onnx(self, path, part, fp16=fp16, input_dtype=input_dtype,
+                           explain=explain)
 
     def export_triton(self, repo_dir, name: str = "vaeanom", part: str = "scorer", **kwargs):
         """Write ``repo_dir/<name>/config.pbtxt`` and ``<name>/1/model.onnx`` for Triton."""

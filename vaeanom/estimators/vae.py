@@ -45,6 +45,18 @@ class _Decode(_Encode):
         return self.model.decode(z)
 
 
+class _PixelMaps(nn.Module):
+    """(n, C, H, W) contributions -> (n, H, W), summed over channels, as ``explain`` gives."""
+
+    def __init__(self, contributions: nn.Module, height: int, width: int) -> None:
+        super().__init__()
+        self.contributions, self.height, self.width = contributions, height, width
+
+    def forward(self, x: Tensor) -> Tensor:
+        maps = self.contributions(x)
+        return maps.reshape(maps.shape[0], -1, self.height, self.width).sum(dim=1)
+
+
 class VAEDetector(BaseDetector):
     """Anomaly detector and encoder built on a Gaussian-posterior VAE (beta-VAE).
 
@@ -335,6 +347,18 @@ class VAEDetector(BaseDetector):
             return PartSpec(_Encode(model), "data", ("mean", "log_var"), kind)
         return PartSpec(_Decode(model), "latent", ("reconstruction",), kind,
                         latent_shape=(self.latent_dim,))
+
+    def onnx_contributions(self, *, fp16: bool = False) -> nn.Module:
+        """What ``explain`` computes, over a CPU copy of the network in model units:
+        the exporter adds it to the scorer as the ``contributions`` output."""
+        self._contributions()   # refuses models saved before explain() existed
+        contributions = FeatureContributions(
+            self._model_for_export(fp16), torch.from_numpy(self.noise_),
+            torch.from_numpy(self.explain_reference_),
+            leave_one_out=self._table_schema() is not None)
+        if self.is_image_:
+            return _PixelMaps(contributions, *self._model_shape()[-2:])
+        return contributions
 
     def _needs_unit_range(self) -> bool:
         return self.likelihood == "bernoulli"

@@ -23,6 +23,7 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -362,7 +363,8 @@ def _requested(outputs: dict[str, np.ndarray], request: InferRequest) -> dict[st
 
 
 async def _score(state: _State, request: Request) -> Response:
-    """JSON records -> {"score": [...], "is_outlier": [...], "threshold": offset}."""
+    """JSON records -> {"score": [...], "is_outlier": [...], "threshold": offset}, and
+    "explanations" (one {column: contribution} per record) when the scorer has them."""
     served = _served(state, request)
     model = served.model
     if model.part != "scorer":
@@ -378,10 +380,20 @@ async def _score(state: _State, request: Request) -> Response:
         feeds = model._feeds(_frame(model, records))
     except (ValueError, TypeError, OverflowError) as err:
         raise ServerError(400, str(err)) from None
-    score = finite_scores((await _run(state, served, feeds))["score"])
-    return JSONResponse({"score": [float(s) if np.isfinite(s) else None for s in score],
-                         "is_outlier": is_outlier(score, model.offset_).tolist(),
-                         "threshold": model.offset_})
+    outputs = await _run(state, served, feeds)
+    score = finite_scores(outputs["score"])
+    answer = {"score": [float(s) if np.isfinite(s) else None for s in score],
+              "is_outlier": is_outlier(score, model.offset_).tolist(),
+              "threshold": model.offset_}
+    if model.explains and not model.is_image:
+        answer["explanations"] = _by_column(outputs["contributions"], model.feature_columns)
+    return JSONResponse(answer)
+
+
+def _by_column(contributions: np.ndarray, columns: list[str]) -> list[dict]:
+    """(n, d) contributions -> one {column: value} per row; a missing entry is null."""
+    return [{name: (v if math.isfinite(v) else None) for name, v in zip(columns, row)}
+            for row in contributions.tolist()]
 
 
 def _frame(model, records: list[dict]):
@@ -389,8 +401,7 @@ def _frame(model, records: list[dict]):
     import pandas as pd
 
     names = getattr(model, "feature_names_in_", None)
-    columns = [str(n) for n in names] if names is not None else [
-        f"x{i}" for i in range(model.n_features_in_)]
+    columns = model.feature_columns
     unknown = sorted({key for record in records for key in record} - set(columns))
     if unknown:
         raise ValueError(f"unknown column(s) {unknown[:5]}; the model takes {columns[:10]}"
