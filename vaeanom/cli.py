@@ -157,15 +157,23 @@ def load_detector(path: Path):
 
 
 def run_score(model: Path | None, data: Path, output: Path | None, index_col=None,
-              onnx: Path | None = None, explain: int = 0) -> pd.DataFrame:
+              onnx: Path | None = None, explain: int = 0) -> pd.DataFrame | None:
     """Score a data file with a saved model, or with an exported ONNX scorer (no torch).
 
     ``explain=k`` adds each row's k most anomalous features (saved VAE models only).
+    A Parquet file scored by an ONNX scorer into a Parquet file is streamed in
+    batches (:func:`vaeanom.distributed.score_parquet`, bounded memory), and
+    nothing is returned.
     """
     from .datasets import read_data, write_frame
 
     if (model is None) == (onnx is None):
         raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
+    if _streams(data, output, onnx, explain, index_col):
+        from .distributed import score_parquet
+        rows = score_parquet(data, onnx, output)
+        logger.info("streamed %d scores to %s", rows, output)
+        return None
     if onnx is not None:
         from .runtime import OnnxModel
         scorer = OnnxModel(onnx)
@@ -180,6 +188,14 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         write_frame(frame, output)
         logger.info("wrote %d scores to %s", len(frame), output)
     return frame
+
+
+def _streams(data: Path, output: Path | None, onnx: Path | None, explain: int,
+             index_col) -> bool:
+    """Parquet in, Parquet out, an ONNX scorer: stream batches instead of loading the file."""
+    parquet = (".parquet", ".pq")
+    return (onnx is not None and not explain and index_col is None and output is not None
+            and Path(data).suffix.lower() in parquet and Path(output).suffix.lower() in parquet)
 
 
 def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype: str,

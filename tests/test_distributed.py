@@ -1,0 +1,159 @@
+"""Scale-out scoring on real engines: a Dask LocalCluster of 2 worker processes and Spark
+in local[2] mode. Scores must equal OnnxModel.score_samples bit for bit, row identity must
+be kept, and no worker may import torch."""
+
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vaeanom import OnnxModel, VAEDetector
+from vaeanom.distributed import score_dask, score_parquet, score_partition, score_spark
+
+#: pyspark 4.3 warns that it does not yet "fully support" pandas 3; the tests below check
+#: what it does with our frames
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")
+
+QUICK = dict(random_state=0, hidden_dims=(32, 16), latent_dim=4, n_score_samples=8, epochs=5)
+
+
+@pytest.fixture(scope="module")
+def scorer(cancer, tmp_path_factory):
+    """A scorer fitted on a DataFrame (so it knows its column names), and one on an array."""
+    X, y = cancer
+    folder = tmp_path_factory.mktemp("distributed")
+    named = VAEDetector(**QUICK).fit(X[y == 1]).export_onnx(folder / "named.onnx")
+    bare = VAEDetector(**QUICK).fit(X[y == 1].to_numpy()).export_onnx(folder / "bare.onnx")
+    return named, bare
+
+
+@pytest.fixture(scope="module")
+def table(cancer):
+    """The cancer rows with a key and a timestamp column, on an index that is not 0..n-1."""
+    X, _ = cancer
+    frame = X.assign(key=[f"id-{i}" for i in range(len(X))],
+                     seen=pd.Timestamp("2026-11-28") + pd.to_timedelta(np.arange(len(X)), "min"))
+    frame.index = pd.Index(np.arange(len(X)) * 3 + 100, name="row")
+    return frame
+
+
+def test_a_partition_keeps_its_rows_and_columns(scorer, table, cancer):
+    named, bare = scorer
+    out = score_partition(table, named)
+    pd.testing.assert_frame_equal(out[table.columns], table)
+    np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
+    model = OnnxModel(named)
+    np.testing.assert_array_equal(out["is_outlier"], out["score"] < model.offset_)
+    empty = score_partition(table.iloc[:0], named)
+    assert list(empty.columns) == [*table.columns, "score", "is_outlier"] and len(empty) == 0
+    columns = list(cancer[0].columns)
+    np.testing.assert_array_equal(score_partition(table, bare, columns)["score"],
+                                  OnnxModel(bare).score_samples(cancer[0].to_numpy()))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("array model without columns", "pass columns="),
+    ("a column missing", "has no column"),
+    ("a score column already there", "already has column"),
+    ("the encoder", "needs the scorer"),
+])
+def test_bad_calls_are_named(case, message, scorer, table, cancer, tmp_path):
+    named, bare = scorer
+    calls = {
+        "array model without columns": lambda: score_partition(table, bare),
+        "a column missing": lambda: score_partition(table.drop(columns="mean radius"), named),
+        "a score column already there": lambda: score_partition(table.assign(score=1.0), named),
+        "the encoder": lambda: score_partition(table, VAEDetector(**QUICK).fit(
+            cancer[0]).export_onnx(tmp_path / "encoder.onnx", "encoder")),
+    }
+    with pytest.raises(ValueError, match=message):
+        calls[case]()
+
+
+def test_dask_local_cluster_scores_every_partition_like_onnx_model(scorer, table, cancer):
+    dd = pytest.importorskip("dask.dataframe")   # in the dev extra: present in CI
+    from distributed import Client, LocalCluster
+
+    named, _ = scorer
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        ddf = dd.from_pandas(table, npartitions=5)
+        scored = score_dask(ddf, named)
+        assert scored.divisions == ddf.divisions
+        out = scored.compute()
+        assert out.index.equals(table.index)   # dask stores strings as pyarrow strings
+        pd.testing.assert_frame_equal(out[table.columns], table, check_dtype=False)
+        np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
+        assert client.run(lambda: "torch" in sys.modules) == {
+            address: False for address in client.scheduler_info()["workers"]}
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pytest.importorskip("pyspark")   # in the dev extra: present in CI
+    from pyspark.sql import SparkSession
+
+    before = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable   # the workers' Python: this environment's
+    session = (SparkSession.builder.master("local[2]").appName("vaeanom-tests")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+    yield session
+    session.stop()
+    if before is None:
+        os.environ.pop("PYSPARK_PYTHON")
+    else:
+        os.environ["PYSPARK_PYTHON"] = before
+
+
+def test_spark_local_scores_arrow_batches_like_onnx_model(spark, scorer, table, cancer):
+    named, _ = scorer
+    sdf = spark.createDataFrame(table.reset_index()).repartition(3)
+    scored = score_spark(sdf, named)
+    assert scored.columns == [*sdf.columns, "score", "is_outlier"]
+    out = scored.toPandas().set_index("row").loc[table.index]
+    np.testing.assert_array_equal(out["key"], table["key"])
+    np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
+
+    def torch_in_worker(batches):   # nested: shipped by value, not by importing this module
+        for _ in batches:
+            yield pd.DataFrame({"torch": ["torch" in sys.modules]})
+
+    # the job scores, then the same (reused) Python workers report what they imported
+    seen = scored.mapInPandas(torch_in_worker, "torch boolean").toPandas()
+    assert len(seen) and not seen["torch"].any()
+
+
+# -------------------------------------------------------------- streaming
+def test_cli_streams_parquet_batch_by_batch_like_onnx_model(scorer, cancer, tmp_path):
+    from vaeanom.cli import main
+
+    named, _ = scorer
+    X = cancer[0].set_index(pd.Index([f"r{i}" for i in range(len(cancer[0]))], name="rid"))
+    X.to_parquet(tmp_path / "rows.parquet", row_group_size=50)
+    assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(named),
+                 "-o", str(tmp_path / "scores.parquet")]) == 0
+    got = pd.read_parquet(tmp_path / "scores.parquet")
+    pd.testing.assert_frame_equal(got, OnnxModel(named).score_frame(X))
+    plain = cancer[0]                                     # a default index: the row number
+    plain.to_parquet(tmp_path / "plain.parquet", row_group_size=64)
+    assert score_parquet(tmp_path / "plain.parquet", named, tmp_path / "plain-scores.parquet",
+                         batch_rows=100) == len(plain)
+    got = pd.read_parquet(tmp_path / "plain-scores.parquet")
+    assert got.index.tolist() == list(range(len(plain)))
+    np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(plain))
+
+
+def test_a_stream_that_fails_midway_leaves_the_old_output(scorer, cancer, tmp_path):
+    named, _ = scorer
+    X = cancer[0].copy()
+    X.iloc[400, 3] = np.nan                               # a complete-data model refuses NaN
+    X.to_parquet(tmp_path / "rows.parquet", row_group_size=100)
+    out = tmp_path / "scores.parquet"
+    out.write_bytes(b"yesterday's scores")
+    with pytest.raises(ValueError, match="NaN"):
+        score_parquet(tmp_path / "rows.parquet", named, out, batch_rows=100)
+    assert out.read_bytes() == b"yesterday's scores"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.parquet", "scores.parquet"]

@@ -1,0 +1,239 @@
+"""Scoring beyond one process: one torch-free partition function, an adapter per engine.
+
+:func:`score_partition` scores one pandas DataFrame with an exported scorer
+(``det.export_onnx``) and returns it with ``score`` and ``is_outlier``
+appended, every other column (keys, timestamps) carried through untouched.
+Each worker process opens the onnxruntime session once, on first use, and
+keeps it (:func:`cached_model`); a session is never pickled, only the path.
+The adapters hand that function to the engine's own partition-wise map:
+
+- :func:`score_dask`: ``map_partitions`` with ``meta``: index and divisions kept;
+- :func:`score_spark`: ``mapInPandas`` over Arrow batches, with an explicit
+  schema; the model file travels to the executors with ``SparkContext.addFile``;
+- :func:`score_parquet`: no engine: a Parquet file streamed batch by batch.
+
+Scores are those of :meth:`vaeanom.OnnxModel.score_samples`, bit for bit:
+``OnnxModel`` runs rows in fixed, zero-padded chunks, so a row's score does not
+depend on the partition it lands in. Like the rest of the runtime this module
+never imports torch; engines are imported only when their adapter is called
+(extras ``vaeanom[dask]``, ``vaeanom[spark]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from .checks import is_outlier
+from .runtime import OnnxModel
+
+#: the columns scoring appends, and their pandas dtypes
+SCORE_COLUMNS = {"score": "float64", "is_outlier": "bool"}
+
+
+@lru_cache(maxsize=8)
+def cached_model(path: str, threads: int | None = 1) -> OnnxModel:
+    """This process's ``OnnxModel`` for ``path``, opened on first use and kept.
+
+    ``threads`` is onnxruntime's intra-op thread count: one per worker process
+    is what an engine with a worker per core wants.
+    """
+    return OnnxModel(path, intra_op_num_threads=threads)
+
+
+def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
+                    columns: Sequence[str] | None = None, threads: int | None = 1) -> pd.DataFrame:
+    """``frame`` with ``score`` and ``is_outlier`` appended (same index, same rows).
+
+    ``columns`` names the model's input columns in order; None takes the
+    feature names the model was fitted with. Other columns are carried through.
+    """
+    model = cached_model(os.fspath(model_path), threads)
+    names = input_columns(model, columns, frame.columns)
+    if len(frame) == 0:
+        return frame.assign(**{name: pd.Series(dtype=dtype, index=frame.index)
+                               for name, dtype in SCORE_COLUMNS.items()})
+    rows = frame[names]
+    if getattr(model, "feature_names_in_", None) is None:   # fitted on an array
+        rows = rows.to_numpy()
+    score = model.score_samples(rows)
+    return frame.assign(score=score, is_outlier=is_outlier(score, model.offset_))
+
+
+def input_columns(model: OnnxModel, columns: Sequence[str] | None,
+                  available: Sequence[str]) -> list[str]:
+    """The columns to score, checked against the model and the data; errors say what to pass."""
+    if model.part != "scorer":
+        raise ValueError(f"{model.path} is the model's {model.part}; scoring needs the scorer "
+                         "(det.export_onnx(path), part='scorer').")
+    clash = [name for name in SCORE_COLUMNS if name in available]
+    if clash:
+        raise ValueError(f"the data already has column(s) {clash}, which scoring appends; "
+                         "rename or drop them first.")
+    if columns is None:
+        if getattr(model, "feature_names_in_", None) is None:
+            raise ValueError("this model was fitted on an array, so it has no column names; "
+                             f"pass columns=[...] ({model.n_features_in_} names, in order).")
+        columns = model.feature_columns
+    columns = [str(c) for c in columns]
+    if len(columns) != model.n_features_in_:
+        raise ValueError(f"{len(columns)} columns given; the model takes "
+                         f"{model.n_features_in_}.")
+    missing = [c for c in columns if c not in set(map(str, available))]
+    if missing:
+        raise ValueError(f"the data has no column(s) {missing[:5]}; it has "
+                         f"{list(available)[:10]}.")
+    return columns
+
+
+# ------------------------------------------------------------- streaming
+#: rows per batch read from a Parquet file: about 16 MB of float64 for 30 columns
+STREAM_BATCH_ROWS = 65_536
+
+
+def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
+                  output: str | os.PathLike, columns: Sequence[str] | None = None,
+                  batch_rows: int = STREAM_BATCH_ROWS, threads: int | None = None) -> int:
+    """Score a Parquet file into another, one batch at a time; returns the rows scored.
+
+    Memory stays bounded by a batch (and a row group being decoded), whatever
+    the file's size. The output holds the input's index (a stored index is
+    carried; a default range index becomes the row number) and ``score`` and
+    ``is_outlier``, as ``vaeanom score`` writes without streaming. It is
+    written to a temporary file and renamed: an interrupted run leaves no half
+    file. ``threads``: onnxruntime's intra-op threads (None: all cores).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .fileio import atomic_write
+
+    reader = pq.ParquetFile(source)
+    schema = reader.schema_arrow
+    index_columns, index_name = _stored_index(schema)
+    names = input_columns(cached_model(os.fspath(model_path), threads), columns,
+                          [n for n in schema.names if n not in index_columns])
+    counted = 0
+
+    def write(tmp: str) -> None:
+        nonlocal counted
+        writer = None
+        try:
+            for batch in reader.iter_batches(batch_size=batch_rows,
+                                             columns=[*index_columns, *names]):
+                frame = batch.to_pandas()   # applies the file's pandas metadata, if any
+                if index_columns:
+                    if list(frame.index.names) != index_columns:
+                        frame = frame.set_index(index_columns)
+                else:
+                    frame.index = pd.RangeIndex(counted, counted + len(frame),
+                                                name=index_name).astype("int64")
+                scored = score_partition(frame, model_path, names, threads)[list(SCORE_COLUMNS)]
+                table = pa.Table.from_pandas(scored, preserve_index=True)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                counted += len(frame)
+            if writer is None:   # no rows: still a valid, empty file
+                empty = score_partition(pd.DataFrame(columns=names), model_path, names, threads)
+                pq.write_table(pa.Table.from_pandas(empty[list(SCORE_COLUMNS)]), tmp)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    atomic_write(output, write)
+    return counted
+
+
+def _stored_index(schema) -> tuple[list[str], str | None]:
+    """The index columns pandas stored in a Parquet file, and the name of a range index."""
+    import json
+
+    meta = (schema.metadata or {}).get(b"pandas")
+    if meta is None:
+        return [], None
+    pandas_meta = json.loads(meta)
+    stored = [i for i in pandas_meta.get("index_columns", []) if isinstance(i, str)]
+    ranges = [i for i in pandas_meta.get("index_columns", []) if isinstance(i, dict)]
+    return stored, (ranges[0].get("name") if ranges else None)
+
+
+def _engine(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{module} is not installed; pip install \"vaeanom[{extra}]\"") from err
+
+
+def _check_model(model_path, columns, available) -> Path:
+    """Open the model here once, so that a wrong path or column fails before any work is sent."""
+    path = Path(model_path).resolve()
+    input_columns(cached_model(str(path), 1), columns, list(available))
+    return path
+
+
+# ------------------------------------------------------------------ Dask
+def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence[str] | None = None,
+               threads: int | None = 1):
+    """A dask DataFrame: ``ddf`` with ``score`` and ``is_outlier`` appended, lazily.
+
+    Index and divisions are kept. ``model_path`` must be readable by every
+    worker (the same path on a shared or local disk).
+    """
+    _engine("dask.dataframe", "dask")
+    path = _check_model(model_path, columns, ddf.columns)
+    meta = ddf._meta.assign(**{name: pd.Series(dtype=dtype)
+                               for name, dtype in SCORE_COLUMNS.items()})
+    return ddf.map_partitions(score_partition, str(path), columns, threads, meta=meta)
+
+
+# ----------------------------------------------------------------- Spark
+def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence[str] | None = None,
+                threads: int | None = 1):
+    """A Spark DataFrame: ``sdf``'s columns, then ``score`` (double) and ``is_outlier``.
+
+    Runs :func:`score_partition` on Arrow batches with ``mapInPandas``; the
+    model file is shipped to the executors with ``SparkContext.addFile`` under
+    a name made from its content, so two models never collide.
+    """
+    _engine("pyspark", "spark")
+    from pyspark.sql.types import BooleanType, DoubleType, StructField, StructType
+
+    path = _check_model(model_path, columns, sdf.columns)
+    shipped = _content_named_copy(path)
+    sdf.sparkSession.sparkContext.addFile(str(shipped))
+    schema = StructType([*sdf.schema.fields, StructField("score", DoubleType(), False),
+                         StructField("is_outlier", BooleanType(), False)])
+    name, columns = shipped.name, None if columns is None else list(columns)
+
+    def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import SparkFiles
+
+        local = SparkFiles.get(name)
+        for batch in batches:
+            yield score_partition(batch, local, columns, threads)
+
+    return sdf.mapInPandas(score_batches, schema)
+
+
+def _content_named_copy(path: Path) -> Path:
+    """A copy of ``path`` in the temp folder named by its SHA-256 (reused when present)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / "vaeanom-models" / f"{digest}-{path.name}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.part")
+        shutil.copyfile(path, partial)
+        os.replace(partial, target)
+    return target
+
+
+__all__ = ["SCORE_COLUMNS", "cached_model", "score_dask", "score_parquet", "score_partition",
+           "score_spark"]
