@@ -157,3 +157,47 @@ def test_a_stream_that_fails_midway_leaves_the_old_output(scorer, cancer, tmp_pa
         score_parquet(tmp_path / "rows.parquet", named, out, batch_rows=100)
     assert out.read_bytes() == b"yesterday's scores"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.parquet", "scores.parquet"]
+
+
+def test_streams_keep_every_kind_of_index_and_take_array_models_by_position(scorer, cancer,
+                                                                             tmp_path):
+    from vaeanom.cli import main
+
+    named, bare = scorer
+    X = cancer[0]
+    expected = OnnxModel(named).score_samples(X)
+    cases = {"unnamed": X.set_index(pd.Index(np.arange(len(X)) * 2 + 7)),   # a stored column
+             "sliced range": X.set_axis(pd.RangeIndex(5, 5 + 3 * len(X), 3))}  # metadata only
+    for case, frame in cases.items():
+        frame.to_parquet(tmp_path / f"{case}.parquet", row_group_size=100)
+        score_parquet(tmp_path / f"{case}.parquet", named, tmp_path / f"{case}-out.parquet",
+                      batch_rows=64)
+        got = pd.read_parquet(tmp_path / f"{case}-out.parquet")
+        assert got.index.tolist() == frame.index.tolist(), case
+        np.testing.assert_array_equal(got["score"], expected)
+    X.to_parquet(tmp_path / "rows.parquet")            # a model fitted on an array: by position
+    assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(bare),
+                 "-o", str(tmp_path / "bare.parquet")]) == 0
+    np.testing.assert_array_equal(pd.read_parquet(tmp_path / "bare.parquet")["score"],
+                                  OnnxModel(bare).score_samples(X.to_numpy()))
+
+
+def test_columns_can_be_named_differently_from_the_fitted_names(scorer, cancer):
+    named, _ = scorer
+    X = cancer[0]
+    renamed = X.set_axis([f"c{i}" for i in range(X.shape[1])], axis=1)
+    got = score_partition(renamed, named, columns=list(renamed.columns))
+    np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(X))
+
+
+def test_the_partition_scorer_never_imports_torch(scorer, table, tmp_path):
+    import subprocess
+
+    named, _ = scorer
+    table.to_parquet(tmp_path / "t.parquet")
+    code = ("import sys, pandas as pd\n"
+            "from vaeanom.distributed import score_partition\n"
+            f"out = score_partition(pd.read_parquet({str(tmp_path / 't.parquet')!r}), "
+            f"{str(named)!r})\n"
+            "assert len(out) and 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

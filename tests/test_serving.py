@@ -169,7 +169,7 @@ def test_a_table_model_is_served_with_numbers_codes_and_mask(server, repo):
         np.testing.assert_array_equal(scores.astype(np.float64), model.score_samples(frame))
 
 
-def test_records_endpoint_scores_a_table_by_column_name(server, repo):
+def test_records_endpoint_scores_a_table_by_column_name(server, repo, cancer):
     frame = table_frame(20, 2)
     records = json.loads(frame.to_json(orient="records"))   # NaN -> null: a missing value
     records[0]["color"] = "never seen"
@@ -179,6 +179,9 @@ def test_records_endpoint_scores_a_table_by_column_name(server, repo):
     frame.loc[0, "color"] = "never seen"
     np.testing.assert_array_equal(body["score"], model.score_samples(frame))
     assert body["is_outlier"] == list(model.score_samples(frame) < model.offset_)
+    status, plain = server.request("POST", "/v1/models/cancer/score", json.dumps(
+        [dict(zip(cancer[0].columns, cancer[0].iloc[0].tolist()))]).encode())
+    assert status == 200 and "explanations" not in plain     # a scorer exported without them
     explained = pd.DataFrame(body["explanations"], dtype=float)   # null: a missing entry
     pd.testing.assert_frame_equal(explained, model.explain(frame), check_dtype=False)
     assert np.isnan(explained.loc[frame["a"].isna(), "a"]).all()

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .checks import is_outlier
@@ -39,13 +40,20 @@ from .runtime import OnnxModel
 SCORE_COLUMNS = {"score": "float64", "is_outlier": "bool"}
 
 
-@lru_cache(maxsize=8)
 def cached_model(path: str, threads: int | None = 1) -> OnnxModel:
     """This process's ``OnnxModel`` for ``path``, opened on first use and kept.
 
+    A file rewritten in place (a new export to the same path) is opened anew:
+    the cache is keyed by the file's size and modification time too.
     ``threads`` is onnxruntime's intra-op thread count: one per worker process
     is what an engine with a worker per core wants.
     """
+    stat = os.stat(path)
+    return _open_model(path, stat.st_size, stat.st_mtime_ns, threads)
+
+
+@lru_cache(maxsize=8)
+def _open_model(path: str, size: int, mtime_ns: int, threads: int | None) -> OnnxModel:
     return OnnxModel(path, intra_op_num_threads=threads)
 
 
@@ -64,6 +72,8 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
     rows = frame[names]
     if getattr(model, "feature_names_in_", None) is None:   # fitted on an array
         rows = rows.to_numpy()
+    else:                                  # the data's names for the model's columns
+        rows = rows.set_axis(model.feature_columns, axis=1)
     score = model.score_samples(rows)
     return frame.assign(score=score, is_outlier=is_outlier(score, model.offset_))
 
@@ -118,9 +128,12 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
 
     reader = pq.ParquetFile(source)
     schema = reader.schema_arrow
-    index_columns, index_name = _stored_index(schema)
-    names = input_columns(cached_model(os.fspath(model_path), threads), columns,
-                          [n for n in schema.names if n not in index_columns])
+    index_columns, index_range = _stored_index(schema)
+    available = [n for n in schema.names if n not in index_columns]
+    model = cached_model(os.fspath(model_path), threads)
+    if columns is None and getattr(model, "feature_names_in_", None) is None:
+        columns = available   # a model fitted on an array takes the columns by position
+    names = input_columns(model, columns, available)
     counted = 0
 
     def write(tmp: str) -> None:
@@ -129,13 +142,7 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
         try:
             for batch in reader.iter_batches(batch_size=batch_rows,
                                              columns=[*index_columns, *names]):
-                frame = batch.to_pandas()   # applies the file's pandas metadata, if any
-                if index_columns:
-                    if list(frame.index.names) != index_columns:
-                        frame = frame.set_index(index_columns)
-                else:
-                    frame.index = pd.RangeIndex(counted, counted + len(frame),
-                                                name=index_name).astype("int64")
+                frame = _with_index(batch.to_pandas(), index_columns, index_range, counted)
                 scored = score_partition(frame, model_path, names, threads)[list(SCORE_COLUMNS)]
                 table = pa.Table.from_pandas(scored, preserve_index=True)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
@@ -152,17 +159,31 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
     return counted
 
 
-def _stored_index(schema) -> tuple[list[str], str | None]:
-    """The index columns pandas stored in a Parquet file, and the name of a range index."""
+def _stored_index(schema) -> tuple[list[str], dict]:
+    """The index columns pandas stored in a Parquet file, and its range index (start, step,
+    name) when the index was a range: stored as metadata only, it is rebuilt batch by batch."""
     import json
 
     meta = (schema.metadata or {}).get(b"pandas")
-    if meta is None:
-        return [], None
-    pandas_meta = json.loads(meta)
-    stored = [i for i in pandas_meta.get("index_columns", []) if isinstance(i, str)]
-    ranges = [i for i in pandas_meta.get("index_columns", []) if isinstance(i, dict)]
-    return stored, (ranges[0].get("name") if ranges else None)
+    listed = json.loads(meta).get("index_columns", []) if meta is not None else []
+    ranges = [i for i in listed if isinstance(i, dict) and i.get("kind") == "range"]
+    return [i for i in listed if isinstance(i, str)], (ranges[0] if ranges else {})
+
+
+def _with_index(frame: pd.DataFrame, index_columns: list[str], index_range: dict,
+                offset: int) -> pd.DataFrame:
+    """A batch with the file's index: its stored columns, or the range continued at
+    ``offset`` (rows before this batch)."""
+    still_columns = [c for c in index_columns if c in frame.columns]
+    if still_columns:   # pyarrow restores the index itself when the metadata lets it
+        return frame.set_index(still_columns)
+    if index_columns:
+        return frame
+    start, step = int(index_range.get("start", 0)), int(index_range.get("step", 1))
+    first = start + step * offset   # as int64 values: a range is stored per batch otherwise
+    frame.index = pd.Index(np.arange(first, first + step * len(frame), step, dtype=np.int64),
+                           name=index_range.get("name"))
+    return frame
 
 
 def _engine(module: str, extra: str):
@@ -225,14 +246,18 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence[str] | Non
 
 def _content_named_copy(path: Path) -> Path:
     """A copy of ``path`` in the temp folder named by its SHA-256 (reused when present)."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = _sha256(path)[:16]
     target = Path(tempfile.gettempdir()) / "vaeanom-models" / f"{digest}-{path.name}"
-    if not target.is_file():
+    if not target.is_file() or _sha256(target)[:16] != digest:   # never trust what is there
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.part")
         shutil.copyfile(path, partial)
         os.replace(partial, target)
     return target
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 __all__ = ["SCORE_COLUMNS", "cached_model", "score_dask", "score_parquet", "score_partition",

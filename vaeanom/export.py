@@ -145,7 +145,7 @@ class _WorstIfNotFinite(nn.Module):
         return torch.where(torch.isfinite(score), score, torch.full_like(score, -torch.inf))
 
 
-class _ScoreAndExplain(nn.Module):
+class ScoreAndExplain(nn.Module):
     """One model-unit batch -> (score, contributions): the scorer with ``explain=True``."""
 
     def __init__(self, scorer: nn.Module, contributions: nn.Module) -> None:
@@ -267,26 +267,26 @@ def build_graph(detector, part: str = "scorer", *, fp16: bool = False,
     _check_choice("part", part, PARTS)
     pre = detector.preprocessing_
     input_dtype = resolve_input_dtype(pre, input_dtype)
-    spec = detector.onnx_part(part, fp16=fp16)
     last = {"decoder": _UserOutput(pre), "scorer": _WorstIfNotFinite()}.get(part, nn.Identity())
     if explain:
-        spec = _with_contributions(detector, part, spec, fp16)
+        _check_explains(detector, part)
+        spec = detector.onnx_part(part, fp16=fp16, explain=True)
         last = _OnScore(last)
+    else:
+        spec = detector.onnx_part(part, fp16=fp16)
     module = _Graph(_first_stage(pre, spec, input_dtype), spec.module, last).cpu().eval()
     inputs = graph_inputs(pre, spec, input_dtype)
     return Graph(module, inputs, _example_inputs(inputs), spec)
 
 
-def _with_contributions(detector, part: str, spec: PartSpec, fp16: bool) -> PartSpec:
-    """The scorer's spec with a second output, ``contributions``: what ``explain`` gives."""
+def _check_explains(detector, part: str) -> None:
+    """explain=True needs a VAEDetector's scorer; say so otherwise."""
     if part != "scorer":
         raise ValueError(f"explain=True adds explanations to the scorer; part={part!r} has "
                          "none. Export part='scorer'.")
     if not hasattr(detector, "onnx_contributions"):
         raise ValueError(f"{type(detector).__name__} has no explain(); explain=True needs a "
                          "VAEDetector.")
-    module = _ScoreAndExplain(spec.module, detector.onnx_contributions(fp16=fp16))
-    return spec._replace(module=module, outputs=("score", "contributions"))
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -333,8 +333,8 @@ class VAEDetector(BaseDetector):
                       None if complexity is None else complexity.to(device),
                       torch.from_numpy(self.score_reference_).to(device), self._neighbours())
 
-    def onnx_part(self, part: str, *, fp16: bool = False):
-        from ..export import PartSpec
+    def onnx_part(self, part: str, *, fp16: bool = False, explain: bool = False):
+        from ..export import PartSpec, ScoreAndExplain
 
         model = self._model_for_export(fp16)
         kind = self._resolved_score_kind()
@@ -342,18 +342,21 @@ class VAEDetector(BaseDetector):
             scorer = inference_scorer(model, torch.from_numpy(self.noise_), kind,
                                       self._complexity(), torch.from_numpy(self.score_reference_),
                                       self._neighbours().cpu())
+            if explain:   # one copy of the network serves both outputs: its weights once
+                return PartSpec(ScoreAndExplain(scorer, self.onnx_contributions(model)), "data",
+                                ("score", "contributions"), kind)
             return PartSpec(scorer, "data", ("score",), kind)
         if part == "encoder":
             return PartSpec(_Encode(model), "data", ("mean", "log_var"), kind)
         return PartSpec(_Decode(model), "latent", ("reconstruction",), kind,
                         latent_shape=(self.latent_dim,))
 
-    def onnx_contributions(self, *, fp16: bool = False) -> nn.Module:
-        """What ``explain`` computes, over a CPU copy of the network in model units:
-        the exporter adds it to the scorer as the ``contributions`` output."""
+    def onnx_contributions(self, model: VAE) -> nn.Module:
+        """What ``explain`` computes, over ``model`` (the export's CPU copy of the network,
+        in model units): the scorer's ``contributions`` output with ``explain=True``."""
         self._contributions()   # refuses models saved before explain() existed
         contributions = FeatureContributions(
-            self._model_for_export(fp16), torch.from_numpy(self.noise_),
+            model, torch.from_numpy(self.noise_),
             torch.from_numpy(self.explain_reference_),
             leave_one_out=self._table_schema() is not None)
         if self.is_image_:

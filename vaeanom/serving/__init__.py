@@ -29,7 +29,7 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
     if int(chunk_rows) < 1:
         raise ValueError(f"chunk_rows (--chunk-rows) must be >= 1; got {chunk_rows}.")
     settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
-                        intra_op_num_threads, chunk_rows)
+                        intra_op_num_threads, chunk_rows, freeze_gc=True)
     _configure_logging(log_level)
     options = dict(host=host, port=port, log_level=log_level, access_log=False,
                    timeout_graceful_shutdown=graceful_timeout_s, log_config=None)
