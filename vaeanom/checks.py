@@ -96,6 +96,14 @@ def check_missing_values(rows: np.ndarray, feature_names: Sequence[str] | None =
                          "missing: there is nothing to score. Drop them (X.dropna(how='all')).")
 
 
+def column_names(feature_names: Sequence | None, n_features: int) -> list[str]:
+    """The columns a fitted model's per-feature output is labelled with: its feature
+    names as strings, else x0, x1, ... (estimators and ``OnnxModel`` alike)."""
+    if feature_names is not None:
+        return [str(name) for name in feature_names]
+    return [f"x{i}" for i in range(n_features)]
+
+
 def _feature_label(index: int, feature_names: Sequence[str] | None) -> str:
     if feature_names is not None and index < len(feature_names):
         return f"column {feature_names[index]!r}"

@@ -40,8 +40,8 @@ import numpy as np
 import onnxruntime as ort
 
 from . import digest
-from .checks import (check_missing_values, finite_decoded, finite_scores, is_outlier,
-                     outlier_labels)
+from .checks import (check_missing_values, column_names, finite_decoded, finite_scores,
+                     is_outlier, outlier_labels)
 from .codes import check_code_values
 from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, table_inputs
 from .preprocessing import Preprocessing
@@ -212,9 +212,7 @@ class OnnxModel:
     @property
     def feature_columns(self) -> list[str]:
         """Column names: the fitted feature names, else x0, x1, ..."""
-        names = getattr(self, "feature_names_in_", None)
-        return ([str(n) for n in names] if names is not None
-                else [f"x{i}" for i in range(self.n_features_in_)])
+        return column_names(getattr(self, "feature_names_in_", None), self.n_features_in_)
 
     # ---------------------------------------------------------- latent API
     def encode(self, X) -> np.ndarray:

@@ -22,7 +22,7 @@ from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 from torch import Tensor, nn
 
 from .. import training
-from ..checks import finite_scores, outlier_labels
+from ..checks import column_names, finite_scores, outlier_labels
 from ..preprocessing import Preprocessing
 from ..tables import TableSchema
 from . import inputs, persistence
@@ -245,10 +245,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         schema = self._table_schema()
         if schema is None or not schema.has_categories:
             return values
-        names = getattr(self, "feature_names_in_", None)
-        columns = [str(n) for n in names] if names is not None else [
-            f"x{i}" for i in range(self.n_features_in_)]
-        return schema.decode(values, columns)
+        return schema.decode(values, self._feature_columns())
+
+    def _feature_columns(self) -> list[str]:
+        """Labels for per-feature output: the fitted feature names, else x0, x1, ..."""
+        return column_names(getattr(self, "feature_names_in_", None), self.n_features_in_)
 
     def _standardise(self, data: np.ndarray) -> Tensor:
         """(data - center_) / scale_ as float32 (model units), refusing values that overflow."""

@@ -438,11 +438,8 @@ class VAEDetector(BaseDetector):
         return self._explanation_frame(x, self._index_of(X))
 
     def _explanation_frame(self, x: Tensor, index: pd.Index) -> pd.DataFrame:
-        names = getattr(self, "feature_names_in_", None)
-        columns = ([str(n) for n in names] if names is not None
-                   else [f"x{i}" for i in range(self.n_features_in_)])
         return pd.DataFrame(self._map_chunks(self._contributions(), x), index=index,
-                            columns=columns)
+                            columns=self._feature_columns())
 
 
 def _median_observed(values: np.ndarray) -> np.ndarray:
