@@ -129,6 +129,21 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
     return history
 
 
+def train_chunk(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
+                generator: torch.Generator, optimiser_state: dict | None,
+                epoch: int) -> tuple[dict[str, float], dict]:
+    """One pass over ``data`` (one chunk of a stream), continuing Adam from
+    ``optimiser_state`` (None: a fresh one). Returns the epoch's record and the
+    optimiser's new state, which the caller keeps for the next chunk."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay, foreach=True)
+    if optimiser_state is not None:
+        optimiser.load_state_dict(optimiser_state)
+    record = _train_epoch(model, loss_fn, data, config, optimiser, generator, epoch)
+    model.eval()
+    return record, optimiser.state_dict()
+
+
 def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
                  optimiser: torch.optim.Optimizer, generator: torch.Generator,
                  epoch: int) -> dict[str, float]:

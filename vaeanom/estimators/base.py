@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +34,58 @@ from .params import (AnyOf, InvalidParameterError, Number, OneOf, RandomState, R
 #: every row goes through identically shaped kernels: a row's score is then the
 #: same bits whatever the batch it came in (BLAS picks other kernels for tiny M).
 SCORE_CHUNK = 64
+
+
+#: partial_fit keeps at most this many rows, drawn uniformly from every chunk, to compute
+#: what scoring needs (score units, latent bank, threshold) once it has trained
+RESERVOIR_ROWS = 4096
+
+
+class Reservoir:
+    """A uniform sample of at most ``size`` rows of a stream (Vitter's algorithm R)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.seen, self.rows = size, 0, None
+
+    def add(self, x: Tensor, generator: torch.Generator) -> None:
+        """Offer each row of x in turn; row t (0-based, over the stream) replaces a random
+        slot with probability size / (t + 1) once the reservoir is full."""
+        x = x.detach().cpu()
+        if self.rows is None:
+            self.rows = x[:0].clone()
+        room = max(0, self.size - len(self.rows))
+        self.rows = torch.cat([self.rows, x[:room]])
+        rest = x[room:]
+        if len(rest):
+            t = torch.arange(self.seen + room, self.seen + len(x), dtype=torch.float64)
+            slots = (torch.rand(len(rest), generator=generator, dtype=torch.float64)
+                     * (t + 1)).long()
+            for row in torch.nonzero(slots < self.size).flatten().tolist():  # in stream order
+                self.rows[slots[row]] = rest[row]
+        self.seen += len(x)
+
+    def distinct_rows(self) -> Tensor:
+        """The rows kept, each once (in sorted order): a stream read in several passes
+        offers every row several times, and a row next to its own copy would look
+        closer to the training data than it is."""
+        return torch.unique(self.rows, dim=0)
+
+
+@dataclass
+class _Stream:
+    """What partial_fit carries between calls (picklable: states, not objects)."""
+
+    generator_state: Tensor
+    optimiser_state: dict | None
+    reservoir: Reservoir
+    scoring_pending: bool = False   # trained since the scoring state was last computed
+
+
+def _generator_at(state: Tensor) -> torch.Generator:
+    """A CPU generator in the given state (a copy: drawing from it leaves ``state`` as is)."""
+    generator = torch.Generator()
+    generator.set_state(state)
+    return generator
 
 
 def _seed_from(random_state: Any) -> int:
@@ -117,14 +170,90 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         self.history_ = training.fit(self.model_, self._loss, x.to(device),
                                      self._training_config(len(x)), generator,
                                      self._epoch_statistics)
-        self._on_fitted(x, generator)
-        self.offset_ = self._offset_from(self._score_model_units(x))
+        self._set_scoring_state(x, generator)
+        self.__dict__.pop("_stream_", None)   # a later partial_fit starts a new stream
         if not np.isfinite(self.offset_):  # the last steps broke weights the loss never saw
             raise training.TrainingDivergedError(
                 f"training diverged: the fitted model cannot score its training data (threshold "
                 f"{self.offset_}). Try a lower learning_rate (now {self.learning_rate}) or set "
                 "clip_grad_norm (e.g. 1.0).")
         return self
+
+    def partial_fit(self, X, y=None):
+        """Train on one chunk of a stream: one pass over X, continuing earlier calls.
+
+        The scikit-learn convention for data that does not fit in memory (loops
+        over Parquet row groups, dask-ml's ``Incremental``). The first call
+        learns what ``fit`` learns from the data, **from that chunk only**: the
+        standardisation (``center_``, ``scale_``), the columns and their
+        categories, the network's shape. Later chunks are standardised with
+        those statistics, so make the first chunk representative (shuffle the
+        row groups if the file is sorted). Adam's state carries over between
+        calls. What scoring needs (the scoring noise, the score units, the
+        latent bank, the threshold ``offset_``) comes from a reservoir of up to
+        ``RESERVOIR_ROWS`` rows drawn uniformly from every chunk so far; it is
+        computed when first used after a call, so a call costs its training
+        steps only, and looking at the model mid-stream changes nothing later.
+        ``epochs`` and ``validation_fraction`` are not used: call it once per
+        chunk per pass. The same chunks in the same order give the same model,
+        bit for bit; ``fit`` on all the rows stays the reference. A call on a
+        model fitted by ``fit`` (or loaded) goes on training it, with a fresh
+        optimiser and reservoir.
+        """
+        stream = getattr(self, "_stream_", None)
+        if stream is None:
+            validate_params(self, self._rules)
+            if hasattr(self, "model_"):
+                x = self._preprocess(X)
+            else:
+                x = self._preprocess(X, fitting=True)
+                self._resolved_score_kind()
+            stream = self._start_stream(x)
+        else:
+            x = self._preprocess(X)
+        generator = _generator_at(stream.generator_state)
+        device = next(self.model_.parameters()).device
+        record, stream.optimiser_state = training.train_chunk(
+            self.model_, self._loss, x.to(device), self._training_config(len(x)), generator,
+            stream.optimiser_state, len(self.history_))
+        self.history_.append({**record, **self._epoch_statistics()})
+        stream.reservoir.add(x, generator)
+        stream.generator_state = generator.get_state()
+        for name in self._scoring_state:      # stale now: __getattr__ recomputes them on use
+            self.__dict__.pop(name, None)
+        stream.scoring_pending = True
+        self._stream_ = stream
+        return self
+
+    def __getattr__(self, name: str):
+        # Reached only when normal lookup fails: the scoring state a partial_fit made stale.
+        # Computing it on first use keeps a call per chunk cheap, whatever the reservoir holds.
+        stream = self.__dict__.get("_stream_")
+        if stream is not None and stream.scoring_pending and name in type(self)._scoring_state:
+            stream.scoring_pending = False
+            self._set_scoring_state(stream.reservoir.distinct_rows(),
+                                    _generator_at(stream.generator_state))
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _set_scoring_state(self, x: Tensor, generator: torch.Generator) -> None:
+        """What scoring needs from the training rows x (model units): the subclass's state
+        (noise, references, latent bank) and the threshold ``offset_``."""
+        x = x.to(next(self.model_.parameters()).device)
+        self._on_fitted(x, generator)
+        self.offset_ = self._offset_from(self._score_model_units(x))
+
+    def _start_stream(self, x: Tensor) -> _Stream:
+        """A new stream: the network built from the first chunk's shape (unless fitted)."""
+        seed = _seed_from(self.random_state)
+        if not hasattr(self, "model_"):
+            with torch.random.fork_rng(devices=[]):   # layer init uses the global RNG
+                torch.manual_seed(seed)
+                model = self._build_model(tuple(x.shape[1:]), self.is_image_)
+            self.model_ = model.to(training.resolve_device(self.device))
+        self.history_ = list(getattr(self, "history_", []))
+        generator = torch.Generator().manual_seed(seed)
+        return _Stream(generator.get_state(), None, Reservoir(RESERVOIR_ROWS))
 
     def _training_config(self, n_rows: int) -> training.TrainingConfig:
         return training.TrainingConfig(
@@ -143,6 +272,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
         """Set whatever fixed state scoring needs (e.g. Monte-Carlo noise), given the data x."""
+
+    #: the attributes _set_scoring_state sets: what partial_fit makes stale
+    _scoring_state: ClassVar[tuple[str, ...]] = ("offset_",)
 
     def _epoch_statistics(self) -> dict[str, float]:
         """Extra per-epoch numbers for ``history_`` (called after each training epoch)."""

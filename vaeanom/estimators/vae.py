@@ -196,6 +196,8 @@ class VAEDetector(BaseDetector):
     _fitted_arrays: ClassVar = ("center_", "scale_", "noise_", "score_reference_",
                                 "latent_bank_", "explain_reference_")
     _optional_arrays: ClassVar = ("explain_reference_",)   # files from before explain()
+    _scoring_state: ClassVar = ("offset_", "noise_", "score_reference_", "latent_bank_",
+                                "explain_reference_")
     _allows_missing: ClassVar = True
 
     def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),

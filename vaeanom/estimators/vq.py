@@ -131,6 +131,8 @@ class VQVAEDetector(BaseDetector):
     _chunk_rows: ClassVar[int] = 16
     _fitted_values: ClassVar = (*BaseDetector._fitted_values, "code_grid_", "perplexity_",
                                 "used_codes_")
+    _scoring_state: ClassVar = ("offset_", "code_grid_", "code_counts_", "perplexity_",
+                                "used_codes_")
 
     def __init__(self, codebook_size="auto", code_dim=32, conv_channels=(64, 128),
                  hidden_dims=(256, 128), n_codes=4, backbone="auto", commitment_weight=0.25,

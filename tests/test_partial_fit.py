@@ -1,0 +1,110 @@
+"""partial_fit: out-of-core training one chunk at a time, against fit as the reference."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from vaeanom import VAEDetector, VQVAEDetector
+from vaeanom.datasets import breast_cancer_one_class
+from vaeanom.estimators.base import Reservoir
+
+
+def _stream(det: VAEDetector, chunks, passes: int) -> VAEDetector:
+    for _ in range(passes):
+        for chunk in chunks:
+            det.partial_fit(chunk)
+    return det
+
+
+@pytest.fixture(scope="module")
+def cancer_split():
+    return breast_cancer_one_class(n_train=200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def streamed(cancer_split):
+    """The core protocol's 200 training rows in 10 chunks of 20, 100 passes: the 1000
+    gradient steps that fit's default takes on them."""
+    X_train = cancer_split[0]
+    return _stream(VAEDetector(random_state=0), np.array_split(X_train, 10), passes=100)
+
+
+def test_ten_chunks_come_within_a_hundredth_of_fit(streamed, cancer_split):
+    X_train, X_test, y_test = cancer_split
+    fitted = VAEDetector(random_state=0).fit(X_train)
+    auc_fit = roc_auc_score(y_test, -fitted.score_samples(X_test))
+    auc_stream = roc_auc_score(y_test, -streamed.score_samples(X_test))
+    assert abs(auc_stream - auc_fit) <= 0.01, (auc_stream, auc_fit)
+    assert len(streamed.history_) == 1000
+    np.testing.assert_array_equal(streamed.center_, X_train[:20].mean(axis=0))  # first chunk
+
+
+def test_the_same_chunks_in_the_same_order_give_the_same_bits(streamed, cancer_split):
+    X_train, X_test, _ = cancer_split
+    again = _stream(VAEDetector(random_state=0), np.array_split(X_train, 10), passes=100)
+    np.testing.assert_array_equal(again.score_samples(X_test), streamed.score_samples(X_test))
+    assert again.offset_ == streamed.offset_
+
+
+def test_a_stream_survives_pickling_and_fit_starts_afresh(cancer_split):
+    X_train, X_test, _ = cancer_split
+    chunks = np.array_split(X_train, 4)
+    straight = _stream(VAEDetector(random_state=0, hidden_dims=(16,)), chunks, passes=2)
+    det = _stream(VAEDetector(random_state=0, hidden_dims=(16,)), chunks, passes=1)
+    det = _stream(pickle.loads(pickle.dumps(det)), chunks, passes=1)
+    np.testing.assert_array_equal(det.score_samples(X_test), straight.score_samples(X_test))
+    det.fit(X_train)
+    assert not hasattr(det, "_stream_")
+
+
+def test_tables_stream_with_the_first_chunks_categories():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=300), "color": rng.choice(["r", "g"], 300)})
+    frame.loc[::9, "a"] = np.nan
+    det = VAEDetector(random_state=0, hidden_dims=(16,)).partial_fit(frame[:100])
+    det.partial_fit(frame[100:].assign(color=["b"] + list(frame.color[101:])))  # unseen "b"
+    assert np.isfinite(det.score_samples(frame)).all()
+    with pytest.raises(ValueError, match="0 sample"):
+        det.partial_fit(frame[:0])
+
+
+def test_the_reservoir_is_uniform_and_bounded():
+    reservoir = Reservoir(100)
+    generator = torch.Generator().manual_seed(0)
+    for start in range(0, 10_000, 1000):
+        reservoir.add(torch.arange(start, start + 1000).float()[:, None], generator)
+    kept = reservoir.rows.flatten().numpy()
+    assert len(kept) == 100 and len(set(kept)) == 100 and reservoir.seen == 10_000
+    assert 3000 < kept.mean() < 7000    # uniform over the stream, not its head or tail
+
+
+def test_looking_mid_stream_changes_nothing_later(cancer_split):
+    X_train, X_test, _ = cancer_split
+    chunks = np.array_split(X_train, 4)
+    unseen = _stream(VAEDetector(random_state=0, hidden_dims=(16,)), chunks, passes=2)
+    looked = VAEDetector(random_state=0, hidden_dims=(16,))
+    for chunk in chunks * 2:
+        looked.partial_fit(chunk).score_samples(X_test[:5])    # scoring state, mid-stream
+    np.testing.assert_array_equal(looked.score_samples(X_test), unseen.score_samples(X_test))
+    assert looked.offset_ == unseen.offset_
+
+
+def test_a_streamed_model_saves_and_its_file_scores_the_same(cancer_split, tmp_path):
+    X_train, X_test, _ = cancer_split
+    det = _stream(VAEDetector(random_state=0, hidden_dims=(16,)), np.array_split(X_train, 4), 1)
+    det.save(tmp_path / "streamed.safetensors")
+    loaded = VAEDetector.load(tmp_path / "streamed.safetensors")
+    np.testing.assert_array_equal(loaded.score_samples(X_test), det.score_samples(X_test))
+    np.testing.assert_array_equal(loaded.predict(X_test), det.predict(X_test))
+
+
+def test_the_vq_detector_streams_too(cancer_split):
+    X_train, X_test, _ = cancer_split
+    det = _stream(VQVAEDetector(random_state=0, hidden_dims=(16,)),
+                  np.array_split(X_train, 4), passes=2)
+    assert len(det.history_) == 8 and det.code_counts_.sum() == 200 * det.n_codes
+    assert np.isfinite(det.score_samples(X_test)).all()
