@@ -201,3 +201,56 @@ def test_the_partition_scorer_never_imports_torch(scorer, table, tmp_path):
             f"{str(named)!r})\n"
             "assert len(out) and 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ------------------------------------------------- files through an engine
+def test_cli_runs_a_parquet_file_on_a_dask_cluster_keeping_row_numbers(scorer, cancer,
+                                                                        tmp_path):
+    from vaeanom.cli import main
+
+    named, _ = scorer
+    X = cancer[0].set_axis(pd.RangeIndex(5, 5 + 3 * len(cancer[0]), 3))   # stored as metadata
+    X.to_parquet(tmp_path / "rows.parquet", row_group_size=40)
+    out = tmp_path / "scores.parquet"
+    out.write_bytes(b"yesterday's scores")                # replaced, as a file would be
+    assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(named), "-o", str(out),
+                 "--engine", "dask", "--workers", "2"]) == 0
+    got = pd.read_parquet(out)               # dd.read_parquet would restart each part at 0
+    assert got.index.tolist() == X.index.tolist() and list(got.columns) == ["score", "is_outlier"]
+    np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(X))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.parquet", "scores.parquet"]
+
+
+def test_cli_runs_a_parquet_file_on_spark_keeping_key_columns(spark, scorer, table, cancer,
+                                                              tmp_path):
+    from vaeanom.cli import main
+
+    named, _ = scorer
+    table.to_parquet(tmp_path / "rows.parquet", row_group_size=100)   # index "row": a column
+    out = tmp_path / "scores.parquet"
+    assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(named), "-o", str(out),
+                 "--engine", "spark"]) == 0
+    got = pd.read_parquet(out).set_index("row").loc[table.index]
+    assert list(got.columns) == ["key", "seen", "score", "is_outlier"]
+    np.testing.assert_array_equal(got["key"], table["key"])
+    np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(cancer[0]))
+    assert not spark.sparkContext._jsc.sc().isStopped()   # a session it did not start: left on
+
+
+def test_an_engine_job_that_fails_leaves_the_old_output(scorer, cancer, tmp_path, capsys):
+    from vaeanom.cli import main
+
+    named, _ = scorer
+    X = cancer[0].copy()
+    X.iloc[300, 3] = np.nan                               # a complete-data model refuses NaN
+    X.to_parquet(tmp_path / "rows.parquet", row_group_size=100)
+    (tmp_path / "scores.parquet").mkdir()
+    (tmp_path / "scores.parquet" / "part.0.parquet").write_bytes(b"yesterday's scores")
+    assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(named),
+                 "-o", str(tmp_path / "scores.parquet"), "--engine", "dask", "--workers", "1"]) != 0
+    assert "contains NaN" in capsys.readouterr().err
+    assert (tmp_path / "scores.parquet" / "part.0.parquet").read_bytes() == b"yesterday's scores"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.parquet", "scores.parquet"]
+    with pytest.raises(ValueError, match="--engine dask scores a Parquet file"):
+        from vaeanom.cli import run_score
+        run_score(None, tmp_path / "rows.csv", tmp_path / "o.parquet", onnx=named, engine="dask")

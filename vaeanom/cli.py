@@ -34,9 +34,16 @@ def _epochs(text: str) -> int | str:
     """--epochs: a positive int or "auto"."""
     if text == "auto":
         return text
-    value = int(text)
+    return _positive_int(text, "must be 'auto' or a positive int")
+
+
+def _positive_int(text: str, rule: str = "must be a positive int") -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive int; got {text!r}")
+        raise argparse.ArgumentTypeError(f"{rule}; got {text!r}")
     return value
 
 
@@ -157,18 +164,29 @@ def load_detector(path: Path):
 
 
 def run_score(model: Path | None, data: Path, output: Path | None, index_col=None,
-              onnx: Path | None = None, explain: int = 0) -> pd.DataFrame | None:
+              onnx: Path | None = None, explain: int = 0, engine: str | None = None,
+              workers: int = 2) -> pd.DataFrame | None:
     """Score a data file with a saved model, or with an exported ONNX scorer (no torch).
 
     ``explain=k`` adds each row's k most anomalous features (saved VAE models only).
     A Parquet file scored by an ONNX scorer into a Parquet file is streamed in
     batches (:func:`vaeanom.distributed.score_parquet`, bounded memory), and
-    nothing is returned.
+    nothing is returned; ``engine="dask"`` or ``"spark"`` runs that job on a
+    local Dask cluster or Spark with ``workers`` processes, into a folder of parts.
     """
     from .datasets import read_data, write_frame
 
     if (model is None) == (onnx is None):
         raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
+    if engine in ENGINES:
+        if not _streams(data, output, onnx, explain, index_col):
+            raise ValueError(f"--engine {engine} scores a Parquet file with an exported scorer into "
+                             "a Parquet folder: give DATA.parquet --onnx M.onnx -o OUT.parquet "
+                             "(no --explain, no --index-col).")
+        from . import distributed
+        rows = getattr(distributed, f"score_parquet_{engine}")(data, onnx, output, workers)
+        logger.info("%s scored %d rows into %s", engine, rows, output)
+        return None
     if _streams(data, output, onnx, explain, index_col):
         from .distributed import score_parquet
         rows = score_parquet(data, onnx, output)
@@ -188,6 +206,10 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         write_frame(frame, output)
         logger.info("wrote %d scores to %s", len(frame), output)
     return frame
+
+
+#: engines ``vaeanom score --engine`` runs a Parquet job on (besides streaming in-process)
+ENGINES = ("dask", "spark")
 
 
 def _streams(data: Path, output: Path | None, onnx: Path | None, explain: int,
@@ -361,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", "-o", type=Path, default=None,
                        help=".csv or .parquet file (default: CSV on standard output)")
     score.add_argument("--index-col", default=None, help="CSV column holding the row index")
+    score.add_argument("--engine", choices=("stream", *ENGINES), default="stream",
+                       help="Parquet in and out with --onnx: stream in this process (default), "
+                            "or run on a local Dask cluster or Spark; OUT is then a folder of "
+                            "parts")
+    score.add_argument("--workers", type=_positive_int, default=2,
+                       help="worker processes (Dask) or cores (Spark local[N]) for --engine")
     score.add_argument("--explain", type=int, default=0, metavar="K",
                        help="add each row's K most anomalous features and their contributions")
 
@@ -426,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                           progress=_stderr_is_terminal()))
         elif args.command == "score":
             frame = run_score(args.model, args.data, args.output, _index_col(args.index_col),
-                              onnx=args.onnx, explain=args.explain)
+                              onnx=args.onnx, explain=args.explain, engine=args.engine,
+                              workers=args.workers)
             if args.output is None:
                 frame.to_csv(sys.stdout)
         elif args.command == "export":

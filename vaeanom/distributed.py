@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -127,13 +128,8 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
     from .fileio import atomic_write
 
     reader = pq.ParquetFile(source)
-    schema = reader.schema_arrow
-    index_columns, index_range = _stored_index(schema)
-    available = [n for n in schema.names if n not in index_columns]
-    model = cached_model(os.fspath(model_path), threads)
-    if columns is None and getattr(model, "feature_names_in_", None) is None:
-        columns = available   # a model fitted on an array takes the columns by position
-    names = input_columns(model, columns, available)
+    index_columns, index_range = _stored_index(reader.schema_arrow)
+    names = _file_columns(source, model_path, columns)
     counted = 0
 
     def write(tmp: str) -> None:
@@ -244,6 +240,126 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence[str] | Non
     return sdf.mapInPandas(score_batches, schema)
 
 
+# -------------------------------------------------- files through an engine
+#: rows per Dask partition when a Parquet file is read by row groups
+PARTITION_ROWS = 262_144
+
+
+def parquet_partitions(source: str | os.PathLike, columns: Sequence[str],
+                       partition_rows: int = PARTITION_ROWS):
+    """A dask DataFrame of a Parquet file's ``columns``, read by row groups, with the
+    file's index: its stored index columns, or the row number where pandas stored
+    a range index (``dd.read_parquet`` restarts that at 0 in every partition, which
+    would lose the rows' identity). Divisions are known for a range index."""
+    dd = _engine("dask.dataframe", "dask")
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(source).metadata
+    index_columns, index_range = _stored_index(metadata.schema.to_arrow_schema())
+    parts, offsets, rows, group = [], [], 0, 0
+    while group < metadata.num_row_groups:
+        first, size = group, 0
+        while group < metadata.num_row_groups and (size == 0 or size < partition_rows):
+            size += metadata.row_group(group).num_rows
+            group += 1
+        parts.append((os.fspath(source), tuple(range(first, group)), rows))
+        offsets.append(rows)
+        rows += size
+    read = _RowGroupReader(index_columns, index_range, list(columns))
+    divisions = None
+    if not index_columns and parts and int(index_range.get("step", 1)) > 0:
+        start, step = int(index_range.get("start", 0)), int(index_range.get("step", 1))
+        divisions = (*(start + step * o for o in offsets), start + step * (rows - 1))
+    return dd.from_map(read, parts, meta=read.empty(source), divisions=divisions,
+                       label="read-row-groups", enforce_metadata=False)
+
+
+class _RowGroupReader:
+    """Reads one partition, (path, row groups, rows before them), as pandas."""
+
+    def __init__(self, index_columns: list[str], index_range: dict, columns: list[str]):
+        self.index_columns, self.index_range, self.columns = index_columns, index_range, columns
+
+    def __call__(self, part: tuple[str, tuple[int, ...], int]) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        path, groups, offset = part
+        table = pq.ParquetFile(path).read_row_groups(
+            list(groups), columns=[*self.index_columns, *self.columns])
+        return _with_index(table.to_pandas(), self.index_columns, self.index_range, offset)
+
+    def empty(self, source) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        schema = pq.ParquetFile(source).schema_arrow
+        table = schema.empty_table().select([*self.index_columns, *self.columns])
+        return _with_index(table.to_pandas(), self.index_columns, self.index_range, 0)
+
+
+def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
+                       output: str | os.PathLike, workers: int = 2,
+                       columns: Sequence[str] | None = None) -> int:
+    """Score a Parquet file on a local Dask cluster of ``workers`` processes (one
+    thread each) into a folder of Parquet parts: the file's index, ``score`` and
+    ``is_outlier``, as :func:`score_parquet` writes. Returns the rows scored."""
+    _engine("distributed", "dask")
+    from distributed import Client, LocalCluster
+
+    from .fileio import atomic_write_dir
+
+    names = _file_columns(source, model_path, columns)
+    scored = score_dask(parquet_partitions(source, names), model_path, names)
+    scored = scored[list(SCORE_COLUMNS)]
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        atomic_write_dir(output, lambda tmp: scored.to_parquet(tmp, write_index=True))
+    return _rows_in(output)
+
+
+def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike,
+                        output: str | os.PathLike, workers: int = 2,
+                        columns: Sequence[str] | None = None) -> int:
+    """Score a Parquet file with Spark in ``local[workers]`` mode (or the session
+    already running) into a folder of Parquet parts: every column that is not a
+    model input (Spark has no index: keys carry the rows' identity), ``score``
+    and ``is_outlier``. Returns the rows scored."""
+    sql = _engine("pyspark.sql", "spark")
+    from .fileio import atomic_write_dir
+
+    names = _file_columns(source, model_path, columns)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)   # workers run this Python
+    running = sql.SparkSession.getActiveSession()
+    spark = running or (sql.SparkSession.builder.master(f"local[{workers}]")
+                        .appName("vaeanom score").config("spark.ui.enabled", "false")
+                        .getOrCreate())
+    try:
+        scored = score_spark(spark.read.parquet(os.fspath(source)), model_path, names)
+        atomic_write_dir(output, lambda tmp: scored.drop(*names).write.parquet(tmp))
+    finally:
+        if running is None:
+            spark.stop()
+    return _rows_in(output)
+
+
+def _file_columns(source, model_path, columns: Sequence[str] | None) -> list[str]:
+    """The model's input columns in a Parquet file (by position for an array-fitted model)."""
+    import pyarrow.parquet as pq
+
+    schema = pq.ParquetFile(source).schema_arrow
+    index_columns, _ = _stored_index(schema)
+    available = [n for n in schema.names if n not in index_columns]
+    model = cached_model(os.fspath(model_path), 1)
+    if columns is None and getattr(model, "feature_names_in_", None) is None:
+        columns = available   # a model fitted on an array takes the columns by position
+    return input_columns(model, columns, available)
+
+
+def _rows_in(folder: str | os.PathLike) -> int:
+    import pyarrow.dataset as ds
+
+    return ds.dataset(os.fspath(folder), format="parquet").count_rows()
+
+
 def _content_named_copy(path: Path) -> Path:
     """A copy of ``path`` in the temp folder named by its SHA-256 (reused when present)."""
     digest = _sha256(path)[:16]
@@ -260,5 +376,5 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-__all__ = ["SCORE_COLUMNS", "cached_model", "score_dask", "score_parquet", "score_partition",
-           "score_spark"]
+__all__ = ["SCORE_COLUMNS", "cached_model", "parquet_partitions", "score_dask", "score_parquet",
+           "score_parquet_dask", "score_parquet_spark", "score_partition", "score_spark"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,3 +38,35 @@ def _create_temporary(path: Path) -> str:
             return str(tmp)
         except FileExistsError:
             continue
+
+
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)``, which creates a folder there, then put it at ``path``.
+
+    For engines that write a folder of part files (Dask, Spark). ``tmp_path``
+    does not exist yet and sits beside ``path``. Whatever was at ``path`` is
+    moved aside first and deleted only once the new folder is in place: on any
+    error the new folder is removed and ``path`` is as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    tmp, old = (path.parent / f".{path.name}.{token}.{kind}" for kind in ("tmp", "old"))
+    try:
+        write(str(tmp))
+        if os.path.lexists(path):
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        if os.path.lexists(old) and not os.path.lexists(path):
+            os.rename(old, path)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
