@@ -254,3 +254,33 @@ def test_an_engine_job_that_fails_leaves_the_old_output(scorer, cancer, tmp_path
     with pytest.raises(ValueError, match="--engine dask scores a Parquet file"):
         from vaeanom.cli import run_score
         run_score(None, tmp_path / "rows.csv", tmp_path / "o.parquet", onnx=named, engine="dask")
+
+
+# ------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")   # in the dev extra: present in CI
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, table, cancer):
+    from vaeanom.distributed import _RayScorer, score_ray
+
+    named, _ = scorer
+    rows = table.reset_index()
+    ds = ray_local.data.from_pandas([rows[:200], rows[200:400], rows[400:]])   # 3 blocks
+    out = score_ray(ds, named, workers=2).to_pandas().set_index("row").loc[table.index]
+    assert list(out.columns) == [*table.columns, "score", "is_outlier"]
+    np.testing.assert_array_equal(out["key"], table["key"])
+    np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
+
+    class Probe(_RayScorer):   # nested: shipped by value, not by importing this module
+        def __call__(self, batch):
+            return super().__call__(batch).assign(torch="torch" in sys.modules)
+
+    seen = ds.map_batches(Probe, batch_format="pandas",
+                          compute=ray_local.data.ActorPoolStrategy(size=2),
+                          fn_constructor_args=(str(named), None, 1)).to_pandas()
+    assert len(seen) == len(table) and not seen["torch"].any()

@@ -10,13 +10,14 @@ The adapters hand that function to the engine's own partition-wise map:
 - :func:`score_dask`: ``map_partitions`` with ``meta``: index and divisions kept;
 - :func:`score_spark`: ``mapInPandas`` over Arrow batches, with an explicit
   schema; the model file travels to the executors with ``SparkContext.addFile``;
+- :func:`score_ray`: ``map_batches`` with a callable class: actors hold the session;
 - :func:`score_parquet`: no engine: a Parquet file streamed batch by batch.
 
 Scores are those of :meth:`vaeanom.OnnxModel.score_samples`, bit for bit:
 ``OnnxModel`` runs rows in fixed, zero-padded chunks, so a row's score does not
 depend on the partition it lands in. Like the rest of the runtime this module
 never imports torch; engines are imported only when their adapter is called
-(extras ``vaeanom[dask]``, ``vaeanom[spark]``).
+(extras ``vaeanom[dask]``, ``vaeanom[spark]``, ``vaeanom[ray]``).
 """
 
 from __future__ import annotations
@@ -136,8 +137,7 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
         nonlocal counted
         writer = None
         try:
-            for batch in reader.iter_batches(batch_size=batch_rows,
-                                             columns=[*index_columns, *names]):
+            for batch in _batches(reader, [*index_columns, *names], batch_rows):
                 frame = _with_index(batch.to_pandas(), index_columns, index_range, counted)
                 scored = score_partition(frame, model_path, names, threads)[list(SCORE_COLUMNS)]
                 table = pa.Table.from_pandas(scored, preserve_index=True)
@@ -153,6 +153,15 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
 
     atomic_write(output, write)
     return counted
+
+
+def _batches(reader, columns: list[str], batch_rows: int) -> Iterator:
+    """The file's record batches, one row group at a time: one ``iter_batches`` over the
+    whole file keeps what it has decoded (pyarrow 26 on Linux: 1.1 GB after 3.3M rows of
+    30 columns), while a reader per row group frees it (135 MB)."""
+    for group in range(reader.num_row_groups):
+        yield from reader.iter_batches(batch_size=batch_rows, row_groups=[group],
+                                       columns=columns)
 
 
 def _stored_index(schema) -> tuple[list[str], dict]:
@@ -238,6 +247,35 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence[str] | Non
             yield score_partition(batch, local, columns, threads)
 
     return sdf.mapInPandas(score_batches, schema)
+
+
+# ------------------------------------------------------------------- Ray
+class _RayScorer:
+    """A Ray Data actor: opens the session once, in its own process, and scores batches."""
+
+    def __init__(self, model_path: str, columns: list[str] | None, threads: int | None):
+        self.model_path, self.columns, self.threads = model_path, columns, threads
+        cached_model(model_path, threads)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return score_partition(batch, self.model_path, self.columns, self.threads)
+
+
+def score_ray(ds, model_path: str | os.PathLike, columns: Sequence[str] | None = None,
+              threads: int | None = 1, workers: int = 2):
+    """A Ray Dataset: ``ds`` with ``score`` and ``is_outlier`` appended, lazily.
+
+    ``map_batches`` over pandas batches with ``workers`` actors, each holding
+    its onnxruntime session (a callable class: the session is opened once per
+    actor, never pickled). Ray Data has no index: key columns carry the rows'
+    identity. ``model_path`` must be readable by every actor.
+    """
+    data = _engine("ray.data", "ray")
+    path = _check_model(model_path, columns, ds.columns())
+    return ds.map_batches(_RayScorer, batch_format="pandas",
+                          compute=data.ActorPoolStrategy(size=workers),
+                          fn_constructor_args=(str(path), None if columns is None
+                                               else list(columns), threads))
 
 
 # -------------------------------------------------- files through an engine
@@ -377,4 +415,5 @@ def _sha256(path: Path) -> str:
 
 
 __all__ = ["SCORE_COLUMNS", "cached_model", "parquet_partitions", "score_dask", "score_parquet",
-           "score_parquet_dask", "score_parquet_spark", "score_partition", "score_spark"]
+           "score_parquet_dask", "score_parquet_spark", "score_partition", "score_ray",
+           "score_spark"]
