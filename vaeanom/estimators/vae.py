@@ -397,6 +397,52 @@ class VAEDetector(BaseDetector):
         z = torch.randn((n_samples, self.latent_dim), generator=generator)
         return self._as_table(self._to_user_units(self._map_chunks(self.model_.decode, z)))
 
+    def interpolate(self, x_a, x_b, n_steps: int = 8, method: str = "linear") -> np.ndarray:
+        """Decode ``n_steps`` points on a path between two inputs' posterior means.
+
+        ``x_a`` and ``x_b`` are one row or one image each (a batch of one, or a
+        1-D row). The first output is ``reconstruct(x_a)`` and the last
+        ``reconstruct(x_b)``, exactly. ``method="spherical"`` (slerp) follows the
+        great circle instead of the chord: in many dimensions a Gaussian's mass
+        lies near a shell, and the chord's midpoints fall inside it.
+        """
+        check_count(n_steps, "n_steps")
+        if method not in ("linear", "spherical"):
+            raise ValueError(f"method must be 'linear' or 'spherical'; got {method!r}.")
+        z_a, z_b = (self._one_code(x, name) for x, name in ((x_a, "x_a"), (x_b, "x_b")))
+        t = np.linspace(0.0, 1.0, max(int(n_steps), 2))[:, None]
+        if method == "linear":
+            path = (1.0 - t) * z_a + t * z_b
+        else:
+            path = _slerp(z_a, z_b, t)
+        return self.decode(path.astype(np.float32))
+
+    def sample_posterior(self, x, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Decode ``n_samples`` draws of z ~ q(z|x) for one input ``x``: how much the
+        model's reading of x varies (a wide spread: a row it is unsure about)."""
+        n_samples = check_count(n_samples)
+        mean, log_var = self._posterior(x)
+        if len(mean) != 1:
+            raise ValueError(f"x must be one row or one image; got {len(mean)}.")
+        generator = torch.Generator().manual_seed(_seed_from(random_state))
+        eps = torch.randn((n_samples, self.latent_dim), generator=generator).numpy()
+        z = mean + np.exp(0.5 * log_var) * eps
+        return self.decode(z.astype(np.float32))
+
+    def _posterior(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and log-variance of q(z|x), each (n, latent_dim)."""
+        rows = self._preprocess(_as_batch(x))
+        mean = self._map_chunks(lambda r: self.model_.encode(r)[0], rows)
+        log_var = self._map_chunks(lambda r: self.model_.encode(r)[1], rows)
+        return mean, log_var
+
+    def _one_code(self, x, name: str) -> np.ndarray:
+        """The posterior mean of one input, as float64 (1, latent_dim)."""
+        z = self.encode(_as_batch(x))
+        if len(z) != 1:
+            raise ValueError(f"{name} must be one row or one image; got {len(z)}.")
+        return z.astype(np.float64)
+
     def score_frame(self, X, explain: int = 0) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier.
 
@@ -442,6 +488,25 @@ class VAEDetector(BaseDetector):
     def _explanation_frame(self, x: Tensor, index: pd.Index) -> pd.DataFrame:
         return pd.DataFrame(self._map_chunks(self._contributions(), x), index=index,
                             columns=self._feature_columns())
+
+
+def _as_batch(x):
+    """One row given as a 1-D array or a Series, as a batch of one; anything else as is."""
+    if isinstance(x, pd.Series):
+        return x.to_frame().T
+    if isinstance(x, (pd.DataFrame, torch.Tensor)) or np.ndim(x) != 1:
+        return x
+    return np.asarray(x)[None, :]
+
+
+def _slerp(z_a: np.ndarray, z_b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation (Shoemake 1985) of two (1, d) codes at fractions t (k, 1);
+    the chord where they are (anti)parallel. t=0 and t=1 give z_a and z_b exactly."""
+    cosine = float((z_a @ z_b.T).item() / (np.linalg.norm(z_a) * np.linalg.norm(z_b) + 1e-300))
+    omega = np.arccos(np.clip(cosine, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return (1.0 - t) * z_a + t * z_b
+    return (np.sin((1.0 - t) * omega) * z_a + np.sin(t * omega) * z_b) / np.sin(omega)
 
 
 def _median_observed(values: np.ndarray) -> np.ndarray:
