@@ -116,10 +116,19 @@ def test_errors_are_one_readable_line(table, capsys, monkeypatch, argv, message)
 
 
 def test_demo_in_process(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--epochs", "5"]) == 0
+    from PIL import Image
+
+    figures = tmp_path / "figures"
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "5", "--figures",
+                 str(figures)]) == 0
     out = capsys.readouterr().out
     assert "VAEDetector" in out and "IsolationForest" in out and "mean" in out
     assert (tmp_path / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
+    sizes = {path.name: Image.open(path).size for path in figures.iterdir()}
+    assert sorted(sizes) == sorted(["reconstructions.png", "prior_samples.png",
+                                    "interpolation.png", "latent_map.png",
+                                    "training_curves.png", "roc.png", "score_histograms.png"])
+    assert sizes["interpolation.png"] == (8 * 34 + 2, 4 * 34 + 2)   # 4 strips of 8 digits
     table = pd.read_csv(tmp_path / "roc_auc.csv", index_col=0)
     assert table.loc["mean", "VAEDetector"] > 0.9  # five epochs already beat chance by far
     VAEDetector.load(tmp_path / "vae-digit0.safetensors")

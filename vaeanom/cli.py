@@ -47,11 +47,13 @@ def _positive_int(text: str, rule: str = "must be a positive int") -> int:
     return value
 
 
-def run_demo(out_dir: Path, epochs: int | str = "auto", seed: int = 0) -> pd.DataFrame:
+def run_demo(out_dir: Path, epochs: int | str = "auto", seed: int = 0,
+             figures: Path | None = None) -> pd.DataFrame:
     """One-class load_digits: VAEDetector next to IsolationForest, same run.
 
     Writes the per-digit table, the digit-0 model and a reconstructions figure
-    to ``out_dir``; returns the table.
+    to ``out_dir``, and with ``figures`` the digit-0 model's figures there
+    (:func:`save_demo_figures`); returns the table.
     """
     from sklearn.ensemble import IsolationForest
     from sklearn.metrics import roc_auc_score
@@ -78,22 +80,56 @@ def run_demo(out_dir: Path, epochs: int | str = "auto", seed: int = 0) -> pd.Dat
     vae, split = models[0]
     vae.save(out_dir / "vae-digit0.safetensors")
     _save_reconstructions(vae, split, out_dir / "reconstructions.png")
+    if figures is not None:
+        save_demo_figures(vae, split, figures)
     table.to_csv(out_dir / "roc_auc.csv")
     return table
 
 
 def _save_reconstructions(detector, split, path: Path) -> None:
     """Grid of 8x8 digits: top row inputs (normal, then anomalies), bottom row reconstructions."""
-    import torch
-    from torchvision.utils import save_image
+    from .plotting import save_image_grid
 
-    picks = np.concatenate([np.flatnonzero(split.y_test == 0)[:8],
-                            np.flatnonzero(split.y_test == 1)[:8]])
-    originals = split.X_test[picks]
-    images = np.concatenate([originals, detector.reconstruct(originals)]).reshape(-1, 1, 8, 8)
-    grid = torch.from_numpy(np.clip(images, 0, 1)).float()
-    grid = torch.nn.functional.interpolate(grid, scale_factor=4, mode="nearest")
-    atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=16, padding=2, format="png"))
+    originals = split.X_test[_picks(split)]
+    save_image_grid(np.concatenate([originals, detector.reconstruct(originals)])
+                    .reshape(-1, 8, 8), path, nrow=16)
+
+
+def _picks(split, n: int = 8) -> np.ndarray:
+    """The first n normal test rows, then the first n anomalies."""
+    return np.concatenate([np.flatnonzero(split.y_test == 0)[:n],
+                           np.flatnonzero(split.y_test == 1)[:n]])
+
+
+def save_demo_figures(detector, split, out_dir: Path) -> list[Path]:
+    """The digit-0 model's figures: reconstructions, prior samples, interpolations from
+    normal digits to anomalies, the latent map of the test rows, training curves, ROC
+    and score histograms. Returns the files written."""
+    from . import plotting
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    picks = _picks(split)
+    normal, other = split.X_test[picks[:4]], split.X_test[picks[8:12]]
+    strips = [detector.interpolate(a[None], b[None], n_steps=8, method="spherical")
+              for a, b in zip(normal, other)]
+    score = detector.score_samples(split.X_test)
+    labels = np.where(split.y_test == 1, "other digits (anomalies)", "digit 0 (normal)")
+    figures = {
+        "reconstructions.png": lambda p: _save_reconstructions(detector, split, p),
+        "prior_samples.png": lambda p: plotting.save_image_grid(
+            detector.sample(32, random_state=0).reshape(-1, 8, 8), p, nrow=16),
+        "interpolation.png": lambda p: plotting.save_image_grid(
+            np.concatenate(strips).reshape(-1, 8, 8), p, nrow=8),
+        "latent_map.png": lambda p: plotting.save_latent_map(
+            detector.encode(split.X_test), labels, p, "posterior means of the test digits"),
+        "training_curves.png": lambda p: plotting.save_training_curves(detector.history_, p),
+        "roc.png": lambda p: plotting.save_roc_curve(split.y_test, -score, p),
+        "score_histograms.png": lambda p: plotting.save_score_histograms(
+            score, split.y_test, detector.offset_, p),
+    }
+    for name, save in figures.items():
+        save(out_dir / name)
+    return [out_dir / name for name in figures]
 
 
 # -------------------------------------------------------------- fit/score
@@ -364,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="one-class load_digits: VAEDetector vs IsolationForest")
     demo.add_argument("--out", type=Path, default=Path("vaeanom-demo"),
                       help="folder for the model, figure and table (default: %(default)s)")
+    demo.add_argument("--figures", type=Path, default=None, metavar="DIR",
+                      help="also write the digit-0 model's figures (samples, interpolations, "
+                           "latent map, training curves, ROC, histograms) to DIR")
     demo.add_argument("--epochs", type=_epochs, default="auto",
                       help="training epochs, or 'auto' (the default's step count)")
 
@@ -445,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "demo":
-            table = run_demo(args.out, epochs=args.epochs)
+            table = run_demo(args.out, epochs=args.epochs, figures=args.figures)
             print(table.to_string(float_format=lambda v: f"{v:.4f}"))
             print(f"\nmodel, figure and table written to {args.out}/")
         elif args.command == "fit":

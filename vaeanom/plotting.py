@@ -70,3 +70,57 @@ def save_explanation(contributions, path, top: int = 10) -> None:
     ax.set_xlabel("contribution to the anomaly (nats above the training median)")
     ax.set_title(f"row {row.name!r}" if row.name is not None else "row")
     _save(figure, path)
+
+
+def save_image_grid(images: np.ndarray, path, nrow: int = 8, scale: int = 4) -> None:
+    """Images (n, H, W) or (n, C, H, W) with values in [0, 1] as one grid PNG,
+    ``nrow`` to a row, each pixel drawn ``scale`` x ``scale`` (torchvision's make_grid)."""
+    import torch
+    from torchvision.utils import save_image
+
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[:, None]
+    grid = torch.from_numpy(np.clip(images, 0.0, 1.0))
+    grid = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="nearest")
+    atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=nrow, padding=2, pad_value=1.0,
+                                              format="png"))
+
+
+def save_latent_map(codes: np.ndarray, labels, path, title: str = "latent space") -> None:
+    """Posterior means as a 2-D scatter coloured by label: the codes themselves when
+    latent_dim is 2, else their first two principal components (PCA)."""
+    codes = np.asarray(codes, dtype=np.float64)
+    axes_names = ("z1", "z2")
+    if codes.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2).fit(codes)
+        codes = pca.transform(codes)
+        share = pca.explained_variance_ratio_
+        axes_names = (f"PC1 of z ({share[0]:.0%})", f"PC2 of z ({share[1]:.0%})")
+    labels = np.asarray(labels)
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(5.5, 4.5))
+    for value in np.unique(labels):
+        mine = labels == value
+        ax.scatter(codes[mine, 0], codes[mine, 1], s=8, alpha=0.6, label=str(value))
+    ax.set_xlabel(axes_names[0])
+    ax.set_ylabel(axes_names[1])
+    ax.set_title(title)
+    ax.legend(markerscale=2, fontsize="small")
+    _save(figure, path)
+
+
+def save_training_curves(history: list[dict], path) -> None:
+    """Per-epoch training terms from ``history_`` (loss, reconstruction, kl, val_loss)."""
+    plt = _pyplot()
+    names = [n for n in ("loss", "reconstruction", "kl", "val_loss") if n in history[0]]
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    epochs = [record["epoch"] for record in history]
+    for ax, name in zip(axes[0], names):
+        ax.plot(epochs, [record[name] for record in history])
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+    figure.tight_layout()
+    _save(figure, path)
