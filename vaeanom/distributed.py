@@ -130,7 +130,7 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
 
     reader = pq.ParquetFile(source)
     index_columns, index_range = _stored_index(reader.schema_arrow)
-    names = _file_columns(source, model_path, columns)
+    names = _file_columns(reader.schema_arrow, model_path, columns)
     counted = 0
 
     def write(tmp: str) -> None:
@@ -293,7 +293,8 @@ def parquet_partitions(source: str | os.PathLike, columns: Sequence[str],
     import pyarrow.parquet as pq
 
     metadata = pq.ParquetFile(source).metadata
-    index_columns, index_range = _stored_index(metadata.schema.to_arrow_schema())
+    schema = metadata.schema.to_arrow_schema()
+    index_columns, index_range = _stored_index(schema)
     parts, offsets, rows, group = [], [], 0, 0
     while group < metadata.num_row_groups:
         first, size = group, 0
@@ -308,7 +309,7 @@ def parquet_partitions(source: str | os.PathLike, columns: Sequence[str],
     if not index_columns and parts and int(index_range.get("step", 1)) > 0:
         start, step = int(index_range.get("start", 0)), int(index_range.get("step", 1))
         divisions = (*(start + step * o for o in offsets), start + step * (rows - 1))
-    return dd.from_map(read, parts, meta=read.empty(source), divisions=divisions,
+    return dd.from_map(read, parts, meta=read.empty(schema), divisions=divisions,
                        label="read-row-groups", enforce_metadata=False)
 
 
@@ -326,10 +327,8 @@ class _RowGroupReader:
             list(groups), columns=[*self.index_columns, *self.columns])
         return _with_index(table.to_pandas(), self.index_columns, self.index_range, offset)
 
-    def empty(self, source) -> pd.DataFrame:
-        import pyarrow.parquet as pq
-
-        schema = pq.ParquetFile(source).schema_arrow
+    def empty(self, schema) -> pd.DataFrame:
+        """The partitions' ``meta``: no rows, the columns and index of a read one."""
         table = schema.empty_table().select([*self.index_columns, *self.columns])
         return _with_index(table.to_pandas(), self.index_columns, self.index_range, 0)
 
@@ -345,7 +344,7 @@ def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
 
     from .fileio import atomic_write_dir
 
-    names = _file_columns(source, model_path, columns)
+    names = _file_columns(_schema_of(source), model_path, columns)
     scored = score_dask(parquet_partitions(source, names), model_path, names)
     scored = scored[list(SCORE_COLUMNS)]
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -364,7 +363,7 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
     sql = _engine("pyspark.sql", "spark")
     from .fileio import atomic_write_dir
 
-    names = _file_columns(source, model_path, columns)
+    names = _file_columns(_schema_of(source), model_path, columns)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)   # workers run this Python
     running = sql.SparkSession.getActiveSession()
     spark = running or (sql.SparkSession.builder.master(f"local[{workers}]")
@@ -379,17 +378,22 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
     return _rows_in(output)
 
 
-def _file_columns(source, model_path, columns: Sequence[str] | None) -> list[str]:
-    """The model's input columns in a Parquet file (by position for an array-fitted model)."""
-    import pyarrow.parquet as pq
-
-    schema = pq.ParquetFile(source).schema_arrow
+def _file_columns(schema, model_path, columns: Sequence[str] | None) -> list[str]:
+    """The model's input columns in a Parquet file's Arrow ``schema`` (by position for
+    an array-fitted model)."""
     index_columns, _ = _stored_index(schema)
     available = [n for n in schema.names if n not in index_columns]
     model = cached_model(os.fspath(model_path), 1)
     if columns is None and getattr(model, "feature_names_in_", None) is None:
         columns = available   # a model fitted on an array takes the columns by position
     return input_columns(model, columns, available)
+
+
+def _schema_of(source):
+    """A Parquet file's Arrow schema (its footer only)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(source).schema_arrow
 
 
 def _rows_in(folder: str | os.PathLike) -> int:

@@ -421,27 +421,24 @@ class VAEDetector(BaseDetector):
         """Decode ``n_samples`` draws of z ~ q(z|x) for one input ``x``: how much the
         model's reading of x varies (a wide spread: a row it is unsure about)."""
         n_samples = check_count(n_samples)
-        mean, log_var = self._posterior(x)
-        if len(mean) != 1:
-            raise ValueError(f"x must be one row or one image; got {len(mean)}.")
+        mean, log_var = self._posterior(x, "x")
         generator = torch.Generator().manual_seed(_seed_from(random_state))
         eps = torch.randn((n_samples, self.latent_dim), generator=generator).numpy()
         z = mean + np.exp(0.5 * log_var) * eps
         return self.decode(z.astype(np.float32))
 
-    def _posterior(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and log-variance of q(z|x), each (n, latent_dim)."""
-        rows = self._preprocess(_as_batch(x))
-        mean = self._map_chunks(lambda r: self.model_.encode(r)[0], rows)
-        log_var = self._map_chunks(lambda r: self.model_.encode(r)[1], rows)
-        return mean, log_var
+    def _posterior(self, x, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and log-variance of q(z|x) for one input ``x``, each (1, latent_dim),
+        from one pass of the encoder (the mean's bits are those ``encode`` gives)."""
+        both = self._map_chunks(lambda r: torch.cat(self.model_.encode(r), dim=1),
+                                self._preprocess(_as_batch(x)))
+        if len(both) != 1:
+            raise ValueError(f"{name} must be one row or one image; got {len(both)}.")
+        return both[:, :self.latent_dim], both[:, self.latent_dim:]
 
     def _one_code(self, x, name: str) -> np.ndarray:
         """The posterior mean of one input, as float64 (1, latent_dim)."""
-        z = self.encode(_as_batch(x))
-        if len(z) != 1:
-            raise ValueError(f"{name} must be one row or one image; got {len(z)}.")
-        return z.astype(np.float64)
+        return self._posterior(x, name)[0]
 
     def score_frame(self, X, explain: int = 0) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier.
