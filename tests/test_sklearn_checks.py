@@ -13,7 +13,8 @@ VQ_FAST = dict(epochs=3, hidden_dims=(16,), codebook_size=8, code_dim=2, n_codes
                random_state=0)
 
 
-@parametrize_with_checks([VAEDetector(**FAST), VQVAEDetector(**VQ_FAST)])
+@parametrize_with_checks([VAEDetector(**FAST), VAEDetector(**{**FAST, "latent_dim": (32, 8)}),
+                          VQVAEDetector(**VQ_FAST)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 

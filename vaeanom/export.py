@@ -51,6 +51,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -73,6 +74,9 @@ class PartSpec(NamedTuple):
     ``latent_dtype``) to ``outputs`` (a tensor or a tuple, named in order).
     ``score_kind`` is what the detector's ``score_samples`` computes;
     ``codebook_size`` is K when latents are integer codes in [0, K).
+    ``extra_inputs`` are graph inputs (name, dtype, per-row shape) that
+    ``module`` takes after the model-unit batch, as they come (a conditional
+    scorer's label codes).
     """
 
     module: nn.Module
@@ -82,6 +86,7 @@ class PartSpec(NamedTuple):
     latent_shape: tuple[int, ...] = ()
     latent_dtype: torch.dtype = torch.float32
     codebook_size: int | None = None
+    extra_inputs: tuple[dict[str, Any], ...] = ()
 
 
 class _HalfPrecision(nn.Module):
@@ -204,14 +209,16 @@ class _TableInput(nn.Module):
 
 
 class _Graph(nn.Module):
-    """pre -> part -> post, with tuple outputs kept as tuples."""
+    """pre -> part -> post, with tuple outputs kept as tuples; the last ``n_extra`` inputs
+    skip ``pre`` and go to ``part`` as they are."""
 
-    def __init__(self, pre: nn.Module, part: nn.Module, post: nn.Module) -> None:
+    def __init__(self, pre: nn.Module, part: nn.Module, post: nn.Module, n_extra: int = 0) -> None:
         super().__init__()
-        self.pre, self.part, self.post = pre, part, post
+        self.pre, self.part, self.post, self.n_extra = pre, part, post, n_extra
 
     def forward(self, *inputs: Tensor):
-        return self.post(self.part(self.pre(*inputs)))
+        split = len(inputs) - self.n_extra
+        return self.post(self.part(self.pre(*inputs[:split]), *inputs[split:]))
 
 
 _TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8, "int64": torch.int64,
@@ -223,9 +230,10 @@ def graph_inputs(pre: Preprocessing, spec: PartSpec, input_dtype: str) -> list[d
     if spec.input == "latent":
         dtype = str(spec.latent_dtype).removeprefix("torch.")
         return [{"name": "latent", "dtype": dtype, "shape": list(spec.latent_shape)}]
+    extra = [dict(i) for i in spec.extra_inputs]
     if pre.schema is not None:
-        return table_inputs(pre.schema.cardinalities)
-    return [{"name": "input", "dtype": input_dtype, "shape": list(pre.input_shape)}]
+        return table_inputs(pre.schema.cardinalities) + extra
+    return [{"name": "input", "dtype": input_dtype, "shape": list(pre.input_shape)}] + extra
 
 
 def _example_inputs(inputs: list[dict[str, Any]]) -> tuple[Tensor, ...]:
@@ -262,19 +270,22 @@ class Graph(NamedTuple):
 
 
 def build_graph(detector, part: str = "scorer", *, fp16: bool = False,
-                input_dtype: str = "auto", explain: bool = False) -> Graph:
+                input_dtype: str = "auto", explain: bool = False,
+                with_label: bool = False) -> Graph:
     """The torch module that is exported for ``part``, with its inputs and spec."""
     _check_choice("part", part, PARTS)
     pre = detector.preprocessing_
     input_dtype = resolve_input_dtype(pre, input_dtype)
     last = {"decoder": _UserOutput(pre), "scorer": _WorstIfNotFinite()}.get(part, nn.Identity())
+    options = {"with_label": True} if with_label else {}   # conditional VAEs only take it
     if explain:
         _check_explains(detector, part)
-        spec = detector.onnx_part(part, fp16=fp16, explain=True)
+        spec = detector.onnx_part(part, fp16=fp16, explain=True, **options)
         last = _OnScore(last)
     else:
-        spec = detector.onnx_part(part, fp16=fp16)
-    module = _Graph(_first_stage(pre, spec, input_dtype), spec.module, last).cpu().eval()
+        spec = detector.onnx_part(part, fp16=fp16, **options)
+    module = _Graph(_first_stage(pre, spec, input_dtype), spec.module, last,
+                    len(spec.extra_inputs)).cpu().eval()
     inputs = graph_inputs(pre, spec, input_dtype)
     return Graph(module, inputs, _example_inputs(inputs), spec)
 
@@ -295,7 +306,8 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16: bool = False,
-                input_dtype: str = "auto", explain: bool = False) -> Path:
+                input_dtype: str = "auto", explain: bool = False,
+                with_label: bool = False) -> Path:
     """Write ``part`` of a fitted detector to one self-contained, sealed ONNX file at ``path``.
 
     ``explain=True`` (a VAEDetector's scorer) adds the output ``contributions``,
@@ -309,6 +321,12 @@ def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16
     model was fitted on, so a bare onnxruntime session fed the user's own array
     gives ``score_samples``. The write is atomic, and the file passes
     ``onnx.checker`` (full check).
+
+    A conditional VAE's scorer marginalises the label (``score_samples(X)``);
+    ``with_label=True`` makes it take a second input ``label``, int64 codes
+    (each row's label's index in ``classes_``, which the metadata lists), and
+    return ``score_samples(X, y)``; a code outside the classes scores -inf.
+    Such a graph runs in a bare onnxruntime session (``OnnxModel`` takes one input).
     """
     import onnx
 
@@ -316,7 +334,8 @@ def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16
 
     check_is_fitted(detector)
     input_dtype = resolve_input_dtype(detector.preprocessing_, input_dtype)
-    graph = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype, explain=explain)
+    graph = build_graph(detector, part, fp16=fp16, input_dtype=input_dtype, explain=explain,
+                        with_label=with_label)
     batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
         # inputs share the batch axis: torch says it keeps one name for them, which is right
@@ -364,6 +383,8 @@ def _metadata(detector, part: str, graph: Graph, fp16: bool,
         "offset": float(detector.offset_),
         "codebook_size": spec.codebook_size,
         "preprocessing": pre.to_json(),
+        "classes": (np.asarray(detector.classes_).tolist() if hasattr(detector, "classes_")
+                    else None),
     }
 
 

@@ -465,6 +465,11 @@ def _read_metadata(session: ort.InferenceSession, path: Path, sealed: bool) -> d
     if version >= 2 and not sealed:
         raise ValueError(f"{str(path)!r} has lost its SHA-256 digest: the file is corrupt or "
                          "was edited. Export it again.")
+    if any(i.name == "label" for i in session.get_inputs()) and meta.get("classes"):
+        raise ValueError(f"{str(path)!r} is a conditional scorer that takes each row's label "
+                         "(exported with with_label=True); OnnxModel runs the label-marginal "
+                         "export. Run this one in onnxruntime.InferenceSession, feeding 'label' "
+                         "as int64 indices into the metadata's 'classes'.")
     problem = _metadata_problem(meta, session)
     if problem:  # a seal proves integrity, not authorship: check what the file claims
         raise ValueError(f"{str(path)!r} has invalid vaeanom metadata ({problem}); the file is "

@@ -79,6 +79,10 @@ VOTE_SCORE_KINDS = ("elbo_kl", "elbo_kl_knn")
 NEIGHBOUR_SCORE_KINDS = ("latent_knn", "elbo_kl_knn")
 #: score kinds that need image inputs
 IMAGE_SCORE_KINDS = ("elbo_complexity",)
+#: score kinds a hierarchical VAE computes ("llr": Havtorn et al.'s likelihood ratio)
+HIERARCHICAL_SCORE_KINDS = ("elbo", "iwae", "llr", "elbo_complexity")
+#: score kinds a conditional VAE computes: bounds on log p(x | y), which marginalise over y
+CONDITIONAL_SCORE_KINDS = ("elbo", "iwae", "elbo_complexity")
 #: weight of the universal code length in "elbo_complexity". Picked once on the
 #: Fashion-MNIST benchmark (benchmarks/anomaly_images.py), the same for every
 #: image data set: 0.1-0.3 all beat the plain ELBO there; Serra et al.'s weight 1
@@ -227,6 +231,98 @@ class Scorer(nn.Module):
             distance = self.neighbours(self.model.encode(x)[0])
             return robust_vote((-terms.elbo(), terms.kl, distance), self.reference)
         return terms.elbo()
+
+
+class HierarchicalScorer(nn.Module):
+    """A hierarchical VAE's score (:class:`vaeanom.models.hierarchical.HierarchicalVAE`).
+
+    "elbo" and "iwae" as for one layer; "llr" is minus Havtorn et al.'s
+    (ICML 2021) LLR^{>1} = L - L^{>1}, the importance-weighted bound minus the
+    same bound with the bottom layer drawn from its prior given the layers above:
+    how much of the likelihood only low-level detail explains. Likelihoods of
+    simple inputs of any kind are high because their low-level statistics are
+    easy; the ratio cancels that and keeps what the top (semantic) latents say.
+    "elbo_complexity" adds the image's code length to the ELBO.
+    """
+
+    def __init__(self, model: nn.Module, eps: Tensor, kind: str,
+                 complexity: nn.Module | None = None) -> None:
+        super().__init__()
+        if kind not in HIERARCHICAL_SCORE_KINDS:
+            raise ValueError(f"a hierarchical VAE scores with one of {HIERARCHICAL_SCORE_KINDS}; "
+                             f"got {kind!r}")
+        if kind in IMAGE_SCORE_KINDS and complexity is None:
+            raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
+        self.model, self.kind, self.complexity = model, kind, complexity
+        self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))   # (L, 1, noise)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "iwae":
+            return self.model.iwae(x, self.eps)
+        if self.kind == "llr":
+            return self.model.llr(x, self.eps)
+        elbo = self.model(x, self.eps).elbo()
+        if self.kind == "elbo_complexity":
+            return complexity_corrected(elbo, self.complexity, x)
+        return elbo
+
+
+class ConditionalBound(nn.Module):
+    """A conditional VAE's bound on log p(x | y) for rows x and label codes y (int64, (b,)).
+
+    ``kind`` is "elbo", "iwae" or "elbo_complexity" (the ELBO plus the image's
+    code length, which does not depend on y). A code outside 0..n_classes-1,
+    a label the model never saw, scores -inf: the model knows nothing of it.
+    """
+
+    def __init__(self, model: VAE, eps: Tensor, kind: str, n_classes: int,
+                 complexity: nn.Module | None = None) -> None:
+        super().__init__()
+        if kind not in CONDITIONAL_SCORE_KINDS:
+            raise ValueError(f"a conditional VAE scores with one of {CONDITIONAL_SCORE_KINDS}; "
+                             f"got {kind!r}")
+        self.model, self.kind, self.complexity = model, kind, complexity
+        self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))   # (L, 1, d)
+        self.register_buffer("classes", torch.arange(n_classes))
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+        context = (labels[:, None] == self.classes).to(torch.float32)    # one-hot; 0s if unknown
+        bound = self.bound(x, context)
+        if self.complexity is not None:
+            bound = complexity_corrected(bound, self.complexity, x)
+        known = (labels >= 0) & (labels < len(self.classes))
+        return torch.where(known, bound, torch.full_like(bound, -torch.inf))
+
+    def bound(self, x: Tensor, context: Tensor) -> Tensor:
+        """The ELBO or IWAE bound on log p(x | c) for one-hot (or any) contexts c (b, k)."""
+        if self.kind == "iwae":
+            return self.model.iwae(x, self.eps, context)
+        return self.model(x, self.eps, context=context).elbo()
+
+
+class LabelMarginal(nn.Module):
+    """A conditional VAE's score without labels: log p(x) = log sum_y p(y) p(x | y).
+
+    Each class's bound on log p(x | y) plus log p(y) (the training frequencies),
+    log-sum-exp'ed over the classes: a lower bound on log p(x) (a log-sum of
+    lower bounds), which charges x for being unlike *every* class, so it needs
+    no label at scoring time. One encoder and decoder pass per class.
+    """
+
+    def __init__(self, conditional: ConditionalBound, log_prior: Tensor) -> None:
+        super().__init__()
+        self.conditional = conditional
+        self.register_buffer("log_prior", log_prior.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        eye = torch.eye(len(self.log_prior), device=x.device)
+        per_class = torch.stack([
+            self.conditional.bound(x, eye[c].expand(x.shape[0], -1)) + self.log_prior[c]
+            for c in range(len(self.log_prior))], dim=1)
+        score = torch.logsumexp(per_class, dim=1)
+        if self.conditional.complexity is not None:
+            score = complexity_corrected(score, self.conditional.complexity, x)
+        return score
 
 
 class ComplexityCorrected(nn.Module):

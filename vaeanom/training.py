@@ -20,8 +20,23 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
+#: the training rows: one tensor, or a tuple of tensors with one row each per example
+#: (a conditional model's (x, labels)); batches are taken from each alike
+Data = Tensor | tuple[Tensor, ...]
 #: loss_fn(model, batch, generator) -> (scalar loss to minimise, named per-batch means)
-LossFn = Callable[[nn.Module, Tensor, torch.Generator], tuple[Tensor, dict[str, Tensor]]]
+LossFn = Callable[[nn.Module, Data, torch.Generator], tuple[Tensor, dict[str, Tensor]]]
+
+
+def rows(data: Data, index) -> Data:
+    """The rows ``index`` (a slice or an index tensor) of every tensor in ``data``."""
+    if isinstance(data, tuple):
+        return tuple(t[index] for t in data)
+    return data[index]
+
+
+def first(data: Data) -> Tensor:
+    """The first tensor of ``data`` (whose length and device stand for all of them)."""
+    return data[0] if isinstance(data, tuple) else data
 
 
 class TrainingDivergedError(ArithmeticError):
@@ -78,18 +93,18 @@ def _check_finite(loss: float, epoch: int, config: TrainingConfig) -> None:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loss_fn: LossFn, data: Tensor, batch_size: int,
+def _evaluate(model: nn.Module, loss_fn: LossFn, data: Data, batch_size: int,
               generator: torch.Generator) -> float:
     model.eval()
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        batch = data[start:start + batch_size]
+    total, n_rows = 0.0, len(first(data))
+    for start in range(0, n_rows, batch_size):
+        batch = rows(data, slice(start, start + batch_size))
         loss, _ = loss_fn(model, batch, generator)
-        total += loss.item() * len(batch)
-    return total / len(data)
+        total += loss.item() * len(first(batch))
+    return total / n_rows
 
 
-def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
+def fit(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainingConfig,
         generator: torch.Generator,
         epoch_statistics: Callable[[], dict[str, float]] | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data`` (already on the model's device).
@@ -99,8 +114,9 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
     ``epoch_statistics()`` returns after each epoch. With early stopping
     the weights of the best validation epoch are restored at the end.
     """
-    train_idx, val_idx = _split(len(data), config.validation_fraction, generator)
-    train, val = data[train_idx.to(data.device)], data[val_idx.to(data.device)]
+    device = first(data).device
+    train_idx, val_idx = _split(len(first(data)), config.validation_fraction, generator)
+    train, val = rows(data, train_idx.to(device)), rows(data, val_idx.to(device))
     # foreach: one multi-tensor kernel per update step instead of one per parameter, the
     # same arithmetic (small tables take many steps whose cost is mostly this overhead)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
@@ -113,14 +129,14 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
         record = _train_epoch(model, loss_fn, train, config, optimiser, generator, epoch)
         if epoch_statistics is not None:
             record.update(epoch_statistics())
-        if len(val):
+        if len(first(val)):
             record["val_loss"] = _evaluate(model, loss_fn, val, config.batch_size, generator)
             if record["val_loss"] < best[0]:
                 best = (record["val_loss"], copy.deepcopy(model.state_dict()), epoch)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4g}")
         logger.debug("epoch %d: %s", epoch + 1, record)
-        if len(val) and epoch - best[2] >= config.patience:
+        if len(first(val)) and epoch - best[2] >= config.patience:
             logger.info("early stop at epoch %d (best %d)", epoch + 1, best[2] + 1)
             break
     if best[1] is not None:
@@ -129,7 +145,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
     return history
 
 
-def train_chunk(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
+def train_chunk(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainingConfig,
                 generator: torch.Generator, optimiser_state: dict | None,
                 epoch: int) -> tuple[dict[str, float], dict]:
     """One pass over ``data`` (one chunk of a stream), continuing Adam from
@@ -144,15 +160,17 @@ def train_chunk(model: nn.Module, loss_fn: LossFn, data: Tensor, config: Trainin
     return record, optimiser.state_dict()
 
 
-def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Tensor, config: TrainingConfig,
+def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainingConfig,
                  optimiser: torch.optim.Optimizer, generator: torch.Generator,
                  epoch: int) -> dict[str, float]:
     model.train()
-    order = torch.randperm(len(data), generator=generator).to(data.device)
+    n_rows, device = len(first(data)), first(data).device
+    order = torch.randperm(n_rows, generator=generator).to(device)
     sums: dict[str, Tensor] = {}
-    for start in range(0, len(data), config.batch_size):
-        batch = data[order[start:start + config.batch_size]]
-        with autocast(config.precision, data.device):
+    for start in range(0, n_rows, config.batch_size):
+        batch = rows(data, order[start:start + config.batch_size])
+        n_batch = len(first(batch))
+        with autocast(config.precision, device):
             loss, terms = loss_fn(model, batch, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -160,7 +178,7 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Tensor, config: Traini
             nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
         optimiser.step()
         for name, value in {"loss": loss, **terms}.items():  # summed as tensors: no sync a step
-            sums[name] = sums.get(name, 0.0) + value.detach() * len(batch)
-    record = {k: (v / len(data)).item() for k, v in sums.items()}
+            sums[name] = sums.get(name, 0.0) + value.detach() * n_batch
+    record = {k: (v / n_rows).item() for k, v in sums.items()}
     _check_finite(record["loss"], epoch, config)
     return {"epoch": epoch + 1, **record}

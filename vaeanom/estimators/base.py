@@ -81,6 +81,19 @@ class _Stream:
     scoring_pending: bool = False   # trained since the scoring state was last computed
 
 
+def _zero_padded(chunk: Tensor, size: int) -> Tensor:
+    """``chunk`` with zero rows appended up to ``size`` rows (see SCORE_CHUNK)."""
+    padded = torch.zeros((size, *chunk.shape[1:]), dtype=chunk.dtype)
+    padded[:len(chunk)] = chunk
+    return padded
+
+
+def _on_device(data: training.Data, device: torch.device) -> training.Data:
+    if isinstance(data, tuple):
+        return tuple(t.to(device) for t in data)
+    return data.to(device)
+
+
 def _generator_at(state: Tensor) -> torch.Generator:
     """A CPU generator in the given state (a copy: drawing from it leaves ``state`` as is)."""
     generator = torch.Generator()
@@ -156,9 +169,14 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):
-        """Fit the model to X (rows or images); ``y`` is ignored. Returns self."""
+        """Fit the model to X (rows or images). Returns self.
+
+        ``y`` is ignored, except by a conditional model (``VAEDetector(conditional=True)``),
+        which learns p(x | y) for the labels y.
+        """
         validate_params(self, self._rules)
         x = self._preprocess(X, fitting=True)
+        data = self._training_data(x, y)
         self._resolved_score_kind()  # refuse a score kind this data can't have before training
         seed = _seed_from(self.random_state)
         generator = torch.Generator().manual_seed(seed)
@@ -167,7 +185,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             model = self._build_model(tuple(x.shape[1:]), self.is_image_)
         device = training.resolve_device(self.device)
         self.model_ = model.to(device)
-        self.history_ = training.fit(self.model_, self._loss, x.to(device),
+        self.history_ = training.fit(self.model_, self._loss, _on_device(data, device),
                                      self._training_config(len(x)), generator,
                                      self._epoch_statistics)
         self._set_scoring_state(x, generator)
@@ -269,6 +287,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _resolved_epochs(self, n_rows: int) -> int:
         """``epochs`` as a number (subclasses resolve "auto" from the data and its size)."""
         return self.epochs
+
+    def _training_data(self, x: Tensor, y) -> training.Data:
+        """What the fit loop batches: x (model units), with whatever a subclass takes from y."""
+        return x
 
     def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
         """Set whatever fixed state scoring needs (e.g. Monte-Carlo noise), given the data x."""
@@ -422,10 +444,12 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     # -------------------------------------------------------------- scoring
     @torch.no_grad()
-    def _map_chunks(self, fn: Callable[[Tensor], Any], x: Tensor) -> Any:
+    def _map_chunks(self, fn: Callable[..., Any], x: Tensor, *more: Tensor) -> Any:
         """Apply fn to fixed-size, zero-padded chunks of x; concatenate as float64 numpy.
 
         fn returns a tensor or a NamedTuple of tensors (one row each per input row).
+        ``more`` are further inputs with one row per row of x (a conditional
+        model's labels), chunked alike and passed after x.
         """
         self.model_.eval()
         device = next(self.model_.parameters()).device
@@ -433,9 +457,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         size = self._chunk_rows
         for start in range(0, max(len(x), 1), size):  # an empty x still gives typed columns
             chunk = x[start:start + size]
-            padded = torch.zeros((size, *x.shape[1:]), dtype=x.dtype)
-            padded[:len(chunk)] = chunk
-            out = fn(padded.to(device))
+            inputs = [_zero_padded(t[start:start + size], size).to(device) for t in (x, *more)]
+            out = fn(*inputs)
             pieces.append([t[:len(chunk)].cpu() for t in (out if isinstance(out, tuple) else (out,))])
         columns = [torch.cat(col).double().numpy() for col in zip(*pieces)]
         return type(out)(*columns) if isinstance(out, tuple) else columns[0]
@@ -501,18 +524,19 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- export
     def export_onnx(self, path, part: str = "scorer", *, fp16: bool = False,
-                    input_dtype: str = "auto", explain: bool = False):
+                    input_dtype: str = "auto", explain: bool = False, with_label: bool = False):
         """Write ``part`` ("scorer", "encoder" or "decoder") to one ONNX file.
 
         The scorer takes raw rows or images and returns ``score_samples``;
         preprocessing and the fixed Monte-Carlo noise are inside the graph. Load
         it with :class:`vaeanom.OnnxModel` (no torch) or any ONNX runtime. See
-        :func:`vaeanom.export.export_onnx` for ``fp16``, ``input_dtype`` and
-        ``explain`` (the scorer also returns what ``explain`` gives).
+        :func:`vaeanom.export.export_onnx` for ``fp16``, ``input_dtype``,
+        ``explain`` (the scorer also returns what ``explain`` gives) and
+        ``with_label`` (a conditional model's scorer takes the label too).
         """
         from ..export import export_onnx
         return export_onnx(self, path, part, fp16=fp16, input_dtype=input_dtype,
-                           explain=explain)
+                           explain=explain, with_label=with_label)
 
     def export_triton(self, repo_dir, name: str = "vaeanom", part: str = "scorer", **kwargs):
         """Write ``repo_dir/<name>/config.pbtxt`` and ``<name>/1/model.onnx`` for Triton."""
@@ -559,12 +583,13 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         if len(arrays) + len(weights) != len(tensors):
             raise ValueError(f"{what} holds tensors vaeanom never writes; the file is corrupt.")
-        for name in cls._fitted_arrays:
-            if name not in arrays and name not in cls._optional_arrays:
+        required = detector._required_arrays()
+        for name in required:
+            if name not in arrays:
                 raise ValueError(f"{what} has no {name}: it was saved by an older vaeanom. "
                                  "Refit the model and save it again.")
         expected = {name: shape for name, shape in detector._array_shapes(arrays).items()
-                    if name in arrays or name not in cls._optional_arrays}
+                    if name in arrays or name in required}
         persistence.check_shapes(arrays, expected, what)
         persistence.check_dtypes(arrays, what)
         persistence.check_values(arrays, what)
@@ -581,6 +606,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         model.load_state_dict(weights, strict=True)
         detector.model_ = model.to(training.resolve_device(device)).eval()
         return detector
+
+    def _required_arrays(self) -> tuple[str, ...]:
+        """The saved arrays a file for this detector (parameters and fitted values set) must
+        hold: ``_fitted_arrays`` but those older files may lack."""
+        return tuple(n for n in self._fitted_arrays if n not in self._optional_arrays)
 
     def _model_shape(self) -> tuple[int, ...]:
         """The per-row shape the network takes: (d,) for rows, (C, H, W) for images."""

@@ -67,15 +67,30 @@ class OneOf(Rule):
 
 
 @dataclass(frozen=True)
-class IntTuple(Rule):
-    """A non-empty tuple or list of positive ints (layer widths)."""
+class Flag(Rule):
+    """True or False (numpy's booleans too)."""
 
     def accepts(self, value: Any) -> bool:
-        return (isinstance(value, (tuple, list)) and len(value) > 0
+        return type(value).__name__ in ("bool", "bool_")
+
+    def describe(self) -> str:
+        return "True or False"
+
+
+@dataclass(frozen=True)
+class IntTuple(Rule):
+    """A tuple or list of at least ``min_length`` positive ints (layer widths)."""
+
+    min_length: int = 1
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, (tuple, list)) and len(value) >= self.min_length
                 and all(Number(1, integer=True).accepts(v) for v in value))
 
     def describe(self) -> str:
-        return "a non-empty tuple of positive ints"
+        if self.min_length == 1:
+            return "a non-empty tuple of positive ints"
+        return f"a tuple of at least {self.min_length} positive ints"
 
 
 @dataclass(frozen=True)

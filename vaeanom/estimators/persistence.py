@@ -52,6 +52,8 @@ def save(detector, path: str | os.PathLike) -> None:
               if hasattr(detector, name)}
     if "feature_names_in_" in fitted:
         fitted["feature_names_in_"] = [str(f) for f in fitted["feature_names_in_"]]
+    if "classes_" in fitted:
+        fitted["classes_"] = np.asarray(fitted["classes_"]).tolist()
     from .. import __version__
 
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
@@ -148,6 +150,14 @@ def _is_shape(value: Any) -> bool:
     return isinstance(value, list) and 0 < len(value) <= 4 and all(_is_int(v, 1) for v in value)
 
 
+def _are_labels(value: Any) -> bool:
+    """A conditional model's classes: distinct strings, or distinct numbers, at least one."""
+    if not isinstance(value, list) or not value:
+        return False
+    kinds = {str if isinstance(v, str) else float if _is_number(v) else None for v in value}
+    return len(kinds) == 1 and None not in kinds and len(set(value)) == len(value)
+
+
 def _is_table_schema(value: Any) -> bool:
     try:
         TableSchema.from_json(value)
@@ -169,6 +179,7 @@ _FITTED_CHECKS = {
     "perplexity_": _is_number,
     "used_codes_": _is_number,
     "categories_": _is_table_schema,
+    "classes_": lambda v: _are_labels(v),
 }
 _FITTED_REQUIRED = ("offset_", "n_features_in_", "input_shape_", "is_image_")
 
@@ -206,6 +217,8 @@ def checked_fitted(cls, fitted: dict[str, Any], what: str) -> dict[str, Any]:
             out[name] = tuple(out[name])
     if names is not None:
         out["feature_names_in_"] = np.asarray(names, dtype=object)
+    if "classes_" in out:
+        out["classes_"] = np.asarray(out["classes_"])
     return out
 
 

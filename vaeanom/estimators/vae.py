@@ -13,10 +13,14 @@ from torch import Tensor, nn
 from ..checks import check_count, finite_decoded, finite_scores, is_outlier
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MixedLikelihood, MLPDecoder, MLPEncoder, TableEncoder, n_decoder_outputs)
-from ..scoring import (IMAGE_SCORE_KINDS, SCORE_KINDS, FeatureContributions, ImageComplexity,
-                       LatentNeighbours, Scorer, inference_scorer, term_reference)
+from ..models.hierarchical import HierarchicalVAE
+from ..scoring import (CONDITIONAL_SCORE_KINDS, HIERARCHICAL_SCORE_KINDS, IMAGE_SCORE_KINDS,
+                       SCORE_KINDS, ConditionalBound, FeatureContributions, HierarchicalScorer,
+                       ImageComplexity, LabelMarginal, LatentNeighbours, Scorer,
+                       inference_scorer, term_reference)
+from . import labels
 from .base import BaseDetector, _seed_from
-from .params import AnyOf, IntTuple, Number, OneOf
+from .params import AnyOf, Flag, IntTuple, Number, OneOf
 
 
 #: epochs="auto" trains rows for about this many gradient steps, whatever the table's size;
@@ -78,8 +82,14 @@ class VAEDetector(BaseDetector):
 
     Parameters
     ----------
-    latent_dim : int, default=16
-        Size of the latent code z.
+    latent_dim : int or tuple of int, default=16
+        Size of the latent code z. A tuple, e.g. ``(32, 8)``, fits a Markovian
+        hierarchical VAE with one latent layer per entry, bottom (next to x)
+        to top (:mod:`vaeanom.models.hierarchical`): one KL term per layer,
+        the "elbo", "iwae" and "llr" (Havtorn et al. 2021) scores, and codes
+        (``encode``, ``transform``) of ``sum(latent_dim)`` columns, every
+        layer side by side. MLP backbone and complete numeric rows or images;
+        no ``explain`` or ``score_frame`` yet.
     hidden_dims : tuple of int, default=(256, 128)
         Widths of the MLP encoder's hidden layers (the decoder mirrors them).
     conv_channels : tuple of int, default=(32, 64)
@@ -117,6 +127,17 @@ class VAEDetector(BaseDetector):
     n_score_samples : int, default=16
         Monte-Carlo samples of z per row for the ELBO and IWAE bounds; the noise
         is drawn once at fit time and shared by all rows, so scores are deterministic.
+    conditional : bool, default=False
+        Learn p(x | y) for the labels given to ``fit(X, y)`` (class labels, or
+        any categorical context such as a machine type): a conditional VAE
+        whose encoder sees [x, one-hot y] and whose decoder sees [z, one-hot
+        y]. ``score_samples(X, y)`` scores given the labels ("unusual for
+        this machine type"); ``score_samples(X)`` marginalises them, log p(x)
+        = logsumexp_y [log p(x|y) + log p(y)] with p(y) the training shares;
+        ``sample(n, y=c)`` generates class c. Scores with "elbo", "iwae" or
+        (images) "elbo_complexity"; "auto" is "elbo" for rows. MLP backbone and
+        complete numeric rows or images only; no ``partial_fit``, ``explain``,
+        ``score_frame`` or latent interpolation yet.
     contamination : float in (0, 0.5] or "auto", default=0.1
         Share of training rows flagged as outliers; sets ``offset_``. "auto" uses
         Tukey's lower fence (Q1 - 1.5 IQR) of the training scores instead.
@@ -166,6 +187,10 @@ class VAEDetector(BaseDetector):
         out): the units of the "elbo_kl" and "elbo_kl_knn" votes.
     categories_ : list of (list of str or None)
         Table models only: per column, None (numeric) or the categories seen in fit.
+    classes_, class_log_prior_ : ndarray of shape (n_classes,)
+        Conditional models only: the labels seen in fit (sorted) and the log of
+        each one's share of the training rows. (The kNN bank, the vote's
+        reference and the explanation reference are not kept for them.)
     latent_bank_ : ndarray of shape (min(n, BANK_SIZE), latent_dim)
         Posterior means of (a random subset of up to ``BANK_SIZE`` = 2048)
         training rows: the neighbours of the latent kNN score kinds.
@@ -180,29 +205,37 @@ class VAEDetector(BaseDetector):
     """
 
     _rules: ClassVar = {
-        "latent_dim": Number(1, integer=True),
+        "latent_dim": AnyOf((Number(1, integer=True), IntTuple(min_length=2))),
         "hidden_dims": IntTuple(),
         "conv_channels": IntTuple(),
         "backbone": OneOf(("auto", "mlp", "conv")),
         "likelihood": OneOf(("gaussian", "bernoulli")),
         "sigma": AnyOf((OneOf(("learned",)), Number(0.0, low_open=True))),
         "beta": AnyOf((OneOf(("auto",)), Number(0.0))),
-        "score_kind": OneOf(("auto", *SCORE_KINDS)),
+        "score_kind": OneOf(("auto", *SCORE_KINDS, "llr")),
         "n_score_samples": Number(1, integer=True),
+        "conditional": Flag(),
         **BaseDetector._common_rules,
         "epochs": AnyOf((OneOf(("auto",)), Number(1, integer=True))),
         "precision": OneOf(("fp32", "bf16")),
     }
     _fitted_arrays: ClassVar = ("center_", "scale_", "noise_", "score_reference_",
-                                "latent_bank_", "explain_reference_")
+                                "latent_bank_", "explain_reference_", "class_log_prior_")
+    _fitted_values: ClassVar = (*BaseDetector._fitted_values, "classes_")
     _optional_arrays: ClassVar = ("explain_reference_",)   # files from before explain()
     _scoring_state: ClassVar = ("offset_", "noise_", "score_reference_", "latent_bank_",
                                 "explain_reference_")
-    _allows_missing: ClassVar = True
+
+    @property
+    def _allows_missing(self) -> bool:
+        """Holes and categorical columns go to the table model; conditional and hierarchical
+        models have none, so they refuse them as the estimators of scikit-learn do."""
+        return not self._bounds_only()
 
     def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),
                  backbone="auto", likelihood="gaussian", sigma="learned", beta="auto",
-                 score_kind="auto", n_score_samples=16, contamination=0.1, epochs="auto",
+                 score_kind="auto", n_score_samples=16, conditional=False, contamination=0.1,
+                 epochs="auto",
                  batch_size=128, learning_rate=1e-3, weight_decay=0.0, clip_grad_norm=10.0,
                  validation_fraction=None, patience=10, precision="fp32", device="auto",
                  verbose=0, random_state=None):
@@ -213,14 +246,21 @@ class VAEDetector(BaseDetector):
 
     def _build_model(self, shape: tuple[int, ...], images: bool) -> VAE:
         schema = None if images else self._table_schema()
+        if self.conditional and self._backbone(images) == "conv":
+            raise ValueError("conditional=True needs backbone='mlp' (the conv networks do not "
+                             "take a label yet).")
+        if self._hierarchical():
+            return self._build_hierarchy(shape, images)
         if schema is not None:
             return self._build_table_model(schema.cardinalities)
         if self._backbone(images) == "conv":
             encoder = ConvEncoder(shape, self.conv_channels, self.latent_dim)
             decoder = ConvDecoder(self.latent_dim, self.conv_channels, shape)
         else:
-            encoder = MLPEncoder(int(np.prod(shape)), self.hidden_dims, self.latent_dim)
-            decoder = MLPDecoder(self.latent_dim, self.hidden_dims, shape)
+            n_context = self._n_classes()    # a conditional model's networks also see one-hot y
+            encoder = MLPEncoder(int(np.prod(shape)) + n_context, self.hidden_dims,
+                                 self.latent_dim)
+            decoder = MLPDecoder(self.latent_dim + n_context, self.hidden_dims, shape)
         if self.likelihood == "bernoulli":
             likelihood = BernoulliLikelihood()
         else:
@@ -237,14 +277,75 @@ class VAEDetector(BaseDetector):
                                      None if self.sigma == "learned" else self.sigma)
         return VAE(encoder, decoder, likelihood, self.latent_dim)
 
-    def _loss(self, model: VAE, batch: Tensor, generator: torch.Generator):
-        eps = torch.randn((1, len(batch), self.latent_dim), generator=generator)
+    def _hierarchical(self) -> bool:
+        return isinstance(self.latent_dim, (tuple, list))
+
+    def _code_size(self) -> int:
+        """Columns of a code: ``latent_dim``, or every layer's size summed."""
+        return sum(self.latent_dim) if self._hierarchical() else self.latent_dim
+
+    def _noise_size(self) -> int:
+        """Normal draws per Monte-Carlo sample (a hierarchy's llr draws its bottom layer twice)."""
+        if self._hierarchical():
+            return self._code_size() + self.latent_dim[0]
+        return self.latent_dim
+
+    def _build_hierarchy(self, shape: tuple[int, ...], images: bool) -> HierarchicalVAE:
+        if self._backbone(images) == "conv" or self.conditional:
+            raise ValueError("a hierarchical VAE (latent_dim as a tuple) needs backbone='mlp' "
+                             "and conditional=False; use an int latent_dim for the rest.")
+        bottom = self.latent_dim[0]
+        encoder = MLPEncoder(int(np.prod(shape)), self.hidden_dims, bottom)
+        decoder = MLPDecoder(bottom, self.hidden_dims, shape)
+        if self.likelihood == "bernoulli":
+            likelihood = BernoulliLikelihood()
+        else:
+            likelihood = GaussianLikelihood(shape, None if self.sigma == "learned" else self.sigma)
+        return HierarchicalVAE(encoder, decoder, likelihood, self.latent_dim,
+                               hidden=self.hidden_dims[-1])
+
+    def _bounds_only(self) -> bool:
+        """Conditional and hierarchical models score by their bounds alone."""
+        return self.conditional or self._hierarchical()
+
+    def _n_classes(self) -> int:
+        """K for a conditional model (its networks' extra inputs), 0 otherwise."""
+        return len(self.classes_) if self.conditional else 0
+
+    def _training_data(self, x: Tensor, y):
+        for stale in ("classes_", "class_log_prior_"):
+            self.__dict__.pop(stale, None)
+        if not self.conditional:
+            return x
+        self.classes_, codes, self.class_log_prior_ = labels.fit_labels(y, len(x))
+        return x, torch.from_numpy(codes)
+
+    def _one_hot(self, codes: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(codes, self._n_classes()).float()
+
+    def _loss(self, model: VAE, batch, generator: torch.Generator):
+        batch, context = batch if isinstance(batch, tuple) else (batch, None)
+        if context is not None:
+            context = self._one_hot(context)
+        eps = torch.randn((1, len(batch), self._noise_size()), generator=generator)
         table_model = hasattr(self, "categories_")   # not _table_schema(): this runs every step
         seen = self._hide_entries(batch, generator) if table_model else None
-        terms = model(batch, eps.to(batch.device), seen)
+        if isinstance(model, HierarchicalVAE):
+            return self._hierarchy_loss(model, batch, eps.to(batch.device))
+        terms = model(batch, eps.to(batch.device), seen, context)
         loss = -terms.elbo(self._resolved_beta()).mean()
         return loss, {"elbo": terms.elbo().mean(), "reconstruction": -terms.log_px.mean(),
                       "kl": terms.kl.mean()}
+
+    def _hierarchy_loss(self, model: HierarchicalVAE, batch: Tensor, eps: Tensor):
+        """The beta-ELBO of a hierarchy, with each layer's KL in the history (kl_1 is the
+        bottom): a layer whose KL stays near 0 has collapsed onto its prior."""
+        log_px, layer_kl = model.terms_by_layer(batch, eps)
+        kl = layer_kl.sum(0)
+        loss = -(log_px - self._resolved_beta() * kl).mean()
+        record = {"elbo": (log_px - kl).mean(), "reconstruction": -log_px.mean(), "kl": kl.mean()}
+        record.update({f"kl_{t + 1}": term.mean() for t, term in enumerate(layer_kl)})
+        return loss, record
 
     @staticmethod
     def _hide_entries(batch: Tensor, generator: torch.Generator) -> Tensor:
@@ -257,8 +358,12 @@ class VAEDetector(BaseDetector):
         return batch.masked_fill(hide.to(batch.device), float("nan"))
 
     def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
-        self.noise_ = torch.randn((self.n_score_samples, self.latent_dim),
+        self.noise_ = torch.randn((self.n_score_samples, self._noise_size()),
                                   generator=generator).numpy()
+        if self._bounds_only():   # no vote units, kNN bank or explanations
+            for stale in ("latent_bank_", "score_reference_", "explain_reference_"):
+                self.__dict__.pop(stale, None)
+            return
         device = next(self.model_.parameters()).device
         scorer = Scorer(self.model_, torch.from_numpy(self.noise_).to(device), "elbo")
         terms = self._map_chunks(scorer.terms, x)
@@ -288,9 +393,20 @@ class VAEDetector(BaseDetector):
         n_bank = (len(bank) if bank is not None and bank.ndim >= 1 and 1 <= len(bank) <= BANK_SIZE
                   else BANK_SIZE)
         return {**super()._array_shapes(found),
-                "noise_": (self.n_score_samples, self.latent_dim), "score_reference_": (3, 2),
-                "latent_bank_": (n_bank, self.latent_dim),
-                "explain_reference_": self._model_shape()}
+                "noise_": (self.n_score_samples, self._noise_size()),
+                "score_reference_": (3, 2), "latent_bank_": (n_bank, self._code_size()),
+                "explain_reference_": self._model_shape(),
+                "class_log_prior_": (len(getattr(self, "classes_", ())),)}
+
+    def _required_arrays(self) -> tuple[str, ...]:
+        if self.conditional and not hasattr(self, "classes_"):
+            raise ValueError("this file's parameters say conditional=True but it holds no "
+                             "classes_; the file is corrupt.")
+        if self.conditional:
+            return ("center_", "scale_", "noise_", "class_log_prior_")
+        if self._hierarchical():
+            return ("center_", "scale_", "noise_")
+        return tuple(n for n in super()._required_arrays() if n != "class_log_prior_")
 
     def _neighbours(self) -> LatentNeighbours:
         device = next(self.model_.parameters()).device
@@ -314,7 +430,18 @@ class VAEDetector(BaseDetector):
 
     def _resolved_score_kind(self) -> str:
         """``score_kind`` with "auto" resolved; refuses image-only kinds on rows."""
+        if self.conditional and self.score_kind not in ("auto", *CONDITIONAL_SCORE_KINDS):
+            raise ValueError(f"score_kind={self.score_kind!r} is not defined for "
+                             f"conditional=True; use one of {CONDITIONAL_SCORE_KINDS} or 'auto'.")
+        if self._hierarchical() and self.score_kind not in ("auto", *HIERARCHICAL_SCORE_KINDS):
+            raise ValueError(f"score_kind={self.score_kind!r} is not defined for a hierarchical "
+                             f"VAE; use one of {HIERARCHICAL_SCORE_KINDS} or 'auto'.")
+        if self.score_kind == "llr" and not self._hierarchical():
+            raise ValueError("score_kind='llr' needs a hierarchical VAE: give latent_dim as a "
+                             "tuple of layer sizes, e.g. latent_dim=(32, 8).")
         if self.score_kind == "auto":
+            if self._bounds_only():
+                return "elbo_complexity" if self.is_image_ else "elbo"
             return "elbo_complexity" if self.is_image_ else "elbo_kl_knn"
         if self.score_kind in IMAGE_SCORE_KINDS and not self.is_image_:
             raise ValueError(f"score_kind={self.score_kind!r} needs a model fitted on images; "
@@ -327,19 +454,45 @@ class VAEDetector(BaseDetector):
             return None
         return ImageComplexity(torch.from_numpy(self.center_), torch.from_numpy(self.scale_))
 
-    def _make_scorer(self, kind: str | None = None) -> Scorer:
+    def _make_scorer(self, kind: str | None = None) -> nn.Module:
         device = next(self.model_.parameters()).device
+        if self.conditional:
+            log_prior = torch.from_numpy(self.class_log_prior_)
+            return LabelMarginal(self._conditional_bound(), log_prior).to(device)
+        if self._hierarchical():
+            return self._hierarchical_scorer(self.model_, kind).to(device)
         complexity = self._complexity()
         return Scorer(self.model_, torch.from_numpy(self.noise_).to(device),
                       kind or self._resolved_score_kind(),
                       None if complexity is None else complexity.to(device),
                       torch.from_numpy(self.score_reference_).to(device), self._neighbours())
 
-    def onnx_part(self, part: str, *, fp16: bool = False, explain: bool = False):
+    def _hierarchical_scorer(self, model: HierarchicalVAE,
+                             kind: str | None = None) -> HierarchicalScorer:
+        return HierarchicalScorer(model, torch.from_numpy(self.noise_),
+                                  kind or self._resolved_score_kind(), self._complexity())
+
+    def _conditional_bound(self, model: VAE | None = None) -> ConditionalBound:
+        """The bound on log p(x | y) over ``model`` (default: the fitted one, on its device)."""
+        model = self.model_ if model is None else model
+        device = next(model.parameters()).device
+        complexity = self._complexity()
+        return ConditionalBound(model, torch.from_numpy(self.noise_), self._resolved_score_kind(),
+                                self._n_classes(), complexity).to(device)
+
+    def onnx_part(self, part: str, *, fp16: bool = False, explain: bool = False,
+                  with_label: bool = False):
         from ..export import PartSpec, ScoreAndExplain
 
         model = self._model_for_export(fp16)
         kind = self._resolved_score_kind()
+        if self.conditional or with_label:
+            return self._conditional_part(part, model, kind, explain, with_label)
+        if part == "scorer" and self._hierarchical():
+            if explain:
+                raise ValueError("a hierarchical VAE's scorer exports without explain (no "
+                                 "explain() yet).")
+            return PartSpec(self._hierarchical_scorer(model, kind), "data", ("score",), kind)
         if part == "scorer":
             scorer = inference_scorer(model, torch.from_numpy(self.noise_), kind,
                                       self._complexity(), torch.from_numpy(self.score_reference_),
@@ -351,7 +504,26 @@ class VAEDetector(BaseDetector):
         if part == "encoder":
             return PartSpec(_Encode(model), "data", ("mean", "log_var"), kind)
         return PartSpec(_Decode(model), "latent", ("reconstruction",), kind,
-                        latent_shape=(self.latent_dim,))
+                        latent_shape=(self._code_size(),))
+
+    def _conditional_part(self, part: str, model: VAE, kind: str, explain: bool,
+                          with_label: bool):
+        """A conditional model's scorer: label-marginal, or with the label as a second input
+        (``with_label``: int64 codes, the index of each row's label in ``classes_``)."""
+        from ..export import PartSpec
+
+        if not self.conditional:
+            raise ValueError("with_label=True exports a conditional model's scorer; this "
+                             "model was fitted with conditional=False.")
+        if part != "scorer" or explain:
+            raise ValueError("a conditional model exports part='scorer' only, without explain "
+                             "(its encoder and decoder take labels: not exported yet).")
+        bound = self._conditional_bound(model)
+        if with_label:
+            label = {"name": "label", "dtype": "int64", "shape": []}
+            return PartSpec(bound, "data", ("score",), kind, extra_inputs=(label,))
+        return PartSpec(LabelMarginal(bound, torch.from_numpy(self.class_log_prior_)), "data",
+                        ("score",), kind)
 
     def onnx_contributions(self, model: VAE) -> nn.Module:
         """What ``explain`` computes, over ``model`` (the export's CPU copy of the network,
@@ -372,30 +544,108 @@ class VAEDetector(BaseDetector):
         return self._backbone(True) == "mlp" and not self._needs_unit_range()
 
     def _n_latent_columns(self) -> int:
-        return self.latent_dim
+        return self._code_size()
+
+    # ------------------------------------------------------- conditional API
+    def partial_fit(self, X, y=None):
+        if self.conditional:
+            raise ValueError("partial_fit does not take labels yet: fit a conditional "
+                             "VAEDetector with fit(X, y).")
+        return super().partial_fit(X, y)
+
+    partial_fit.__doc__ = BaseDetector.partial_fit.__doc__
+
+    def score_samples(self, X, y=None) -> np.ndarray:
+        """Per-row score, higher = more normal (see the ``score_kind`` parameter for its units).
+
+        ``y`` (conditional models only): score each row given its label, a
+        bound on log p(x | y); without it a conditional model scores the
+        label-marginal log p(x). A score that cannot be computed (NaN or
+        infinite) is returned as -inf, the least normal score: such a row is
+        always an outlier.
+        """
+        if y is None:
+            return super().score_samples(X)
+        x = self._preprocess(X)
+        codes = self._label_codes(y, len(x))
+        return finite_scores(self._map_chunks(self._conditional_bound(), x, codes))
+
+    def _label_codes(self, y, n_rows: int, name: str = "y") -> Tensor | None:
+        """Labels -> int64 codes for a conditional model; None when there are none to give."""
+        check_is_fitted(self)
+        if not self.conditional:
+            if y is None:
+                return None
+            raise ValueError(f"{name} is for conditional models; this one was fitted with "
+                             "conditional=False. Leave it out.")
+        if y is None:
+            raise ValueError(f"this model is conditional: give the labels, {name}=..., "
+                             "one per row (or one for all).")
+        rows = labels.one_label_per_row(y, n_rows)
+        return torch.from_numpy(labels.label_codes(rows, self.classes_, n_rows, name))
+
+    def _refuse_bounds_only(self, what: str) -> None:
+        check_is_fitted(self)
+        self._refuse_conditional(what)
+        if self._hierarchical():
+            raise ValueError(f"{what} is not available for a hierarchical VAE (latent_dim as a "
+                             "tuple) yet; see the latent_dim parameter for what is.")
+
+    def _refuse_conditional(self, what: str) -> None:
+        check_is_fitted(self)
+        if self.conditional:
+            raise ValueError(f"{what} is not available for conditional=True yet; see the "
+                             "conditional parameter for what is.")
 
     # ----------------------------------------------------- latent space API
-    def encode(self, X) -> np.ndarray:
-        """Posterior means E[z|x], shape (n, latent_dim)."""
-        return self._map_chunks(lambda x: self.model_.encode(x)[0], self._preprocess(X))
+    def encode(self, X, y=None) -> np.ndarray:
+        """Posterior means E[z|x] (a conditional model: E[z|x, y]), shape (n, latent_dim)."""
+        x = self._preprocess(X)
+        codes = self._label_codes(y, len(x))
+        if codes is None:
+            return self._map_chunks(lambda x: self.model_.encode(x)[0], x)
+        return self._map_chunks(lambda x, c: self.model_.encode(x, self._one_hot(c))[0],
+                                x, codes)
 
-    def decode(self, Z) -> np.ndarray:
-        """Mean of p(x|z) in the user's units (standardisation undone; images in [0, 1])."""
+    def decode(self, Z, y=None) -> np.ndarray:
+        """Mean of p(x|z) (a conditional model: p(x|z, y)) in the user's units
+        (standardisation undone; images in [0, 1])."""
         check_is_fitted(self)
         Z = check_array(Z, dtype=np.float32, order="C", input_name="Z")  # torch: no neg. strides
-        if Z.shape[1] != self.latent_dim:
+        if Z.shape[1] != self._code_size():
             raise ValueError(f"Z has {Z.shape[1]} columns, but {type(self).__name__} has "
-                             f"latent_dim={self.latent_dim}.")
-        decoded = self._map_chunks(self.model_.decode, torch.from_numpy(Z))
+                             f"latent_dim={self.latent_dim} (codes of {self._code_size()}).")
+        codes = self._label_codes(y, len(Z))
+        decoded = self._decode_codes(torch.from_numpy(Z), codes)
         return self._as_table(finite_decoded(self._to_user_units(decoded)))
 
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images."""
+    def _decode_codes(self, z: Tensor, codes: Tensor | None) -> np.ndarray:
+        if codes is None:
+            return self._map_chunks(self.model_.decode, z)
+        return self._map_chunks(lambda z, c: self.model_.decode(z, self._one_hot(c)), z, codes)
+
+    def reconstruct(self, X, y=None) -> np.ndarray:
+        """decode(encode(X)): what the model makes of X, in the user's units."""
+        return self.decode(self.encode(X, y), y)
+
+    def sample(self, n_samples: int = 1, random_state=None, y=None) -> np.ndarray:
+        """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images.
+
+        A conditional model decodes each z with a label: ``y`` (one label for
+        all, or one per sample), or labels drawn from the training shares.
+        """
         check_is_fitted(self)
         n_samples = check_count(n_samples)
         generator = torch.Generator().manual_seed(_seed_from(random_state))
-        z = torch.randn((n_samples, self.latent_dim), generator=generator)
-        return self._as_table(self._to_user_units(self._map_chunks(self.model_.decode, z)))
+        z = torch.randn((n_samples, self._code_size()), generator=generator)
+        if self._hierarchical():   # top layer from N(0, I), each one below from p(z_t | z_t+1)
+            z = torch.from_numpy(self._map_chunks(self.model_.prior_codes, z)).float()
+        if self.conditional and y is None:
+            shares = torch.from_numpy(np.exp(self.class_log_prior_))
+            codes = torch.multinomial(shares, n_samples, replacement=True, generator=generator)
+        else:
+            codes = self._label_codes(y, n_samples)
+        return self._as_table(self._to_user_units(self._decode_codes(z, codes)))
 
     def interpolate(self, x_a, x_b, n_steps: int = 8, method: str = "linear") -> np.ndarray:
         """Decode ``n_steps`` points on a path between two inputs' posterior means.
@@ -406,6 +656,7 @@ class VAEDetector(BaseDetector):
         great circle instead of the chord: in many dimensions a Gaussian's mass
         lies near a shell, and the chord's midpoints fall inside it.
         """
+        self._refuse_conditional("interpolate")
         check_count(n_steps, "n_steps")
         if method not in ("linear", "spherical"):
             raise ValueError(f"method must be 'linear' or 'spherical'; got {method!r}.")
@@ -420,10 +671,11 @@ class VAEDetector(BaseDetector):
     def sample_posterior(self, x, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Decode ``n_samples`` draws of z ~ q(z|x) for one input ``x``: how much the
         model's reading of x varies (a wide spread: a row it is unsure about)."""
+        self._refuse_conditional("sample_posterior")
         n_samples = check_count(n_samples)
         mean, log_var = self._posterior(x, "x")
         generator = torch.Generator().manual_seed(_seed_from(random_state))
-        eps = torch.randn((n_samples, self.latent_dim), generator=generator).numpy()
+        eps = torch.randn((n_samples, self._code_size()), generator=generator).numpy()
         z = mean + np.exp(0.5 * log_var) * eps
         return self.decode(z.astype(np.float32))
 
@@ -434,7 +686,7 @@ class VAEDetector(BaseDetector):
                                 self._preprocess(_as_batch(x)))
         if len(both) != 1:
             raise ValueError(f"{name} must be one row or one image; got {len(both)}.")
-        return both[:, :self.latent_dim], both[:, self.latent_dim:]
+        return both[:, :self._code_size()], both[:, self._code_size():]
 
     def _one_code(self, x, name: str) -> np.ndarray:
         """The posterior mean of one input, as float64 (1, latent_dim)."""
@@ -447,6 +699,7 @@ class VAEDetector(BaseDetector):
         each row's anomaly (see :meth:`explain`): columns ``feature_1``,
         ``contribution_1``, ..., ``feature_k``, ``contribution_k``.
         """
+        self._refuse_bounds_only("score_frame")
         k = check_count(explain, "explain")
         x = self._preprocess(X)
         terms = self._map_chunks(self._make_scorer().terms, x)
@@ -476,6 +729,7 @@ class VAEDetector(BaseDetector):
         unusual. Rows: a DataFrame with X's index and one column per input
         feature. Images: an array (n, H, W), summed over channels.
         """
+        self._refuse_bounds_only("explain")
         x = self._preprocess(X)
         if self.is_image_:
             maps = self._map_chunks(self._contributions(), x)

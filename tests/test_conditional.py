@@ -1,0 +1,189 @@
+"""The conditional VAE (``VAEDetector(conditional=True)``): p(x | y) for class labels.
+
+One model is fitted on the digits with their labels (module scope) and checked for
+what a CVAE promises: it generates the class it is asked for, its label-free score is
+the label-marginal of its per-class scores, it saves, loads and exports, and it
+refuses what it cannot do with errors that say so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from scipy.special import logsumexp
+from sklearn.datasets import load_digits, load_wine
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from vaeanom import OnnxModel, VAEDetector
+
+NAMES = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                  "nine"], dtype=object)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return x[::2], y[::2], x[1::2], y[1::2]          # 899 training rows, 898 held out
+
+
+@pytest.fixture(scope="module")
+def cvae(digits):
+    x, y, _, _ = digits
+    return VAEDetector(conditional=True, epochs=60, random_state=0).fit(x, NAMES[y])
+
+
+def test_samples_are_read_as_the_class_asked_for(digits, cvae):
+    """A classifier trained on real digits reads >= 90% of sample(n, y=c) as c."""
+    x, y, _, _ = digits
+    reader = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    rates = []
+    for code, name in enumerate(NAMES):
+        samples = cvae.sample(40, random_state=code, y=name)
+        rates.append(np.mean(reader.predict(samples) == code))
+    assert min(rates) >= 0.9, rates
+
+
+def test_label_free_score_is_the_label_marginal(digits, cvae):
+    """score_samples(X) = logsumexp_c [score_samples(X, y=c) + log p(c)]."""
+    _, _, x_test, _ = digits
+    per_class = np.stack([cvae.score_samples(x_test[:40], y=name) for name in cvae.classes_], 1)
+    expected = logsumexp(per_class + cvae.class_log_prior_, axis=1)
+    np.testing.assert_allclose(cvae.score_samples(x_test[:40]), expected, rtol=1e-5)
+    assert np.allclose(np.exp(cvae.class_log_prior_).sum(), 1.0)
+
+
+def test_the_true_label_explains_a_digit_best(digits, cvae):
+    _, _, x_test, y_test = digits
+    per_class = np.stack([cvae.score_samples(x_test, y=name) for name in cvae.classes_], 1)
+    predicted = cvae.classes_[per_class.argmax(1)]
+    assert np.mean(predicted == NAMES[y_test]) >= 0.9
+
+
+def test_scores_depend_on_the_row_alone(digits, cvae):
+    _, _, x_test, y_test = digits
+    labels = NAMES[y_test]
+    full = cvae.score_samples(x_test, labels)
+    order = np.random.default_rng(0).permutation(len(x_test))[:77]
+    np.testing.assert_array_equal(cvae.score_samples(x_test[order], labels[order]), full[order])
+    np.testing.assert_array_equal(cvae.score_samples(x_test[:1], labels[:1]), full[:1])
+    one_label = cvae.score_samples(x_test[:5], "three")
+    np.testing.assert_array_equal(one_label, cvae.score_samples(x_test[:5], ["three"] * 5))
+
+
+def test_same_seed_same_model(digits):
+    x, y, x_test, _ = digits
+    a, b = (VAEDetector(conditional=True, epochs=3, random_state=1).fit(x, y) for _ in range(2))
+    np.testing.assert_array_equal(a.score_samples(x_test), b.score_samples(x_test))
+    np.testing.assert_array_equal(a.sample(4, random_state=2), b.sample(4, random_state=2))
+
+
+def test_latent_api_takes_labels(digits, cvae):
+    _, _, x_test, y_test = digits
+    labels = NAMES[y_test[:6]]
+    codes = cvae.encode(x_test[:6], labels)
+    assert codes.shape == (6, cvae.latent_dim)
+    np.testing.assert_array_equal(cvae.decode(codes, labels), cvae.reconstruct(x_test[:6], labels))
+    drawn = cvae.sample(30, random_state=0)          # labels drawn from the training shares
+    assert drawn.shape == (30, 64)
+
+
+def test_save_load_keeps_classes_and_scores(tmp_path, digits, cvae):
+    _, _, x_test, y_test = digits
+    path = tmp_path / "cvae.safetensors"
+    cvae.save(path)
+    loaded = VAEDetector.load(path)
+    assert loaded.classes_.tolist() == cvae.classes_.tolist()
+    np.testing.assert_array_equal(loaded.score_samples(x_test), cvae.score_samples(x_test))
+    np.testing.assert_array_equal(loaded.score_samples(x_test, NAMES[y_test]),
+                                  cvae.score_samples(x_test, NAMES[y_test]))
+    assert loaded.offset_ == cvae.offset_
+
+
+def test_onnx_scorers_match_score_samples(tmp_path, digits, cvae):
+    """The label-marginal export runs in OnnxModel; with_label=True takes int64 codes."""
+    _, _, x_test, y_test = digits
+    cvae.export_onnx(tmp_path / "marginal.onnx")
+    marginal = OnnxModel(tmp_path / "marginal.onnx")
+    np.testing.assert_allclose(marginal.score_samples(x_test), cvae.score_samples(x_test),
+                               rtol=1e-5, atol=1e-4)
+    assert marginal.metadata["classes"] == cvae.classes_.tolist()
+
+    cvae.export_onnx(tmp_path / "labelled.onnx", with_label=True)
+    session = ort.InferenceSession(str(tmp_path / "labelled.onnx"))
+    codes = np.searchsorted(cvae.classes_, NAMES[y_test]).astype(np.int64)
+    got = session.run(None, {"input": x_test.astype(np.float32), "label": codes})[0]
+    np.testing.assert_allclose(got, cvae.score_samples(x_test, NAMES[y_test]),
+                               rtol=1e-5, atol=1e-4)
+    unknown = session.run(None, {"input": x_test[:2].astype(np.float32),
+                                 "label": np.array([-1, 10], dtype=np.int64)})[0]
+    assert np.all(unknown == -np.inf)
+    with pytest.raises(ValueError, match="with_label=True"):
+        OnnxModel(tmp_path / "labelled.onnx")
+
+
+def test_contextual_anomaly_on_a_table():
+    """"Unusual for this type": a wine of one cultivar labelled as another scores lower
+    given the wrong label than given its own."""
+    x, y = load_wine(return_X_y=True)
+    kinds = np.array(["barolo", "grignolino", "barbera"], dtype=object)[y]
+    detector = VAEDetector(conditional=True, epochs=200, random_state=0).fit(x, kinds)
+    own = detector.score_samples(x, kinds)
+    swapped = detector.score_samples(x, np.roll(kinds, 60))      # other cultivars' labels
+    wrong = np.roll(kinds, 60) != kinds
+    assert np.mean(own[wrong] > swapped[wrong]) >= 0.9
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, y: VAEDetector(conditional=True, epochs=1).fit(x), r"fit\(X, y\)"),
+    (lambda x, y: VAEDetector(conditional=True, epochs=1).fit(x, y[:-1]), "labels for"),
+    (lambda x, y: VAEDetector(conditional=True, epochs=1).fit(
+        x, np.where(np.arange(len(y)) == 3, None, y.astype(object))), "missing labels"),
+    (lambda x, y: VAEDetector(conditional=True, backbone="conv", epochs=1).fit(
+        x.reshape(-1, 8, 8) / 16, y), "backbone='mlp'"),
+    (lambda x, y: VAEDetector(conditional=True, score_kind="elbo_kl_knn", epochs=1).fit(x, y),
+     "not defined for conditional=True"),
+    (lambda x, y: VAEDetector(conditional="yes").fit(x, y), "True or False"),
+])
+def test_bad_conditional_fits_say_what_to_do(digits, call, match):
+    x, y, _, _ = digits
+    with pytest.raises(ValueError, match=match):
+        call(x[:100], y[:100])
+
+
+def test_table_with_holes_is_refused(digits):
+    """The table model (holes, categories) has no conditional form yet."""
+    x, y, _, _ = digits
+    x = x[:100].copy()
+    x[0, 5] = np.nan
+    with pytest.raises(ValueError, match="contains NaN"):
+        VAEDetector(conditional=True, epochs=1).fit(x, y[:100])
+
+
+def test_labels_the_model_never_saw_are_named(digits, cvae):
+    _, _, x_test, _ = digits
+    with pytest.raises(ValueError, match="never saw in fit: \\['eleven'\\]"):
+        cvae.score_samples(x_test[:2], ["one", "eleven"])
+    with pytest.raises(ValueError, match="never saw"):
+        cvae.sample(2, y=3)                          # the classes are names, not digits
+    with pytest.raises(ValueError, match="give the labels"):
+        cvae.encode(x_test[:2])
+
+
+def test_unconditional_models_refuse_labels(digits):
+    x, y, _, _ = digits
+    detector = VAEDetector(epochs=1, random_state=0).fit(x[:100], y[:100])   # y ignored
+    assert not hasattr(detector, "classes_")
+    with pytest.raises(ValueError, match="conditional=False"):
+        detector.score_samples(x[:2], y[:2])
+    with pytest.raises(ValueError, match="conditional=False"):
+        detector.export_onnx("never.onnx", with_label=True)
+
+
+@pytest.mark.parametrize("method", ["explain", "score_frame", "partial_fit"])
+def test_what_is_not_there_yet_is_refused(digits, cvae, method):
+    _, _, x_test, _ = digits
+    with pytest.raises(ValueError, match="conditional"):
+        getattr(cvae, method)(x_test[:3])

@@ -1,0 +1,140 @@
+"""The Markovian hierarchical VAE (``VAEDetector(latent_dim=(d_1, ..., d_T))``).
+
+Its bounds are checked against what they must be (IWAE >= ELBO on average, the
+KL summed over layers, llr = L^{>1} - L), its codes and samples have the
+promised shapes, it saves, loads and exports like the one-layer model, and it
+refuses what it cannot do yet with errors that say so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+
+from vaeanom import OnnxModel, VAEDetector
+from vaeanom.models.hierarchical import HierarchicalVAE
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return x[y != 0][:600], x[600:900], (y[600:900] == 0).astype(int)
+
+
+@pytest.fixture(scope="module")
+def hvae(digits):
+    train, _, _ = digits
+    return VAEDetector(latent_dim=(8, 4), epochs=40, n_score_samples=32,
+                       random_state=0).fit(train)
+
+
+def test_it_is_a_chain_with_one_kl_term_per_layer(hvae):
+    assert isinstance(hvae.model_, HierarchicalVAE)
+    assert hvae.model_.latent_dims == (8, 4)
+    last = hvae.history_[-1]
+    assert {"kl_1", "kl_2"} <= set(last)
+    assert last["kl_1"] + last["kl_2"] == pytest.approx(last["kl"], rel=1e-4)
+    assert last["kl_1"] > 0.5      # the bottom layer carries information about x
+
+
+def test_bounds_are_ordered_and_detect(digits, hvae):
+    _, test, truth = digits
+    elbo = hvae.set_params(score_kind="elbo").score_samples(test)
+    iwae = hvae.set_params(score_kind="iwae").score_samples(test)
+    hvae.set_params(score_kind="auto")
+    assert iwae.mean() > elbo.mean()                      # tighter, with K = 32
+    assert roc_auc_score(truth, -iwae) > 0.8              # zeros never seen in fit
+
+
+def test_llr_is_the_difference_of_two_bounds(digits, hvae):
+    _, test, _ = digits
+    x = torch.from_numpy(hvae.preprocessing_.to_model_units(test[:20]))
+    eps = torch.from_numpy(hvae.noise_)[:, None, :]
+    with torch.no_grad():
+        full = hvae.model_.iwae(x, eps)
+        above = hvae.model_.iwae_above_bottom(x, eps)
+    llr = hvae.set_params(score_kind="llr").score_samples(test[:20])
+    hvae.set_params(score_kind="auto")
+    np.testing.assert_allclose(llr, (above - full).numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_codes_span_every_layer_and_decode(digits, hvae):
+    _, test, _ = digits
+    codes = hvae.transform(test[:5])
+    assert codes.shape == (5, 12)
+    assert list(hvae.get_feature_names_out()) == [f"z{i}" for i in range(12)]
+    np.testing.assert_array_equal(hvae.decode(codes), hvae.reconstruct(test[:5]))
+    ends = hvae.interpolate(test[0], test[1], n_steps=4)
+    np.testing.assert_array_equal(ends[[0, -1]], hvae.reconstruct(test[:2]))
+    samples = hvae.sample(7, random_state=0)
+    assert samples.shape == (7, 64) and np.isfinite(samples).all()
+    np.testing.assert_array_equal(samples, hvae.sample(7, random_state=0))
+
+
+def test_scores_depend_on_the_row_alone(digits, hvae):
+    _, test, _ = digits
+    for kind in ("elbo", "iwae", "llr"):
+        hvae.set_params(score_kind=kind)
+        full = hvae.score_samples(test)
+        np.testing.assert_array_equal(hvae.score_samples(test[7:8]), full[7:8])
+        np.testing.assert_array_equal(hvae.score_samples(test[::-1]), full[::-1])
+    hvae.set_params(score_kind="auto")
+
+
+def test_save_load_and_onnx(tmp_path, digits, hvae):
+    _, test, _ = digits
+    hvae.set_params(score_kind="llr")
+    try:
+        hvae.save(tmp_path / "h.safetensors")
+        loaded = VAEDetector.load(tmp_path / "h.safetensors")
+        np.testing.assert_array_equal(loaded.score_samples(test), hvae.score_samples(test))
+        hvae.export_onnx(tmp_path / "h.onnx")
+        onnx_scores = OnnxModel(tmp_path / "h.onnx").score_samples(test)
+        np.testing.assert_allclose(onnx_scores, hvae.score_samples(test), rtol=1e-4, atol=1e-3)
+        hvae.export_onnx(tmp_path / "decoder.onnx", part="decoder")
+        decoded = OnnxModel(tmp_path / "decoder.onnx").decode(hvae.transform(test[:3]))
+        np.testing.assert_allclose(decoded, hvae.reconstruct(test[:3]), rtol=1e-4, atol=1e-4)
+    finally:
+        hvae.set_params(score_kind="auto")
+
+
+def test_images_score_llr_and_elbo_complexity():
+    x, _ = load_digits(return_X_y=True)
+    images = (x[:300].reshape(-1, 8, 8) / 16.0).astype(np.float32)
+    detector = VAEDetector(latent_dim=(6, 3), epochs=5, random_state=0).fit(images)
+    assert detector._resolved_score_kind() == "elbo_complexity"
+    for kind in ("elbo_complexity", "llr"):
+        assert np.isfinite(detector.set_params(score_kind=kind).score_samples(images)).all()
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"latent_dim": (8,)}, "at least 2 positive ints"),
+    ({"latent_dim": (8, 0)}, "at least 2 positive ints"),
+    ({"latent_dim": (8, 4), "score_kind": "elbo_kl_knn"}, "not defined for a hierarchical"),
+    ({"score_kind": "llr"}, r"latent_dim=\(32, 8\)"),
+])
+def test_bad_settings_say_what_to_do(digits, params, match):
+    train, _, _ = digits
+    with pytest.raises(ValueError, match=match):
+        VAEDetector(epochs=1, **params).fit(train[:50])
+
+
+def test_tables_with_holes_and_conditional_are_refused(digits):
+    train, _, _ = digits
+    holes = train[:50].copy()
+    holes[0, 3] = np.nan
+    with pytest.raises(ValueError, match="contains NaN"):
+        VAEDetector(latent_dim=(8, 4), epochs=1).fit(holes)
+    with pytest.raises(ValueError, match="conditional=False"):
+        VAEDetector(latent_dim=(8, 4), conditional=True, epochs=1).fit(
+            train[:50], np.arange(50) % 2)
+
+
+@pytest.mark.parametrize("method", ["explain", "score_frame"])
+def test_what_is_not_there_yet_is_refused(digits, hvae, method):
+    _, test, _ = digits
+    with pytest.raises(ValueError, match="hierarchical"):
+        getattr(hvae, method)(test[:3])

@@ -1,0 +1,66 @@
+"""Class labels of a conditional model: checked, and mapped to codes 0..K-1.
+
+A conditional VAE learns p(x | y) for the labels (or any categorical context
+column) given to ``fit``. Its classes are the distinct labels seen there, in
+sorted order (``np.unique``), as scikit-learn classifiers keep ``classes_``;
+scoring with a label outside them is refused, naming it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _label_array(y, n_rows: int, name: str = "y") -> np.ndarray:
+    """``y`` as a 1-D array of ``n_rows`` labels, none missing."""
+    labels = np.asarray(y.to_numpy() if isinstance(y, (pd.Series, pd.Index)) else y)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must be one label per row (1-D); got shape {labels.shape}.")
+    if len(labels) != n_rows:
+        raise ValueError(f"{name} has {len(labels)} labels for {n_rows} rows; give one per row.")
+    missing = pd.isna(labels)
+    if missing.any():
+        raise ValueError(f"{name} has {int(missing.sum())} missing labels (first at row "
+                         f"{int(np.argmax(missing))}); drop those rows or give them a label.")
+    if labels.dtype == object:
+        kinds = {type(v).__name__ for v in labels}
+        if len({"str" if k in ("str", "str_") else "number" for k in kinds}) > 1:
+            raise ValueError(f"{name} mixes strings and numbers ({sorted(kinds)}); "
+                             "use one kind of label.")
+    return labels
+
+
+def fit_labels(y, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(classes, codes, log prior) of the training labels: the sorted distinct labels, each
+    row's index among them (int64) and the log of each class's share of the rows (float32)."""
+    if y is None:
+        raise ValueError("conditional=True learns p(x | y): pass the labels, fit(X, y).")
+    labels = _label_array(y, n_rows)
+    classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return classes, codes.astype(np.int64), np.log(counts / n_rows).astype(np.float32)
+
+
+def label_codes(y, classes: np.ndarray, n_rows: int, name: str = "y") -> np.ndarray:
+    """Each label's index in ``classes`` (int64); a label fit never saw is refused."""
+    labels = _label_array(y, n_rows, name)
+    try:
+        codes = np.clip(np.searchsorted(classes, labels), 0, len(classes) - 1)
+        known = classes[codes] == labels
+    except TypeError:   # strings against numbers: numpy cannot order them
+        known = np.zeros(len(labels), dtype=bool)
+        codes = np.zeros(len(labels), dtype=np.int64)
+    if not np.all(known):
+        unseen = list(dict.fromkeys(labels[~known].tolist()))[:3]
+        raise ValueError(f"{name} holds labels the model never saw in fit: {unseen}; it knows "
+                         f"{classes.tolist()[:10]}{' ...' if len(classes) > 10 else ''}.")
+    return codes.astype(np.int64)
+
+
+def one_label_per_row(y, n_rows: int) -> np.ndarray:
+    """``y`` for ``n_rows`` rows: one label (a scalar, for every row) or one per row."""
+    if np.ndim(y) == 0:
+        return np.full(n_rows, y, dtype=object if isinstance(y, str) else None)
+    return _label_array(y, n_rows)
