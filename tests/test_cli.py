@@ -127,7 +127,9 @@ def test_demo_in_process(tmp_path, capsys):
     sizes = {path.name: Image.open(path).size for path in figures.iterdir()}
     assert sorted(sizes) == sorted(["reconstructions.png", "prior_samples.png",
                                     "interpolation.png", "latent_map.png",
-                                    "training_curves.png", "roc.png", "score_histograms.png"])
+                                    "training_curves.png", "roc.png", "score_histograms.png",
+                                    "class_samples.png"])
+    assert sizes["class_samples.png"] == (10 * 34 + 2, 10 * 34 + 2)   # 10 per class, 10 classes
     assert sizes["interpolation.png"] == (8 * 34 + 2, 4 * 34 + 2)   # 4 strips of 8 digits
     table = pd.read_csv(tmp_path / "roc_auc.csv", index_col=0)
     assert table.loc["mean", "VAEDetector"] > 0.9  # five epochs already beat chance by far

@@ -82,6 +82,7 @@ def run_demo(out_dir: Path, epochs: int | str = "auto", seed: int = 0,
     _save_reconstructions(vae, split, out_dir / "reconstructions.png")
     if figures is not None:
         save_demo_figures(vae, split, figures)
+        save_class_samples(figures / "class_samples.png", epochs, seed)
     table.to_csv(out_dir / "roc_auc.csv")
     return table
 
@@ -130,6 +131,20 @@ def save_demo_figures(detector, split, out_dir: Path) -> list[Path]:
     for name, save in figures.items():
         save(out_dir / name)
     return [out_dir / name for name in figures]
+
+
+def save_class_samples(path: Path, epochs: int | str = "auto", seed: int = 0) -> None:
+    """A conditional VAE fitted on every digit with its label: ``sample(10, y=c)`` for each
+    class c, one row per class (the per-class prior samples of a CVAE)."""
+    from sklearn.datasets import load_digits
+
+    from . import VAEDetector
+    from .plotting import save_image_grid
+
+    X, y = load_digits(return_X_y=True)
+    cvae = VAEDetector(conditional=True, epochs=epochs, random_state=seed).fit(X / 16.0, y)
+    rows = [cvae.sample(10, random_state=seed + c, y=c) for c in range(10)]
+    save_image_grid(np.concatenate(rows).reshape(-1, 8, 8), path, nrow=10)
 
 
 # -------------------------------------------------------------- fit/score
