@@ -26,6 +26,13 @@ def test_interpolation_ends_exactly_at_the_two_reconstructions(digits_model, met
     assert (steps > 0).all()                              # it moves at every step
 
 
+def test_one_image_may_come_without_its_batch_axis(digits_model):
+    det, images = digits_model
+    np.testing.assert_array_equal(det.interpolate(images[0], images[7], n_steps=3),
+                                  det.interpolate(images[:1], images[7:8], n_steps=3))
+    assert det.sample_posterior(images[0], n_samples=2).shape == (2, 8, 8)
+
+
 def test_a_table_row_may_be_a_series_or_a_one_row_frame(cancer):
     X, y = cancer
     det = VAEDetector(**FAST).fit(X[y == 1])

@@ -1,4 +1,4 @@
-"""Matplotlib figures saved as PNG (headless: the Agg backend, atomic writes)."""
+"""Matplotlib figures saved as PNG (built outside pyplot, written atomically)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,27 @@ import numpy as np
 from .fileio import atomic_write
 
 
-def _pyplot():
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs):
+    """A figure and its axes built outside pyplot: no backend is chosen or changed (a
+    notebook's inline backend stays), and no figure is left open."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - matplotlib is a dependency
         raise ImportError("plots need matplotlib: pip install matplotlib") from err
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*grid, **kwargs)
 
 
 def _save(figure, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120,
                                                    bbox_inches="tight"))
-    _pyplot().close(figure)
 
 
 def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
     """ROC curve of ``anomaly_score`` (higher = more anomalous) against 0/1 labels."""
     from sklearn.metrics import RocCurveDisplay
 
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(4.5, 4.5))
+    figure, ax = _subplots(figsize=(4.5, 4.5))
     RocCurveDisplay.from_predictions(labels, anomaly_score, ax=ax, name="detector",
                                      plot_chance_level=True)
     ax.set_title("ROC curve (positive = anomaly)")
@@ -39,8 +38,7 @@ def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
 
 def save_score_histograms(scores: np.ndarray, labels: np.ndarray, offset: float, path) -> None:
     """Histograms of ``score_samples`` for normal rows and anomalies, with the threshold."""
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6, 3.5))
+    figure, ax = _subplots(figsize=(6, 3.5))
     low, high = np.percentile(scores, [0.5, 100])
     bins = np.linspace(low, high, 60)
     for value, name in ((0, "normal"), (1, "anomaly")):
@@ -62,8 +60,7 @@ def save_explanation(contributions, path, top: int = 10) -> None:
 
     row = pd.Series(contributions).astype(float)
     shown = row.sort_values(ascending=False).iloc[:top][::-1]
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6, 0.35 * len(shown) + 1.2))
+    figure, ax = _subplots(figsize=(6, 0.35 * len(shown) + 1.2))
     ax.barh([str(name) for name in shown.index], shown.to_numpy(),
             color=["tab:red" if v > 0 else "tab:blue" for v in shown.to_numpy()])
     ax.axvline(0, color="black", linewidth=0.8)
@@ -100,8 +97,7 @@ def save_latent_map(codes: np.ndarray, labels, path, title: str = "latent space"
         share = pca.explained_variance_ratio_
         axes_names = (f"PC1 of z ({share[0]:.0%})", f"PC2 of z ({share[1]:.0%})")
     labels = np.asarray(labels)
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(5.5, 4.5))
+    figure, ax = _subplots(figsize=(5.5, 4.5))
     for value in np.unique(labels):
         mine = labels == value
         ax.scatter(codes[mine, 0], codes[mine, 1], s=8, alpha=0.6, label=str(value))
@@ -114,9 +110,8 @@ def save_latent_map(codes: np.ndarray, labels, path, title: str = "latent space"
 
 def save_training_curves(history: list[dict], path) -> None:
     """Per-epoch training terms from ``history_`` (loss, reconstruction, kl, val_loss)."""
-    plt = _pyplot()
     names = [n for n in ("loss", "reconstruction", "kl", "val_loss") if n in history[0]]
-    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    figure, axes = _subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     epochs = [record["epoch"] for record in history]
     for ax, name in zip(axes[0], names):
         ax.plot(epochs, [record[name] for record in history])

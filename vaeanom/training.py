@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: tqdm.auto warns in notebooks without ipywidgets
 
 logger = logging.getLogger(__name__)
 

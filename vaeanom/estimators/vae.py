@@ -682,6 +682,9 @@ class VAEDetector(BaseDetector):
     def _posterior(self, x, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean and log-variance of q(z|x) for one input ``x``, each (1, latent_dim),
         from one pass of the encoder (the mean's bits are those ``encode`` gives)."""
+        check_is_fitted(self)
+        if self.is_image_ and np.ndim(x) == len(self.input_shape_):   # one image, (H, W) ...
+            x = np.asarray(x)[None]
         both = self._map_chunks(lambda r: torch.cat(self.model_.encode(r), dim=1),
                                 self._preprocess(_as_batch(x)))
         if len(both) != 1:
