@@ -152,7 +152,133 @@ does worse than the plain ELBO on these 8x8 digits."""),
     title="KL per layer (bottom first)", figsize=(6, 3));"""),
 ]
 
-NOTEBOOKS = {"tables": TABLES, "images": IMAGES}
+COMPRESSION = [
+    ("markdown", """# Compression: images to bytes and back
+
+A VQ-VAE maps each image to a small grid of integer codes; `compress`
+range-codes them under the code frequencies learned in fit, and `decompress`
+gives the images back. The bits per pixel (bpp) and the PSNR trace a
+rate-distortion curve as the codebook grows. The images: scikit-learn's 8x8
+digits as uint8 (0-255); the README has the 28x28 Fashion-MNIST figures
+against JPEG and WebP."""),
+    ("parameters", """EPOCHS = 20          # the tests run with fewer"""),
+    ("code", """import numpy as np
+import pandas as pd
+from IPython.display import Image, display
+from sklearn.datasets import load_digits
+
+from vaeanom import VQVAEDetector, plotting
+
+digits, _ = load_digits(return_X_y=True)
+images = np.clip(digits * 16, 0, 255).astype(np.uint8).reshape(-1, 8, 8)
+train, test = images[:1400], images[1400:]
+
+vq = VQVAEDetector(codebook_size=32, conv_channels=(32,), epochs=EPOCHS,
+                   random_state=0).fit(train)
+blob = vq.compress(test)
+back = vq.decompress(blob)
+print(f"{len(test)} images, {test.nbytes} bytes raw -> {len(blob)} bytes "
+      f"({8 * len(blob) / test.size:.2f} bits per pixel); codes per image: "
+      f"{vq.encode(test[:1]).shape[1:]}")"""),
+    ("code", """plotting.save_image_grid(np.concatenate([test[:12], back[:12]]) / 255.0,
+                         "round_trip.png", nrow=12, scale=6)
+display(Image("round_trip.png"))   # top: originals, bottom: decompressed"""),
+    ("markdown", """`decompress` is exactly `decode(encode(x))` rounded to uint8, and a
+damaged blob is refused, never decoded into wrong images:"""),
+    ("code", """from vaeanom.compression import CorruptBlobError
+
+damaged = bytearray(blob)
+damaged[len(damaged) // 2] ^= 0xFF
+try:
+    vq.decompress(bytes(damaged))
+except CorruptBlobError as err:
+    print("refused:", err)"""),
+    ("markdown", """## Rate and distortion
+
+One model per codebook size; the rate is the real size of the blob."""),
+    ("code", """def psnr(a, b):
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse)
+
+rows = []
+for size in (4, 16, 64, 256):
+    model = VQVAEDetector(codebook_size=size, conv_channels=(32,), epochs=EPOCHS,
+                          random_state=0).fit(train)
+    blob = model.compress(test)
+    rows.append({"codebook_size": size, "bpp": 8 * len(blob) / test.size,
+                 "psnr_db": psnr(test, model.decompress(blob))})
+curve = pd.DataFrame(rows).set_index("codebook_size")
+curve"""),
+    ("code", """ax = curve.plot(x="bpp", y="psnr_db", marker="o", legend=False, figsize=(5, 3.5),
+                title="VQ-VAE on 8x8 digits")
+ax.set_xlabel("bits per pixel")
+ax.set_ylabel("PSNR (dB)");"""),
+]
+
+SERVING = [
+    ("markdown", """# ONNX export and serving
+
+Export a fitted detector to one ONNX file, score it without torch
+(`OnnxModel`), then serve it over the Open Inference Protocol with
+`vaeanom serve` and call it with Triton's own client and plain HTTP."""),
+    ("parameters", """EPOCHS = "auto"      # the tests run with fewer"""),
+    ("code", """import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+
+from vaeanom import OnnxModel, VAEDetector
+
+X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+det = VAEDetector(epochs=EPOCHS, random_state=0).fit(X[y == 1])
+det.export_onnx("scorer.onnx")
+onnx = OnnxModel("scorer.onnx")                 # onnxruntime only: no torch
+gap = np.abs(onnx.score_samples(X) - det.score_samples(X)).max()
+print(f"largest difference to score_samples over {len(X)} rows: {gap:.2e}")"""),
+    ("code", """with socket.socket() as sock:                   # a free port
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+vaeanom = Path(sys.executable).parent / "vaeanom"
+server = subprocess.Popen([str(vaeanom), "serve", "scorer.onnx", "--port", str(port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def ready():
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready").status == 200
+    except OSError:
+        return False
+
+deadline = time.time() + 120
+while not ready() and time.time() < deadline:
+    time.sleep(0.2)
+print("ready:", ready())"""),
+    ("markdown", """Triton's HTTP client, unchanged, against the Open Inference Protocol:"""),
+    ("code", """import tritonclient.http as http
+
+client = http.InferenceServerClient(f"127.0.0.1:{port}")
+rows = X.to_numpy(np.float32)[:5]
+tensor = http.InferInput("input", list(rows.shape), "FP32")
+tensor.set_data_from_numpy(rows, binary_data=True)
+served = client.infer("scorer", [tensor]).as_numpy("score")
+print(served)
+print("same as OnnxModel:", np.allclose(served, onnx.score_samples(rows)))"""),
+    ("markdown", """And plain JSON records by column name, with the verdict:"""),
+    ("code", """records = X.iloc[:2].to_dict(orient="records")
+request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/scorer/score",
+                                 data=json.dumps(records).encode(), method="POST")
+print(json.dumps(json.load(urllib.request.urlopen(request)), indent=1)[:400])"""),
+    ("code", """server.terminate()
+print("server exit code:", server.wait(timeout=60))"""),
+]
+
+NOTEBOOKS = {"tables": TABLES, "images": IMAGES, "compression": COMPRESSION,
+             "serving": SERVING}
 
 
 def notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:

@@ -21,7 +21,8 @@ SMALL = 'EPOCHS = 3'
 def test_there_are_notebooks_to_run():
     """Without this, a moved or emptied notebooks/ folder would leave test_notebook_runs
     parametrised over nothing: skipped, and the suite green."""
-    assert {"quickstart.ipynb", "tables.ipynb", "images.ipynb"} <= {p.name for p in NOTEBOOKS}
+    assert {"quickstart.ipynb", "tables.ipynb", "images.ipynb", "compression.ipynb",
+            "serving.ipynb"} <= {p.name for p in NOTEBOOKS}
 
 
 def with_small_parameters(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
