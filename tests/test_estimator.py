@@ -229,7 +229,8 @@ def test_bad_input_to_fit():
 
 
 @pytest.mark.parametrize("params, match", [
-    (dict(latent_dim=0), r"'latent_dim' must be an int in \[1, inf\); got 0"),
+    (dict(latent_dim=0), r"'latent_dim' must be an int in \[1, inf\) or a tuple of at least 2 "
+                         r"positive ints; got 0"),
     (dict(contamination=0.7), "'contamination' must be"),
     (dict(score_kind="elbow"), "'score_kind' must be one of 'auto', 'elbo', 'iwae', 'recon_prob'"),
     (dict(hidden_dims=()), "'hidden_dims' must be a non-empty tuple"),
