@@ -261,11 +261,7 @@ class VAEDetector(BaseDetector):
             encoder = MLPEncoder(int(np.prod(shape)) + n_context, self.hidden_dims,
                                  self.latent_dim)
             decoder = MLPDecoder(self.latent_dim + n_context, self.hidden_dims, shape)
-        if self.likelihood == "bernoulli":
-            likelihood = BernoulliLikelihood()
-        else:
-            likelihood = GaussianLikelihood(shape, None if self.sigma == "learned" else self.sigma)
-        return VAE(encoder, decoder, likelihood, self.latent_dim)
+        return VAE(encoder, decoder, self._likelihood(shape), self.latent_dim)
 
     def _build_table_model(self, cardinalities: tuple[int, ...]) -> VAE:
         """The table model: mask-aware encoder, a Gaussian or softmax likelihood per column."""
@@ -276,6 +272,12 @@ class VAEDetector(BaseDetector):
         likelihood = MixedLikelihood(cardinalities,
                                      None if self.sigma == "learned" else self.sigma)
         return VAE(encoder, decoder, likelihood, self.latent_dim)
+
+    def _likelihood(self, shape: tuple[int, ...]) -> nn.Module:
+        """p(x|z) of the rows or images model (the table model has its own)."""
+        if self.likelihood == "bernoulli":
+            return BernoulliLikelihood()
+        return GaussianLikelihood(shape, None if self.sigma == "learned" else self.sigma)
 
     def _hierarchical(self) -> bool:
         return isinstance(self.latent_dim, (tuple, list))
@@ -297,11 +299,7 @@ class VAEDetector(BaseDetector):
         bottom = self.latent_dim[0]
         encoder = MLPEncoder(int(np.prod(shape)), self.hidden_dims, bottom)
         decoder = MLPDecoder(bottom, self.hidden_dims, shape)
-        if self.likelihood == "bernoulli":
-            likelihood = BernoulliLikelihood()
-        else:
-            likelihood = GaussianLikelihood(shape, None if self.sigma == "learned" else self.sigma)
-        return HierarchicalVAE(encoder, decoder, likelihood, self.latent_dim,
+        return HierarchicalVAE(encoder, decoder, self._likelihood(shape), self.latent_dim,
                                hidden=self.hidden_dims[-1])
 
     def _bounds_only(self) -> bool:
