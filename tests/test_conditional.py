@@ -17,7 +17,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vaeanom import OnnxModel, VAEDetector
+from vaeanom import OnnxModel, VAEDetector, VQVAEDetector
+from vaeanom.export import read_metadata
+from vaeanom.scoring import COMPLEXITY_WEIGHT
 
 NAMES = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
                   "nine"], dtype=object)
@@ -100,6 +102,59 @@ def test_save_load_keeps_classes_and_scores(tmp_path, digits, cvae):
     np.testing.assert_array_equal(loaded.score_samples(x_test, NAMES[y_test]),
                                   cvae.score_samples(x_test, NAMES[y_test]))
     assert loaded.offset_ == cvae.offset_
+    assert loaded.label_offset_ == cvae.label_offset_
+
+
+def test_boolean_labels_save_and_load(tmp_path, digits):
+    x, y, _, _ = digits
+    detector = VAEDetector(conditional=True, epochs=1, random_state=0).fit(x[:100], y[:100] >= 5)
+    detector.save(tmp_path / "flags.safetensors")
+    loaded = VAEDetector.load(tmp_path / "flags.safetensors")
+    assert loaded.classes_.tolist() == [False, True]
+    np.testing.assert_array_equal(loaded.score_samples(x[:5], True),
+                                  detector.score_samples(x[:5], True))
+
+
+def test_label_scores_have_their_own_threshold(digits, cvae):
+    """score_samples(X, y) bounds log p(x | y), not log p(x): its threshold, label_offset_,
+    is the contamination rule on the training rows given their own labels."""
+    x, y, _, _ = digits
+    own = cvae.score_samples(x, NAMES[y])
+    assert np.isclose(cvae.label_offset_, np.percentile(own, 100 * cvae.contamination),
+                      rtol=1e-6)
+    assert cvae.label_offset_ != cvae.offset_
+    np.testing.assert_array_equal(cvae.decision_function(x, NAMES[y]), own - cvae.label_offset_)
+    np.testing.assert_array_equal(cvae.predict(x, NAMES[y]),
+                                  np.where(own < cvae.label_offset_, -1, 1))
+    np.testing.assert_array_equal(cvae.predict(x), np.where(
+        cvae.score_samples(x) < cvae.offset_, -1, 1))
+
+
+def test_sklearn_methods_pass_the_labels_on(digits, cvae):
+    x, y, x_test, y_test = digits
+    flags = VAEDetector(conditional=True, epochs=2, random_state=0).fit_predict(x[:200], y[:200])
+    assert set(np.unique(flags)) <= {-1, 1}
+    codes = cvae.transform(x_test[:5], NAMES[y_test[:5]])
+    np.testing.assert_array_equal(codes, cvae.encode(x_test[:5], NAMES[y_test[:5]]))
+    np.testing.assert_array_equal(cvae.inverse_transform(codes, NAMES[y_test[:5]]),
+                                  cvae.decode(codes, NAMES[y_test[:5]]))
+
+
+def test_image_bounds_add_the_code_length_only_when_asked(digits):
+    """On images, "elbo" and "iwae" are plain bounds; "elbo_complexity" adds the code length."""
+    x, y, _, _ = digits
+    images = x[:200].reshape(-1, 8, 8) / 16
+    detector = VAEDetector(conditional=True, backbone="mlp", score_kind="elbo", epochs=2,
+                           random_state=0).fit(images, y[:200])
+    plain = detector.score_samples(images[:20], y[:20])
+    marginal = detector.score_samples(images[:20])
+    detector.set_params(score_kind="elbo_complexity")
+    length = detector._complexity()(detector._preprocess(images[:20])).double().numpy()
+    assert np.all(np.abs(length) > 1)
+    np.testing.assert_allclose(detector.score_samples(images[:20], y[:20]) - plain,
+                               COMPLEXITY_WEIGHT * length, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(detector.score_samples(images[:20]) - marginal,
+                               COMPLEXITY_WEIGHT * length, rtol=1e-4, atol=1e-3)
 
 
 def test_onnx_scorers_match_score_samples(tmp_path, digits, cvae):
@@ -120,6 +175,9 @@ def test_onnx_scorers_match_score_samples(tmp_path, digits, cvae):
     unknown = session.run(None, {"input": x_test[:2].astype(np.float32),
                                  "label": np.array([-1, 10], dtype=np.int64)})[0]
     assert np.all(unknown == -np.inf)
+    assert read_metadata(tmp_path / "labelled.onnx")["offset"] == pytest.approx(
+        cvae.label_offset_)
+    assert read_metadata(tmp_path / "marginal.onnx")["offset"] == pytest.approx(cvae.offset_)
     with pytest.raises(ValueError, match="with_label=True"):
         OnnxModel(tmp_path / "labelled.onnx")
 
@@ -180,6 +238,9 @@ def test_unconditional_models_refuse_labels(digits):
         detector.score_samples(x[:2], y[:2])
     with pytest.raises(ValueError, match="conditional=False"):
         detector.export_onnx("never.onnx", with_label=True)
+    vq = VQVAEDetector(epochs=1, random_state=0).fit(x[:50].reshape(-1, 8, 8) / 16)
+    with pytest.raises(ValueError, match="conditional=False"):
+        vq.export_onnx("never.onnx", with_label=True)
 
 
 @pytest.mark.parametrize("method", ["explain", "score_frame", "partial_fit"])

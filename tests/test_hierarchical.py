@@ -61,6 +61,22 @@ def test_llr_is_the_difference_of_two_bounds(digits, hvae):
     np.testing.assert_allclose(llr, (above - full).numpy(), rtol=1e-5, atol=1e-4)
 
 
+def test_bound_above_the_bottom_proposes_from_x_alone(digits, hvae):
+    """L^{>1}'s proposal for z_2 starts at the mean of q(z_1 | x), a density of x alone (a
+    proper bound): the bottom layer's posterior noise does not move it, its prior noise does."""
+    _, test, _ = digits
+    x = torch.from_numpy(hvae.preprocessing_.to_model_units(test[:20]))
+    eps = torch.from_numpy(hvae.noise_)[:, None, :]
+    d1 = hvae.model_.latent_dims[0]
+    other_bottom, other_prior = eps.clone(), eps.clone()
+    other_bottom[..., :d1] = torch.randn_like(eps[..., :d1])
+    other_prior[..., -d1:] = torch.randn_like(eps[..., -d1:])
+    with torch.no_grad():
+        above = hvae.model_.iwae_above_bottom(x, eps)
+        assert torch.equal(above, hvae.model_.iwae_above_bottom(x, other_bottom))
+        assert not torch.equal(above, hvae.model_.iwae_above_bottom(x, other_prior))
+
+
 def test_codes_span_every_layer_and_decode(digits, hvae):
     _, test, _ = digits
     codes = hvae.transform(test[:5])
@@ -115,6 +131,7 @@ def test_images_score_llr_and_elbo_complexity():
     ({"latent_dim": (8, 0)}, "at least 2 positive ints"),
     ({"latent_dim": (8, 4), "score_kind": "elbo_kl_knn"}, "not defined for a hierarchical"),
     ({"score_kind": "llr"}, r"latent_dim=\(32, 8\)"),
+    ({"latent_dim": (8, 4), "score_kind": "elbo_complexity"}, "Use 'elbo' or 'auto'"),
 ])
 def test_bad_settings_say_what_to_do(digits, params, match):
     train, _, _ = digits
@@ -138,3 +155,13 @@ def test_what_is_not_there_yet_is_refused(digits, hvae, method):
     _, test, _ = digits
     with pytest.raises(ValueError, match="hierarchical"):
         getattr(hvae, method)(test[:3])
+
+
+def test_partial_fit_streams_a_hierarchy(digits):
+    """Chunks train it as fit does; the kNN bank it never keeps is missing, not an error."""
+    train, test, _ = digits
+    detector = VAEDetector(latent_dim=(8, 4), random_state=0)
+    for chunk in np.array_split(train, 3):
+        detector.partial_fit(chunk)
+    assert np.isfinite(detector.score_samples(test[:5])).all()
+    assert np.isfinite(detector.offset_) and not hasattr(detector, "latent_bank_")

@@ -76,7 +76,8 @@ class PartSpec(NamedTuple):
     ``codebook_size`` is K when latents are integer codes in [0, K).
     ``extra_inputs`` are graph inputs (name, dtype, per-row shape) that
     ``module`` takes after the model-unit batch, as they come (a conditional
-    scorer's label codes).
+    scorer's label codes). ``offset`` is the threshold on that score when it
+    is not the detector's ``offset_`` (a per-label score has its own).
     """
 
     module: nn.Module
@@ -87,6 +88,7 @@ class PartSpec(NamedTuple):
     latent_dtype: torch.dtype = torch.float32
     codebook_size: int | None = None
     extra_inputs: tuple[dict[str, Any], ...] = ()
+    offset: float | None = None
 
 
 class _HalfPrecision(nn.Module):
@@ -277,6 +279,11 @@ def build_graph(detector, part: str = "scorer", *, fp16: bool = False,
     pre = detector.preprocessing_
     input_dtype = resolve_input_dtype(pre, input_dtype)
     last = {"decoder": _UserOutput(pre), "scorer": _WorstIfNotFinite()}.get(part, nn.Identity())
+    if with_label and not getattr(detector, "conditional", False):
+        raise ValueError("with_label=True exports a conditional VAE's scorer (the label as a "
+                         f"second input); this {type(detector).__name__} was not fitted with "
+                         "labels (conditional=False). Leave it out, or fit "
+                         "VAEDetector(conditional=True) with fit(X, y).")
     options = {"with_label": True} if with_label else {}   # conditional VAEs only take it
     if explain:
         _check_explains(detector, part)
@@ -380,7 +387,7 @@ def _metadata(detector, part: str, graph: Graph, fp16: bool,
         "feature_names": None if pre.feature_names is None else list(pre.feature_names),
         "n_features_in": int(detector.n_features_in_),
         "score_kind": spec.score_kind,
-        "offset": float(detector.offset_),
+        "offset": float(detector.offset_ if spec.offset is None else spec.offset),
         "codebook_size": spec.codebook_size,
         "preprocessing": pre.to_json(),
         "classes": (np.asarray(detector.classes_).tolist() if hasattr(detector, "classes_")

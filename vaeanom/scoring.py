@@ -281,7 +281,11 @@ class ConditionalBound(nn.Module):
         if kind not in CONDITIONAL_SCORE_KINDS:
             raise ValueError(f"a conditional VAE scores with one of {CONDITIONAL_SCORE_KINDS}; "
                              f"got {kind!r}")
-        self.model, self.kind, self.complexity = model, kind, complexity
+        if kind in IMAGE_SCORE_KINDS and complexity is None:
+            raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
+        self.model, self.kind = model, kind
+        # only "elbo_complexity" adds the code length; "elbo" and "iwae" stay plain bounds
+        self.complexity = complexity if kind in IMAGE_SCORE_KINDS else None
         self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))   # (L, 1, d)
         self.register_buffer("classes", torch.arange(n_classes))
 

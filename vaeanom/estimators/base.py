@@ -251,7 +251,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             stream.scoring_pending = False
             self._set_scoring_state(stream.reservoir.distinct_rows(),
                                     _generator_at(stream.generator_state))
-            return self.__dict__[name]
+            if name in self.__dict__:   # not every model keeps every piece (bounds-only ones)
+                return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _set_scoring_state(self, x: Tensor, generator: torch.Generator) -> None:

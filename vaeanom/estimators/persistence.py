@@ -151,10 +151,11 @@ def _is_shape(value: Any) -> bool:
 
 
 def _are_labels(value: Any) -> bool:
-    """A conditional model's classes: distinct strings, or distinct numbers, at least one."""
+    """A conditional model's classes: distinct strings, numbers or booleans, at least one."""
     if not isinstance(value, list) or not value:
         return False
-    kinds = {str if isinstance(v, str) else float if _is_number(v) else None for v in value}
+    kinds = {str if isinstance(v, str) else bool if isinstance(v, bool)
+             else float if _is_number(v) else None for v in value}
     return len(kinds) == 1 and None not in kinds and len(set(value)) == len(value)
 
 
@@ -180,6 +181,7 @@ _FITTED_CHECKS = {
     "used_codes_": _is_number,
     "categories_": _is_table_schema,
     "classes_": lambda v: _are_labels(v),
+    "label_offset_": _is_number,
 }
 _FITTED_REQUIRED = ("offset_", "n_features_in_", "input_shape_", "is_image_")
 

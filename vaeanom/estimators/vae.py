@@ -10,7 +10,7 @@ import torch
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
-from ..checks import check_count, finite_decoded, finite_scores, is_outlier
+from ..checks import check_count, finite_decoded, finite_scores, is_outlier, outlier_labels
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MixedLikelihood, MLPDecoder, MLPEncoder, TableEncoder, n_decoder_outputs)
 from ..models.hierarchical import HierarchicalVAE
@@ -221,7 +221,7 @@ class VAEDetector(BaseDetector):
     }
     _fitted_arrays: ClassVar = ("center_", "scale_", "noise_", "score_reference_",
                                 "latent_bank_", "explain_reference_", "class_log_prior_")
-    _fitted_values: ClassVar = (*BaseDetector._fitted_values, "classes_")
+    _fitted_values: ClassVar = (*BaseDetector._fitted_values, "classes_", "label_offset_")
     _optional_arrays: ClassVar = ("explain_reference_",)   # files from before explain()
     _scoring_state: ClassVar = ("offset_", "noise_", "score_reference_", "latent_bank_",
                                 "explain_reference_")
@@ -316,7 +316,16 @@ class VAEDetector(BaseDetector):
         if not self.conditional:
             return x
         self.classes_, codes, self.class_log_prior_ = labels.fit_labels(y, len(x))
-        return x, torch.from_numpy(codes)
+        self._fit_codes = torch.from_numpy(codes)   # for label_offset_, dropped once set
+        return x, self._fit_codes
+
+    def _set_scoring_state(self, x: Tensor, generator: torch.Generator) -> None:
+        super()._set_scoring_state(x, generator)
+        self.__dict__.pop("label_offset_", None)
+        if self.conditional:   # the threshold of score_samples(X, y), training rows given theirs
+            codes = self.__dict__.pop("_fit_codes")
+            self.label_offset_ = self._offset_from(
+                self._map_chunks(self._conditional_bound(), x, codes.to(x.device)))
 
     def _one_hot(self, codes: Tensor) -> Tensor:
         return torch.nn.functional.one_hot(codes, self._n_classes()).float()
@@ -442,8 +451,9 @@ class VAEDetector(BaseDetector):
                 return "elbo_complexity" if self.is_image_ else "elbo"
             return "elbo_complexity" if self.is_image_ else "elbo_kl_knn"
         if self.score_kind in IMAGE_SCORE_KINDS and not self.is_image_:
+            rows_kind = "elbo" if self._bounds_only() else "elbo_kl_knn"
             raise ValueError(f"score_kind={self.score_kind!r} needs a model fitted on images; "
-                             "this one was fitted on rows. Use 'elbo_kl_knn' or 'auto'.")
+                             f"this one was fitted on rows. Use {rows_kind!r} or 'auto'.")
         return self.score_kind
 
     def _complexity(self) -> ImageComplexity | None:
@@ -519,7 +529,8 @@ class VAEDetector(BaseDetector):
         bound = self._conditional_bound(model)
         if with_label:
             label = {"name": "label", "dtype": "int64", "shape": []}
-            return PartSpec(bound, "data", ("score",), kind, extra_inputs=(label,))
+            return PartSpec(bound, "data", ("score",), kind, extra_inputs=(label,),
+                            offset=self.label_offset_)
         return PartSpec(LabelMarginal(bound, torch.from_numpy(self.class_log_prior_)), "data",
                         ("score",), kind)
 
@@ -567,6 +578,36 @@ class VAEDetector(BaseDetector):
         x = self._preprocess(X)
         codes = self._label_codes(y, len(x))
         return finite_scores(self._map_chunks(self._conditional_bound(), x, codes))
+
+    def decision_function(self, X, y=None) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers. With labels ``y``
+        (conditional models): ``score_samples(X, y) - label_offset_``, negative for
+        rows unusual for their label."""
+        return self.score_samples(X, y) - self._offset_for(y)
+
+    def predict(self, X, y=None) -> np.ndarray:
+        """+1 for inliers, -1 for outliers; with labels ``y`` (conditional models),
+        outliers for their label."""
+        return outlier_labels(self.score_samples(X, y), self._offset_for(y))
+
+    def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
+        """fit(X, y) then predict(X): the training rows' +1/-1 labels. A conditional
+        model learns from y and flags by the label-marginal score."""
+        return self.fit(X, y, **kwargs).predict(X)
+
+    def _offset_for(self, y) -> float:
+        """The threshold of the score ``score_samples(X, y)`` computes."""
+        check_is_fitted(self)
+        return self.offset_ if y is None or not self.conditional else self.label_offset_
+
+    def transform(self, X, y=None) -> np.ndarray:
+        """:meth:`encode` (with labels ``y`` for a conditional model), one row per input."""
+        codes = self.encode(X, y)
+        return codes.reshape(len(codes), -1)
+
+    def inverse_transform(self, Z, y=None) -> np.ndarray:
+        """Alias of :meth:`decode`."""
+        return self.decode(Z, y)
 
     def _label_codes(self, y, n_rows: int, name: str = "y") -> Tensor | None:
         """Labels -> int64 codes for a conditional model; None when there are none to give."""

@@ -32,6 +32,18 @@ def _log_normal(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
     return (-0.5 * ((z - mu) ** 2 * torch.exp(-log_var) + log_var + _LOG_2PI)).sum(-1)
 
 
+def _slices(t: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+    """t cut along its last axis into pieces of ``sizes`` (slices: an ONNX Split with several
+    outputs defeats the exporter's constant folding)."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [t[..., start:start + size] for start, size in zip(starts, sizes)]
+
+
+def _log_mean_exp(log_w: Tensor) -> Tensor:
+    """log (1/L) sum_l exp(log_w[l]): the importance-weighted bound from log-weights (L, b)."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
 class GaussianLayer(nn.Module):
     """z (..., n_in) -> mean and clamped log-variance of a Gaussian over n_out dims."""
 
@@ -86,22 +98,27 @@ class HierarchicalVAE(nn.Module):
         return self.likelihood.mean(self.decoder(z[:, :self.latent_dims[0]]))
 
     def _split(self, eps: Tensor) -> list[Tensor]:
-        """Noise per layer, then the bottom layer's prior noise (slices: an ONNX Split with
-        several outputs defeats the exporter's constant folding)."""
-        sizes = [*self.latent_dims, self.latent_dims[0]]
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        return [eps[..., start:start + size] for start, size in zip(starts, sizes)]
+        """Noise per layer, then the bottom layer's prior noise."""
+        return _slices(eps, [*self.latent_dims, self.latent_dims[0]])
 
-    def _posterior_chain(self, x: Tensor, eps: Tensor):
-        """Samples z_t (L, b, d_t) bottom-up, with each layer's log q and its posterior
-        parameters: ([z_1..z_T], [log q(z_t | .)] (L, b), (mu_T, log_var_T))."""
+    def _posterior_chain(self, x: Tensor, eps: Tensor,
+                         bottom: tuple[Tensor, Tensor] | None = None):
+        """Samples z_t (L, b, d_t) bottom-up, with each layer's log q and the top layer's
+        posterior parameters: ([z_1..z_T], [log q(z_t | .)] (L, b), (mu_T, log_var_T)).
+        ``bottom`` is q(z_1 | x)'s (mean, log-variance) when the caller has them."""
         noise = self._split(eps)
-        mu, log_var = self._bottom(x)
-        zs, log_q = [], []
-        for t in range(len(self.latent_dims)):
-            if t:
-                mu, log_var = self.up[t - 1](zs[-1])
-            z = mu + torch.exp(0.5 * log_var) * noise[t]
+        mu, log_var = self._bottom(x) if bottom is None else bottom
+        z1 = mu + torch.exp(0.5 * log_var) * noise[0]
+        upper, log_q, top = self._upper_chain(z1, noise[1:len(self.latent_dims)])
+        return [z1, *upper], [_log_normal(z1, mu, log_var), *log_q], top
+
+    def _upper_chain(self, z1: Tensor, noise: list[Tensor]):
+        """z_2..z_T drawn from q(z_{t+1} | z_t) starting at z_1, with their log q and the
+        top layer's (mean, log-variance)."""
+        zs, log_q, z = [], [], z1
+        for layer, layer_noise in zip(self.up, noise):
+            mu, log_var = layer(z)
+            z = mu + torch.exp(0.5 * log_var) * layer_noise
             zs.append(z)
             log_q.append(_log_normal(z, mu, log_var))
         return zs, log_q, (mu, log_var)
@@ -123,7 +140,12 @@ class HierarchicalVAE(nn.Module):
     # --------------------------------------------------------------- bounds
     def forward(self, x: Tensor, eps: Tensor, seen: Tensor | None = None,
                 context: Tensor | None = None) -> ELBOTerms:
-        """ELBO terms per row: E_q[log p(x | z_1)] and the KL summed over the layers."""
+        """ELBO terms per row: E_q[log p(x | z_1)] and the KL summed over the layers.
+
+        ``seen`` (a table's observed entries) and ``context`` (a label) belong to
+        models this one is not: refused rather than ignored."""
+        if seen is not None or context is not None:
+            raise ValueError("a hierarchical VAE takes neither missing-value masks nor labels")
         log_px, kl = self.terms_by_layer(x, eps)
         return ELBOTerms(log_px=log_px, kl=kl.sum(0))
 
@@ -141,42 +163,44 @@ class HierarchicalVAE(nn.Module):
         terms.append(0.5 * (mu * mu + torch.exp(log_var) - 1.0 - log_var).sum(-1))
         return torch.stack(terms)
 
-    def _log_weights(self, x: Tensor, eps: Tensor) -> Tensor:
-        """log p(x, z) - log q(z | x) per sample: (L, b)."""
-        zs, log_q, _ = self._posterior_chain(x, eps)
-        return self._log_px(x, zs[0]) + self._log_prior_chain(zs) - torch.stack(log_q).sum(0)
-
-    def iwae(self, x: Tensor, eps: Tensor, context: Tensor | None = None) -> Tensor:
+    def iwae(self, x: Tensor, eps: Tensor, context: Tensor | None = None, *,
+             bottom: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Importance-weighted bound log (1/L) sum_l p(x, z_l) / q(z_l | x), per row."""
-        log_w = self._log_weights(x, eps)
-        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        zs, log_q, _ = self._posterior_chain(x, eps, bottom)
+        log_w = self._log_px(x, zs[0]) + self._log_prior_chain(zs) - torch.stack(log_q).sum(0)
+        return _log_mean_exp(log_w)
 
-    def iwae_above_bottom(self, x: Tensor, eps: Tensor) -> Tensor:
-        """Havtorn et al.'s L^{>1}: the bound with z_1 drawn from p(z_1 | z_2), not q.
+    def iwae_above_bottom(self, x: Tensor, eps: Tensor,
+                          bottom: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Havtorn et al.'s L^{>1}: an importance-weighted bound on log p(x) in which z_1
+        is drawn from its prior p(z_1 | z_2), not from q(z_1 | x).
 
-        z_2..z_T come from the posterior chain (q(z_2 | z_1') with z_1' ~ q(z_1 | x)
-        standing in for the intractable q(z_2 | x) of a bottom-up chain), then
-        z_1 ~ p(z_1 | z_2) with the extra noise. The p(z_1 | z_2) terms cancel
-        against the proposal, leaving log p(x | z_1) + log p(z_{>1}) - log q(z_{>1}).
+        The proposal for z_2..z_T is the posterior chain started at z_1 = the mean
+        of q(z_1 | x): a density of x alone, so the weights
+        p(x | z_1) p(z_{>1}) / q(z_{>1} | x) are a proper bound (the p(z_1 | z_2)
+        terms cancel against the proposal).
         """
-        zs, log_q, _ = self._posterior_chain(x, eps)
-        mu, log_var = self.down[0](zs[1])
-        z1 = mu + torch.exp(0.5 * log_var) * self._split(eps)[-1]
-        log_w = (self._log_px(x, z1) + self._log_prior_chain(zs, start=1)
-                 - torch.stack(log_q[1:]).sum(0))
-        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        mean, _ = self._bottom(x) if bottom is None else bottom
+        noise = self._split(eps)
+        upper, log_q, _ = self._upper_chain(mean, noise[1:len(self.latent_dims)])
+        mu, log_var = self.down[0](upper[0])
+        z1 = mu + torch.exp(0.5 * log_var) * noise[-1]
+        log_w = (self._log_px(x, z1) + self._log_prior_chain([z1, *upper], start=1)
+                 - torch.stack(log_q).sum(0))
+        return _log_mean_exp(log_w)
 
     def llr(self, x: Tensor, eps: Tensor) -> Tensor:
-        """Minus Havtorn et al.'s LLR^{>1} = L - L^{>1} (both importance-weighted): how much
-        the bottom layer's posterior adds to the bound. Small when the top latents alone
-        explain x (a typical input); large for an input only low-level detail explains."""
-        return self.iwae_above_bottom(x, eps) - self.iwae(x, eps)
+        """Minus Havtorn et al.'s LLR^{>1} = -(L - L^{>1}), both importance-weighted: higher
+        (closer to 0) when the top latents alone explain x nearly as well as the whole
+        chain (a typical input); lower for an input only low-level detail explains."""
+        bottom = self._bottom(x)
+        return self.iwae_above_bottom(x, eps, bottom) - self.iwae(x, eps, bottom=bottom)
 
     # ------------------------------------------------------------ sampling
     def prior_codes(self, noise: Tensor) -> Tensor:
         """Codes drawn top-down from the prior, for noise (n, sum(latent_dims)) (top layer's
         noise last, as in a code): z_T = noise_T, z_t = mu_p + sigma_p * noise_t."""
-        noise = self._split(torch.cat([noise, noise[:, :self.latent_dims[0]]], dim=-1))[:-1]
+        noise = _slices(noise, self.latent_dims)
         zs = [noise[-1]]
         for t in reversed(range(len(self.latent_dims) - 1)):
             mu, log_var = self.down[t](zs[0])
