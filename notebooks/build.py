@@ -147,7 +147,13 @@ digits it was trained on (ROC-AUC below 0.5): a held-out digit shares the
 low-level statistics of the others, which is what the ratio cancels, and what
 is left does not point at the zeros. It was built for inputs from another data
 set. `elbo_complexity`, the image default chosen on 28x28 Fashion-MNIST, also
-does worse than the plain ELBO on these 8x8 digits."""),
+does worse than the plain ELBO on these 8x8 digits.
+
+Each layer's KL term over training: a hierarchy warms up (`kl_warmup="auto"`,
+the KL weight rising from 0 over the first third of the epochs), so the bottom
+layer first takes what it needs; as the weight reaches 1 the top layer, which
+starts later, takes over part of the code. A layer whose KL stayed at 0 would
+have collapsed onto its prior."""),
     ("code", """pd.DataFrame(hvae.history_).set_index("epoch")[["kl_1", "kl_2"]].plot(
     title="KL per layer (bottom first)", figsize=(6, 3));"""),
 ]

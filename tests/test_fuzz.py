@@ -601,6 +601,7 @@ FIT_PARAMS = {
                     "likelihood": (["gaussian", "bernoulli"], ["poisson"]),
                     "sigma": (["learned", 0.1], [0, -1, "fixed", float("inf")]),
                     "beta": (["auto", 0, 1e6], [-1, float("nan")]),
+                    "kl_warmup": (["auto", 0, 0.5, 1], [-0.1, 1.5, "half", float("nan")]),
                     "score_kind": (["auto", "elbo", "iwae", "recon_prob", "reconstruction", "kl",
                                     "elbo_kl", "latent_knn", "elbo_kl_knn", "elbo_complexity"],
                                    ["bogus", None]),

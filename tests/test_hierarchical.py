@@ -165,3 +165,18 @@ def test_partial_fit_streams_a_hierarchy(digits):
         detector.partial_fit(chunk)
     assert np.isfinite(detector.score_samples(test[:5])).all()
     assert np.isfinite(detector.offset_) and not hasattr(detector, "latent_bank_")
+
+
+def test_kl_weight_warms_up_over_the_first_third(digits):
+    """A hierarchy's loss weighs the KL less than the ELBO does while it warms up (by default
+    the first third of training), then exactly as much; a one-layer model has no warm-up."""
+    train, _, _ = digits
+    history = VAEDetector(latent_dim=(8, 4), beta=1.0, epochs=6, random_state=0).fit(
+        train).history_
+    assert history[0]["loss"] < -history[0]["elbo"] - 0.01
+    for epoch in history[2:]:
+        assert epoch["loss"] == pytest.approx(-epoch["elbo"], rel=1e-5)
+    first = VAEDetector(epochs=1, beta=1.0, random_state=0).fit(train).history_[0]
+    assert first["loss"] == pytest.approx(-first["elbo"], rel=1e-5)
+    warm = VAEDetector(epochs=1, beta=1.0, kl_warmup=1.0, random_state=0).fit(train).history_[0]
+    assert warm["loss"] < -warm["elbo"] - 0.01

@@ -90,6 +90,15 @@ CONDITIONAL_SCORE_KINDS = ("elbo", "iwae", "elbo_complexity")
 COMPLEXITY_WEIGHT = 0.2
 
 
+def _check_kind(kind: str, kinds: tuple[str, ...], model: str,
+                complexity: nn.Module | None) -> None:
+    """Refuse a score kind ``model`` does not have, or an image kind without images."""
+    if kind not in kinds:
+        raise ValueError(f"{model} scores with one of {kinds}; got {kind!r}")
+    if kind in IMAGE_SCORE_KINDS and complexity is None:
+        raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
+
+
 class ScoreTerms(NamedTuple):
     """Everything ``score_frame`` reports, per row."""
 
@@ -177,10 +186,7 @@ class Scorer(nn.Module):
                  complexity: nn.Module | None = None, reference: Tensor | None = None,
                  neighbours: nn.Module | None = None) -> None:
         super().__init__()
-        if kind not in SCORE_KINDS:
-            raise ValueError(f"unknown score kind {kind!r}; expected one of {SCORE_KINDS}")
-        if kind in IMAGE_SCORE_KINDS and complexity is None:
-            raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
+        _check_kind(kind, SCORE_KINDS, "a VAE", complexity)
         if kind in VOTE_SCORE_KINDS and reference is None:
             raise ValueError(f"score kind {kind!r} needs the training reference of its terms")
         if kind in NEIGHBOUR_SCORE_KINDS and neighbours is None:
@@ -248,11 +254,7 @@ class HierarchicalScorer(nn.Module):
     def __init__(self, model: nn.Module, eps: Tensor, kind: str,
                  complexity: nn.Module | None = None) -> None:
         super().__init__()
-        if kind not in HIERARCHICAL_SCORE_KINDS:
-            raise ValueError(f"a hierarchical VAE scores with one of {HIERARCHICAL_SCORE_KINDS}; "
-                             f"got {kind!r}")
-        if kind in IMAGE_SCORE_KINDS and complexity is None:
-            raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
+        _check_kind(kind, HIERARCHICAL_SCORE_KINDS, "a hierarchical VAE", complexity)
         self.model, self.kind, self.complexity = model, kind, complexity
         self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))   # (L, 1, noise)
 
@@ -278,11 +280,7 @@ class ConditionalBound(nn.Module):
     def __init__(self, model: VAE, eps: Tensor, kind: str, n_classes: int,
                  complexity: nn.Module | None = None) -> None:
         super().__init__()
-        if kind not in CONDITIONAL_SCORE_KINDS:
-            raise ValueError(f"a conditional VAE scores with one of {CONDITIONAL_SCORE_KINDS}; "
-                             f"got {kind!r}")
-        if kind in IMAGE_SCORE_KINDS and complexity is None:
-            raise ValueError(f"score kind {kind!r} needs images (an ImageComplexity module)")
+        _check_kind(kind, CONDITIONAL_SCORE_KINDS, "a conditional VAE", complexity)
         self.model, self.kind = model, kind
         # only "elbo_complexity" adds the code length; "elbo" and "iwae" stay plain bounds
         self.complexity = complexity if kind in IMAGE_SCORE_KINDS else None

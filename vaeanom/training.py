@@ -23,8 +23,11 @@ logger = logging.getLogger(__name__)
 #: the training rows: one tensor, or a tuple of tensors with one row each per example
 #: (a conditional model's (x, labels)); batches are taken from each alike
 Data = Tensor | tuple[Tensor, ...]
-#: loss_fn(model, batch, generator) -> (scalar loss to minimise, named per-batch means)
-LossFn = Callable[[nn.Module, Data, torch.Generator], tuple[Tensor, dict[str, Tensor]]]
+#: loss_fn(model, batch, generator, progress) -> (scalar loss to minimise, named per-batch
+#: means); progress is the share of the planned training done before this batch, 0 to 1
+#: (1 for a validation loss), for losses with a schedule (a KL warm-up)
+LossFn = Callable[[nn.Module, Data, torch.Generator, float],
+                  tuple[Tensor, dict[str, Tensor]]]
 
 
 def rows(data: Data, index) -> Data:
@@ -99,7 +102,7 @@ def _evaluate(model: nn.Module, loss_fn: LossFn, data: Data, batch_size: int,
     total, n_rows = 0.0, len(first(data))
     for start in range(0, n_rows, batch_size):
         batch = rows(data, slice(start, start + batch_size))
-        loss, _ = loss_fn(model, batch, generator)
+        loss, _ = loss_fn(model, batch, generator, 1.0)
         total += loss.item() * len(first(batch))
     return total / n_rows
 
@@ -170,8 +173,9 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Data, config: Training
     for start in range(0, n_rows, config.batch_size):
         batch = rows(data, order[start:start + config.batch_size])
         n_batch = len(first(batch))
+        progress = min(1.0, (epoch + start / n_rows) / config.epochs)
         with autocast(config.precision, device):
-            loss, terms = loss_fn(model, batch, generator)
+            loss, terms = loss_fn(model, batch, generator, progress)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip_grad_norm:

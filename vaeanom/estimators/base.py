@@ -144,8 +144,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _build_model(self, shape: tuple[int, ...], images: bool) -> nn.Module:
         raise NotImplementedError
 
-    def _loss(self, model: nn.Module, batch: Tensor,
-              generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def _loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator,
+              progress: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of one batch and its named terms (see ``training.LossFn``)."""
         raise NotImplementedError
 
     def _make_scorer(self) -> nn.Module:

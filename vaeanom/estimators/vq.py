@@ -165,7 +165,7 @@ class VQVAEDetector(BaseDetector):
             return grid_shape(self._model_shape(), len(self.conv_channels))
         return (self.n_codes,)
 
-    def _loss(self, model: VQVAE, batch: Tensor, generator: torch.Generator):
+    def _loss(self, model: VQVAE, batch: Tensor, generator: torch.Generator, progress: float):
         reconstruction, quantized = model(batch, generator if model.training else None)
         mse = F.mse_loss(reconstruction, batch)
         loss = mse + self.commitment_weight * quantized.commitment + quantized.codebook_loss
