@@ -8,6 +8,8 @@ refuses what it cannot do with errors that say so.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -105,6 +107,23 @@ def test_save_load_keeps_classes_and_scores(tmp_path, digits, cvae):
     assert loaded.label_offset_ == cvae.label_offset_
 
 
+def test_a_failed_fit_keeps_no_labels(digits):
+    x, y, _, _ = digits
+    detector = VAEDetector(conditional=True, latent_dim=(8, 4), epochs=1)
+    with pytest.raises(ValueError, match="conditional=False"):
+        detector.fit(x[:50], y[:50])
+    assert not any(name.startswith("_fit") for name in vars(detector))
+
+
+def test_files_without_label_offset_say_refit(digits, cvae):
+    x, y, _, _ = digits
+    old = copy.deepcopy(cvae)
+    del old.label_offset_
+    np.testing.assert_array_equal(old.predict(x[:5]), cvae.predict(x[:5]))
+    with pytest.raises(ValueError, match="refit"):
+        old.predict(x[:5], NAMES[y[:5]])
+
+
 def test_boolean_labels_save_and_load(tmp_path, digits):
     x, y, _, _ = digits
     detector = VAEDetector(conditional=True, epochs=1, random_state=0).fit(x[:100], y[:100] >= 5)
@@ -132,8 +151,11 @@ def test_label_scores_have_their_own_threshold(digits, cvae):
 
 def test_sklearn_methods_pass_the_labels_on(digits, cvae):
     x, y, x_test, y_test = digits
-    flags = VAEDetector(conditional=True, epochs=2, random_state=0).fit_predict(x[:200], y[:200])
-    assert set(np.unique(flags)) <= {-1, 1}
+    detector = VAEDetector(conditional=True, epochs=2, random_state=0)
+    flags = detector.fit_predict(x[:200], y[:200])
+    np.testing.assert_array_equal(flags, detector.predict(x[:200], y[:200]))
+    codes = detector.fit_transform(x[:200], y[:200])
+    np.testing.assert_array_equal(codes, detector.transform(x[:200], y[:200]))
     codes = cvae.transform(x_test[:5], NAMES[y_test[:5]])
     np.testing.assert_array_equal(codes, cvae.encode(x_test[:5], NAMES[y_test[:5]]))
     np.testing.assert_array_equal(cvae.inverse_transform(codes, NAMES[y_test[:5]]),

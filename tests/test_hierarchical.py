@@ -180,3 +180,26 @@ def test_kl_weight_warms_up_over_the_first_third(digits):
     assert first["loss"] == pytest.approx(-first["elbo"], rel=1e-5)
     warm = VAEDetector(epochs=1, beta=1.0, kl_warmup=1.0, random_state=0).fit(train).history_[0]
     assert warm["loss"] < -warm["elbo"] - 0.01
+
+
+def test_early_stopping_waits_for_the_warm_up(digits):
+    """Validation losses use the full KL weight, so they rise while it warms up: early
+    stopping neither keeps nor counts those epochs."""
+    train, _, _ = digits
+    detector = VAEDetector(latent_dim=(8, 4), epochs=30, validation_fraction=0.2, patience=1,
+                           random_state=0).fit(train)
+    assert len(detector.history_) > 10                      # warm-up: the first 10 epochs
+
+
+def test_partial_fit_warms_up_whatever_the_chunk_sizes(digits, monkeypatch):
+    """A stream's schedule is fixed by its first chunk: a smaller chunk later (whose own
+    epochs="auto" would be more) does not set the warm-up back."""
+    train, _, _ = digits
+    seen = []
+    original = VAEDetector._kl_weight
+    monkeypatch.setattr(VAEDetector, "_kl_weight",
+                        lambda self, progress: seen.append(progress) or original(self, progress))
+    detector = VAEDetector(latent_dim=(8, 4), random_state=0)
+    for chunk in (train[:250], train[250:500], train[500:]):   # 100 rows last
+        detector.partial_fit(chunk)
+    assert seen == sorted(seen) and seen[-1] > 0

@@ -19,7 +19,8 @@ in the metadata's ``preprocessing``.
 
 The batch dimension is dynamic. Everything :class:`vaeanom.OnnxModel` needs
 (version, estimator and parameters, input shape and feature names, score kind,
-``offset_``) is written to the model's ``metadata_props``; see ``read_metadata``.
+the threshold ``offset_``, or ``label_offset_`` for a scorer given labels) is
+written to the model's ``metadata_props``; see ``read_metadata``.
 
 The graphs are deterministic: no random op is exported, the scorer's noise is
 a constant. ``fp16=True`` runs the encoder and decoder networks in half

@@ -59,6 +59,9 @@ class TrainingConfig:
     #: "fp32", or "bf16": forward and backward passes under torch.autocast in bfloat16
     #: (weights, optimiser state and the loss's sums stay float32)
     precision: str = "fp32"
+    #: share of training during which the loss is still changing (a KL warm-up): early
+    #: stopping neither keeps an epoch nor counts patience before it ends
+    warmup: float = 0.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -126,6 +129,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainingConfig,
                                  weight_decay=config.weight_decay, foreach=True)
     history: list[dict[str, float]] = []
     best = (math.inf, None, -1)  # (val loss, state, epoch)
+    settled = _first_settled_epoch(config)
     bar = tqdm(range(config.epochs), desc="fit", unit="epoch", disable=not config.verbose,
                leave=False)
     for epoch in bar:
@@ -134,18 +138,23 @@ def fit(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainingConfig,
             record.update(epoch_statistics())
         if len(first(val)):
             record["val_loss"] = _evaluate(model, loss_fn, val, config.batch_size, generator)
-            if record["val_loss"] < best[0]:
+            if epoch >= settled and record["val_loss"] < best[0]:
                 best = (record["val_loss"], copy.deepcopy(model.state_dict()), epoch)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4g}")
         logger.debug("epoch %d: %s", epoch + 1, record)
-        if len(first(val)) and epoch - best[2] >= config.patience:
+        if len(first(val)) and epoch - max(best[2], settled - 1) >= config.patience:
             logger.info("early stop at epoch %d (best %d)", epoch + 1, best[2] + 1)
             break
     if best[1] is not None:
         model.load_state_dict(best[1])
     model.eval()
     return history
+
+
+def _first_settled_epoch(config: TrainingConfig) -> int:
+    """The first epoch (0-based) that ends after the warm-up: early stopping starts there."""
+    return max(0, math.ceil(config.warmup * config.epochs - 1e-9) - 1)
 
 
 def train_chunk(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainingConfig,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,6 +78,7 @@ class _Stream:
     generator_state: Tensor
     optimiser_state: dict | None
     reservoir: Reservoir
+    epochs: int                     # the passes planned (from the first chunk): a schedule's
     scoring_pending: bool = False   # trained since the scoring state was last computed
 
 
@@ -191,11 +192,12 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                                      self._epoch_statistics)
         self._set_scoring_state(x, generator)
         self.__dict__.pop("_stream_", None)   # a later partial_fit starts a new stream
-        if not np.isfinite(self.offset_):  # the last steps broke weights the loss never saw
+        thresholds = self._thresholds()
+        if not np.all(np.isfinite(thresholds)):  # the last steps broke weights the loss never saw
             raise training.TrainingDivergedError(
-                f"training diverged: the fitted model cannot score its training data (threshold "
-                f"{self.offset_}). Try a lower learning_rate (now {self.learning_rate}) or set "
-                "clip_grad_norm (e.g. 1.0).")
+                "training diverged: the fitted model cannot score its training data (threshold "
+                f"{', '.join(map(str, thresholds))}). Try a lower learning_rate (now "
+                f"{self.learning_rate}) or set clip_grad_norm (e.g. 1.0).")
         return self
 
     def partial_fit(self, X, y=None):
@@ -213,11 +215,12 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         ``RESERVOIR_ROWS`` rows drawn uniformly from every chunk so far; it is
         computed when first used after a call, so a call costs its training
         steps only, and looking at the model mid-stream changes nothing later.
-        ``epochs`` and ``validation_fraction`` are not used: call it once per
-        chunk per pass. The same chunks in the same order give the same model,
-        bit for bit; ``fit`` on all the rows stays the reference. A call on a
-        model fitted by ``fit`` (or loaded) goes on training it, with a fresh
-        optimiser and reservoir.
+        ``validation_fraction`` is not used, and ``epochs`` only as the length
+        of a schedule (a KL warm-up counts each call as one of the epochs the
+        first chunk resolves to): call it once per chunk per pass. The same
+        chunks in the same order give the same model, bit for bit; ``fit`` on
+        all the rows stays the reference. A call on a model fitted by ``fit``
+        (or loaded) goes on training it, with a fresh optimiser and reservoir.
         """
         stream = getattr(self, "_stream_", None)
         if stream is None:
@@ -232,8 +235,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             x = self._preprocess(X)
         generator = _generator_at(stream.generator_state)
         device = next(self.model_.parameters()).device
+        config = replace(self._training_config(len(x)), epochs=stream.epochs)
         record, stream.optimiser_state = training.train_chunk(
-            self.model_, self._loss, x.to(device), self._training_config(len(x)), generator,
+            self.model_, self._loss, x.to(device), config, generator,
             stream.optimiser_state, len(self.history_))
         self.history_.append({**record, **self._epoch_statistics()})
         stream.reservoir.add(x, generator)
@@ -273,14 +277,20 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             self.model_ = model.to(training.resolve_device(self.device))
         self.history_ = list(getattr(self, "history_", []))
         generator = torch.Generator().manual_seed(seed)
-        return _Stream(generator.get_state(), None, Reservoir(RESERVOIR_ROWS))
+        return _Stream(generator.get_state(), None, Reservoir(RESERVOIR_ROWS),
+                       self._resolved_epochs(len(x)))
 
     def _training_config(self, n_rows: int) -> training.TrainingConfig:
         return training.TrainingConfig(
             epochs=self._resolved_epochs(n_rows), batch_size=self.batch_size,
             learning_rate=self.learning_rate, weight_decay=self.weight_decay,
             clip_grad_norm=self.clip_grad_norm, validation_fraction=self.validation_fraction,
-            patience=self.patience, verbose=self.verbose, precision=self._precision())
+            patience=self.patience, verbose=self.verbose, precision=self._precision(),
+            warmup=self._warmup())
+
+    def _warmup(self) -> float:
+        """Share of training during which the loss still changes (a subclass's KL warm-up)."""
+        return 0.0
 
     def _precision(self) -> str:
         """The training precision ("fp32" unless a subclass offers "bf16")."""
@@ -320,6 +330,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _resolved_score_kind(self) -> str:
         """The score kind ``score_samples`` computes (what an export records)."""
         return self.score_kind
+
+    def _thresholds(self) -> tuple[float, ...]:
+        """The fitted thresholds on scores (``offset_``, and any a subclass adds)."""
+        return (self.offset_,)
 
     def _offset_from(self, train_scores: np.ndarray) -> float:
         """Threshold on score_samples: the contamination quantile, or Tukey's lower fence."""

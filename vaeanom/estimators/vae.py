@@ -153,7 +153,8 @@ class VAEDetector(BaseDetector):
         complete numeric rows or images only; no ``partial_fit``, ``explain``,
         ``score_frame`` or latent interpolation yet.
     contamination : float in (0, 0.5] or "auto", default=0.1
-        Share of training rows flagged as outliers; sets ``offset_``. "auto" uses
+        Share of training rows flagged as outliers; sets ``offset_`` (and
+        ``label_offset_``). "auto" uses
         Tukey's lower fence (Q1 - 1.5 IQR) of the training scores instead.
     epochs : int or "auto", default="auto"
         Passes over the training data. "auto" is 30 for images and, for rows,
@@ -189,6 +190,11 @@ class VAEDetector(BaseDetector):
     ----------
     model_ : torch.nn.Module
     offset_ : float
+        Threshold of ``decision_function`` and ``predict``: the
+        ``contamination`` rule on the training rows' scores.
+    label_offset_ : float
+        Conditional models only: the same threshold for scores given labels,
+        ``score_samples(X, y)``, on the training rows given their own.
     history_ : list of dict
         Per-epoch means of loss, elbo, reconstruction (-log p(x|z)) and kl.
     n_features_in_, feature_names_in_, input_shape_, is_image_
@@ -249,8 +255,8 @@ class VAEDetector(BaseDetector):
 
     def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),
                  backbone="auto", likelihood="gaussian", sigma="learned", beta="auto",
-                 kl_warmup="auto", score_kind="auto", n_score_samples=16, conditional=False, contamination=0.1,
-                 epochs="auto",
+                 kl_warmup="auto", score_kind="auto", n_score_samples=16, conditional=False,
+                 contamination=0.1, epochs="auto",
                  batch_size=128, learning_rate=1e-3, weight_decay=0.0, clip_grad_norm=10.0,
                  validation_fraction=None, patience=10, precision="fp32", device="auto",
                  verbose=0, random_state=None):
@@ -334,13 +340,24 @@ class VAEDetector(BaseDetector):
         self._fit_codes = torch.from_numpy(codes)   # for label_offset_, dropped once set
         return x, self._fit_codes
 
+    def fit(self, X, y=None):
+        try:
+            return super().fit(X, y)
+        finally:   # the training labels' codes are for label_offset_ only: never kept
+            self.__dict__.pop("_fit_codes", None)
+
+    fit.__doc__ = BaseDetector.fit.__doc__
+
     def _set_scoring_state(self, x: Tensor, generator: torch.Generator) -> None:
         super()._set_scoring_state(x, generator)
         self.__dict__.pop("label_offset_", None)
         if self.conditional:   # the threshold of score_samples(X, y), training rows given theirs
-            codes = self.__dict__.pop("_fit_codes")
+            codes = self._fit_codes.to(x.device)
             self.label_offset_ = self._offset_from(
-                self._map_chunks(self._conditional_bound(), x, codes.to(x.device)))
+                self._map_chunks(self._conditional_bound(), x, codes))
+
+    def _thresholds(self) -> tuple[float, ...]:
+        return (self.offset_, self.label_offset_) if self.conditional else (self.offset_,)
 
     def _one_hot(self, codes: Tensor) -> Tensor:
         return torch.nn.functional.one_hot(codes, self._n_classes()).float()
@@ -447,6 +464,9 @@ class VAEDetector(BaseDetector):
         if self.kl_warmup == "auto":
             return HIERARCHY_KL_WARMUP if self._hierarchical() else 0.0
         return self.kl_warmup
+
+    def _warmup(self) -> float:
+        return self._resolved_kl_warmup()
 
     def _kl_weight(self, progress: float) -> float:
         """The KL term's weight in the loss at ``progress`` (share of training done): beta,
@@ -558,7 +578,7 @@ class VAEDetector(BaseDetector):
         if with_label:
             label = {"name": "label", "dtype": "int64", "shape": []}
             return PartSpec(bound, "data", ("score",), kind, extra_inputs=(label,),
-                            offset=self.label_offset_)
+                            offset=self._label_offset())
         return PartSpec(LabelMarginal(bound, torch.from_numpy(self.class_log_prior_)), "data",
                         ("score",), kind)
 
@@ -619,14 +639,24 @@ class VAEDetector(BaseDetector):
         return outlier_labels(self.score_samples(X, y), self._offset_for(y))
 
     def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
-        """fit(X, y) then predict(X): the training rows' +1/-1 labels. A conditional
-        model learns from y and flags by the label-marginal score."""
-        return self.fit(X, y, **kwargs).predict(X)
+        """fit(X, y) then predict: the training rows' +1/-1 labels. A conditional model
+        learns p(x | y) and flags the rows unusual for their label, predict(X, y)."""
+        return self.fit(X, y, **kwargs).predict(X, y if self.conditional else None)
 
     def _offset_for(self, y) -> float:
         """The threshold of the score ``score_samples(X, y)`` computes."""
         check_is_fitted(self)
-        return self.offset_ if y is None or not self.conditional else self.label_offset_
+        return self.offset_ if y is None or not self.conditional else self._label_offset()
+
+    def _label_offset(self) -> float:
+        if not hasattr(self, "label_offset_"):
+            raise ValueError("this conditional model was saved before per-label thresholds "
+                             "(label_offset_) existed; refit it to threshold scores given y.")
+        return self.label_offset_
+
+    def fit_transform(self, X, y=None, **kwargs) -> np.ndarray:
+        """fit(X, y) then transform(X) (with the labels y for a conditional model)."""
+        return self.fit(X, y, **kwargs).transform(X, y if self.conditional else None)
 
     def transform(self, X, y=None) -> np.ndarray:
         """:meth:`encode` (with labels ``y`` for a conditional model), one row per input."""

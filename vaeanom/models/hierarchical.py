@@ -39,6 +39,11 @@ def _slices(t: Tensor, sizes: Sequence[int]) -> list[Tensor]:
     return [t[..., start:start + size] for start, size in zip(starts, sizes)]
 
 
+def _refuse_context(context: Tensor | None) -> None:
+    if context is not None:
+        raise ValueError("a hierarchical VAE takes no labels (context)")
+
+
 def _log_mean_exp(log_w: Tensor) -> Tensor:
     """log (1/L) sum_l exp(log_w[l]): the importance-weighted bound from log-weights (L, b)."""
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
@@ -144,8 +149,9 @@ class HierarchicalVAE(nn.Module):
 
         ``seen`` (a table's observed entries) and ``context`` (a label) belong to
         models this one is not: refused rather than ignored."""
-        if seen is not None or context is not None:
-            raise ValueError("a hierarchical VAE takes neither missing-value masks nor labels")
+        if seen is not None:
+            raise ValueError("a hierarchical VAE takes no missing-value masks")
+        _refuse_context(context)
         log_px, kl = self.terms_by_layer(x, eps)
         return ELBOTerms(log_px=log_px, kl=kl.sum(0))
 
@@ -166,6 +172,7 @@ class HierarchicalVAE(nn.Module):
     def iwae(self, x: Tensor, eps: Tensor, context: Tensor | None = None, *,
              bottom: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Importance-weighted bound log (1/L) sum_l p(x, z_l) / q(z_l | x), per row."""
+        _refuse_context(context)
         zs, log_q, _ = self._posterior_chain(x, eps, bottom)
         log_w = self._log_px(x, zs[0]) + self._log_prior_chain(zs) - torch.stack(log_q).sum(0)
         return _log_mean_exp(log_w)
