@@ -91,9 +91,9 @@ def test_bf16_training_runs_the_networks_in_bfloat16_and_scores_in_float32(cance
     seen = set()
     original = VAEDetector._loss
 
-    def spy(self, model, batch, generator):
+    def spy(self, model, batch, generator, progress):
         seen.add(model.encoder(batch)[0].dtype)
-        return original(self, model, batch, generator)
+        return original(self, model, batch, generator, progress)
 
     monkeypatch.setattr(VAEDetector, "_loss", spy)
     det = VAEDetector(**{**FAST, "precision": "bf16"}).fit(X)
