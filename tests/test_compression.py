@@ -20,6 +20,9 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from vaeanom import VQVAEDetector, compression
+from vaeanom.code_model import ContextModel
+
+from .blobs import v1_blob
 from vaeanom.cli import main
 from vaeanom.compression import (CorruptBlobError, compress, decompress, ideal_bits,
                                  to_uint8)
@@ -57,10 +60,9 @@ def test_round_trip_equals_decode_of_encode_and_size_is_near_ideal(codecs, data)
 
 
 def _header_and_checksum_bytes(blob: bytes) -> int:
-    # magic, version, fingerprint, 5 varints (n, C, H, W, length), CRC: varints < 128 here
-    # except possibly the length, which takes 2 bytes from 128 bytes of payload on.
-    payload_guess = len(blob) - 7 - 5 - 4
-    return 7 + 5 + (1 if payload_guess >= 128 else 0) + 4
+    # tag, the varint (n - 1) * 2 (one byte below 64 images), CRC-32
+    _, offset = compression.read_varint(blob, 1)
+    return offset + 4
 
 
 def test_batch_and_per_image_streams_decode_to_the_same_images(codecs):
@@ -90,7 +92,7 @@ def test_every_byte_flip_and_every_truncation_is_detected(codecs):
     for length in range(len(blob)):
         with pytest.raises(CorruptBlobError):
             decompress(detector, blob[:length])
-    with pytest.raises(CorruptBlobError, match="truncated or padded|checksum"):
+    with pytest.raises(CorruptBlobError, match="CRC-32"):
         decompress(detector, blob + b"\0")
 
 
@@ -102,11 +104,21 @@ def test_wrong_model_and_unknown_version_have_clear_errors(codecs, digit_images)
     with pytest.raises(CorruptBlobError, match="another model"):
         decompress(other, blob)
     newer = bytearray(blob)
-    newer[2] = 2
-    with pytest.raises(CorruptBlobError, match="format version 2"):
+    newer[0] = compression.TAG_FAMILY | 3
+    with pytest.raises(CorruptBlobError, match="format version 3"):
         decompress(detector, bytes(newer))
-    with pytest.raises(CorruptBlobError, match="magic"):
+    with pytest.raises(CorruptBlobError, match="bad tag byte"):
         decompress(detector, b"PK\x03\x04" + blob[4:])
+    with pytest.raises(CorruptBlobError, match="bad tag byte"):
+        decompress(detector, b"")
+
+
+def test_a_single_image_costs_six_bytes_besides_its_payload(codecs):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:1])
+    payload = len(compression.encode_codes(detector.encode(images[:1]),
+                                           compression.context_model(detector)))
+    assert blob[0] == compression.TAG and blob[1] == 0 and len(blob) == payload + 6
 
 
 def test_row_models_refuse_to_compress(cancer):
@@ -161,7 +173,7 @@ def test_cli_errors_leave_no_output(saved_codec, tmp_path, capsys):
     (tmp_path / "bad.vq").write_bytes(blob[:-1])
     assert main(["decompress", "--model", str(model), str(tmp_path / "bad.vq"),
                  str(tmp_path / "out.npy")]) == 1
-    assert "corrupt or truncated" in capsys.readouterr().err
+    assert "corrupt, truncated" in capsys.readouterr().err
     assert not (tmp_path / "out.npy").exists()
     blobs = tmp_path / "blobs"
     blobs.mkdir()
@@ -192,18 +204,16 @@ def test_installed_console_script_compresses(saved_codec, tmp_path):
     done = subprocess.run([exe, "compress", "--model", str(model), str(tmp_path / "in.npy"),
                            str(tmp_path / "x.vq")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "x.vq").read_bytes()[:2] == b"VQ"
+    assert (tmp_path / "x.vq").read_bytes()[0] == compression.TAG
 
 
 # ------------------------------------------------------------ forged blobs
-def _forge(detector, n_images: int, payload: bytes, shape=None) -> bytes:
-    """A blob with a valid CRC and this model's fingerprint (both copyable) around payload."""
-    shape = compression._image_shape(detector) if shape is None else shape
-    header = (compression.MAGIC + bytes([compression.FORMAT_VERSION])
-              + compression.fingerprint(detector)
-              + b"".join(compression._varint(v) for v in (n_images, *shape, len(payload))))
-    body = header + payload
-    return body + struct.pack(">I", zlib.crc32(body))
+def _forge(detector, n_images: int, payload: bytes, size=None) -> bytes:
+    """A blob sealed with this model's CRC (which anyone holding the model can compute)."""
+    header = compression.varint((n_images - 1) * 2 + (size is not None))
+    if size is not None:
+        header += b"".join(compression.varint(v) for v in size)
+    return compression.seal(detector, bytes([compression.TAG]) + header + payload)
 
 
 def test_a_forged_header_claiming_2_30_images_fails_fast_in_little_memory(codecs):
@@ -263,13 +273,11 @@ def test_the_payload_must_be_exactly_the_code_of_its_images(codecs):
     detector, images = codecs["square"]
     blob = compress(detector, images[:6])
     n, payload = compression._open(detector, blob)
-    for bad in (payload + b"\0\0\0\0", payload[:-4], payload + b"\0"):  # trailing, missing, odd
+    for bad in (payload + b"\0\0\0\0", payload[:-1], payload + b"\0"):  # trailing, missing
         with pytest.raises(CorruptBlobError, match="corrupt or truncated"):
             decompress(detector, _forge(detector, n, bad))
-    with pytest.raises(CorruptBlobError, match="corrupt or truncated"):  # more images than coded
-        decompress(detector, _forge(detector, n + 1, payload))
-    with pytest.raises(CorruptBlobError, match="0 images"):
-        decompress(detector, _forge(detector, 0, payload))
+    with pytest.raises(CorruptBlobError, match="another size"):
+        decompress(detector, _forge(detector, n, payload, size=(16, 16)))
     assert len(decompress(detector, _forge(detector, n, payload))) == n
 
 
@@ -280,32 +288,25 @@ def test_a_payload_the_range_decoder_rejects_is_a_corrupt_blob_error(codecs):
     assert isinstance(caught.value.__cause__, AssertionError)  # constriction's, wrapped
 
 
-def _collapsed(detector, code: int, count: int = 10**6):
-    """A copy of detector whose probability model gives one code all the weight."""
-    collapsed = copy.deepcopy(detector)
-    counts = np.zeros_like(detector.code_counts_)
-    counts[:, code] = count
-    collapsed.code_counts_ = counts
-    return collapsed
+def _collapsed(n_codes: int, code: int, grids: int = 10**6) -> ContextModel:
+    """A context model that has only ever seen ``code``, in every context."""
+    model = ContextModel.fit(np.full((1, 3, 3), code), np.arange(n_codes) % 4, 4)
+    counts = model.counts.copy()
+    counts[:, 3] *= grids
+    return ContextModel(model.classes, counts, 4)
 
 
-def test_the_image_bound_holds_for_the_cheapest_images_and_stays_finite(codecs):
-    square, _ = codecs["square"]                         # its codebook has collapsed already
-    first, last = _collapsed(square, 0), _collapsed(square, square.code_counts_.shape[1] - 1)
-    p = compression.code_probabilities(first.code_counts_)
-    assert p.max() + 17 * 2.0**-24 > 1       # p_max alone bounds nothing: the leaky floor does
-    for detector, n in ((square, 200_000), (first, 1_000_000), (last, 1_000_000)):
-        weights = compression.code_weights(detector.code_counts_)
-        cheapest = np.broadcast_to(weights.argmax(axis=1), (n, len(weights)))
-        payload = compression.encode_codes(cheapest, weights)
-        most = compression.max_images(detector, len(payload))
-        assert n <= most < 50 * n, (len(payload), most)   # sound, and not vacuous
-        rng = np.random.default_rng(0)                    # any other images cost more
-        other = rng.integers(0, weights.shape[1], (1000, len(weights)))
-        assert 1000 <= compression.max_images(
-            detector, len(compression.encode_codes(other, weights)))
-    with pytest.raises(CorruptBlobError, match="claims 1073741824 images"):
-        decompress(first, _forge(first, 2**30, b"\0" * 8))
+def test_the_code_bound_holds_for_the_cheapest_grids_and_stays_finite():
+    for model, n in ((_collapsed(16, 0), 200_000), (_collapsed(16, 15), 200_000),
+                     (_collapsed(1024, 7), 100_000)):
+        cheapest = np.full((n, 3, 3), int(model.counts[0, 2]))
+        payload = compression.encode_codes(cheapest, model)
+        most = compression.max_codes(model, len(payload))
+        assert cheapest.size <= most < 50 * cheapest.size, (len(payload), most)  # sound, useful
+        rng = np.random.default_rng(0)                        # any other grids cost more
+        other = rng.integers(0, model.n_codes, (1000, 3, 3))
+        assert other.size <= compression.max_codes(
+            model, len(compression.encode_codes(other, model)))
 
 
 def test_images_are_decoded_in_blocks_exactly_as_in_one_call(codecs):
@@ -328,20 +329,19 @@ def _mutated_blob(data, detector, blob: bytes) -> bytes:
             mutated[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
         return bytes(mutated)
     n, payload = compression._open(detector, blob)
-    shape = compression._image_shape(detector)
+    size = None
     if how == "reseal payload":
-        words = st.integers(0, 16).flatmap(lambda k: st.binary(min_size=4 * k, max_size=4 * k))
         payload = data.draw(st.one_of(
-            words,                                          # whole 32-bit words: decoded
-            st.builds(lambda at, word: payload[:4 * at] + word + payload[4 * at + 4:],
-                      st.integers(0, len(payload) // 4 - 1), st.binary(min_size=4, max_size=4)),
+            st.binary(max_size=64),
+            st.builds(lambda at, byte: payload[:at] + byte + payload[at + 1:],
+                      st.integers(0, len(payload) - 1), st.binary(min_size=1, max_size=1)),
             st.builds(lambda cut, extra: payload[:cut] + extra,
                       st.integers(0, len(payload)), st.binary(max_size=12))), label="payload")
     else:
-        n = data.draw(st.one_of(st.integers(0, 2 * n + 2), st.integers(0, 2**70)), label="n")
-        if data.draw(st.integers(0, 3), label="edit shape?") == 0:
-            shape = data.draw(st.tuples(*[st.integers(0, 2**40)] * 3), label="shape")
-    return _forge(detector, n, payload, shape)
+        n = data.draw(st.one_of(st.integers(1, 2 * n + 2), st.integers(1, 2**70)), label="n")
+        if data.draw(st.integers(0, 3), label="edit size?") == 0:
+            size = data.draw(st.tuples(*[st.integers(0, 2**40)] * 2), label="size")
+    return _forge(detector, n, payload, size)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
@@ -360,9 +360,9 @@ def test_mutated_and_random_blobs_only_ever_raise_corrupt_blob_error(codecs, dat
         event("decoded")
         n, payload = compression._open(detector, blob)
         assert out.dtype == np.uint8 and out.shape == (n, *images.shape[1:])
-        weights = compression.code_weights(detector.code_counts_)
-        assert compression.encode_codes(compression.decode_codes(payload, n, weights),
-                                        weights) == payload
+        model = compression.context_model(detector)
+        codes = compression.decode_codes(payload, (n, *detector.code_grid_), model)
+        assert compression.encode_codes(codes, model) == payload
         if blob == original:
             np.testing.assert_array_equal(out, decompress(detector, original))
     assert time.perf_counter() - start < 5.0
@@ -392,3 +392,75 @@ def test_cli_refuses_two_blobs_that_would_write_the_same_png(saved_codec, tmp_pa
     assert main(["decompress", "--model", str(model), str(blobs), str(tmp_path / "back")]) == 1
     assert "a.vq and a_0.vq both decompress to a_0.png" in capsys.readouterr().err
     assert not (tmp_path / "back").exists()
+
+
+# ------------------------------------------------ versions and determinism
+def test_version_1_blobs_still_decompress_with_every_check(codecs):
+    detector, images = codecs["square"]
+    blob = v1_blob(detector, images[:4])
+    np.testing.assert_array_equal(decompress(detector, blob),
+                                  to_uint8(detector.decode(detector.encode(images[:4]))))
+    for position in range(len(blob)):
+        corrupt = bytearray(blob)
+        corrupt[position] ^= 0x40
+        with pytest.raises(CorruptBlobError):
+            decompress(detector, bytes(corrupt))
+    for length in range(len(blob)):
+        with pytest.raises(CorruptBlobError):
+            decompress(detector, blob[:length])
+
+
+def test_a_model_saved_before_the_context_model_decompresses_but_will_not_compress(
+        codecs, tmp_path):
+    detector, images = codecs["square"]
+    old = copy.deepcopy(detector)
+    for name in ("code_classes_", "context_counts_", "n_code_classes_"):
+        delattr(old, name)
+    old.save(tmp_path / "old.safetensors")
+    loaded = VQVAEDetector.load(tmp_path / "old.safetensors")
+    np.testing.assert_array_equal(decompress(loaded, v1_blob(detector, images[:3])),
+                                  decompress(detector, v1_blob(detector, images[:3])))
+    with pytest.raises(ValueError, match="fit it again to compress"):
+        loaded.compress(images[:1])
+
+
+def test_a_file_with_a_broken_context_model_is_refused(codecs, tmp_path):
+    detector, _ = codecs["crops"]
+    broken = copy.deepcopy(detector)
+    broken.context_counts_ = detector.context_counts_[::-1].copy()
+    broken.save(tmp_path / "broken.safetensors")
+    with pytest.raises(ValueError, match="context model is not valid"):
+        VQVAEDetector.load(tmp_path / "broken.safetensors")
+
+
+_THREADS = """
+import sys
+import numpy as np
+import torch
+from vaeanom import VQVAEDetector
+torch.set_num_threads(int(sys.argv[1]))
+detector = VQVAEDetector.load(sys.argv[2])
+images = np.load(sys.argv[3])
+blob = detector.compress(images)
+open(sys.argv[4], "wb").write(blob)
+np.save(sys.argv[5], detector.decompress(open(sys.argv[6], "rb").read()))
+"""
+
+
+def test_streams_are_the_same_bytes_and_decode_the_same_under_1_and_2_threads(
+        saved_codec, tmp_path):
+    model, detector, images = saved_codec
+    np.save(tmp_path / "images.npy", images[:64])
+    (tmp_path / "here.vq").write_bytes(compress(detector, images[:64]))
+    for threads in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-c", _THREADS, str(threads), str(model),
+             str(tmp_path / "images.npy"), str(tmp_path / f"t{threads}.vq"),
+             str(tmp_path / f"t{threads}.npy"), str(tmp_path / "here.vq")],
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert ((tmp_path / "t1.vq").read_bytes() == (tmp_path / "t2.vq").read_bytes()
+            == (tmp_path / "here.vq").read_bytes())
+    np.testing.assert_array_equal(np.load(tmp_path / "t1.npy"), np.load(tmp_path / "t2.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "t1.npy"),
+                                  decompress(detector, (tmp_path / "here.vq").read_bytes()))

@@ -54,8 +54,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.base import clone
 
-from vaeanom import OnnxModel, VAEDetector, VQVAEDetector, cli, digest
-from vaeanom.compression import _varint, compress, decompress, to_uint8
+from vaeanom import OnnxModel, VAEDetector, VQVAEDetector, cli, compression, digest
+from vaeanom.compression import compress, decompress, to_uint8
+from vaeanom.compression import varint as _varint
+
+from .blobs import v1_blob
 from vaeanom.onnx_format import DIGEST_KEY, DIGEST_MARKER, METADATA_KEY
 from vaeanom.training import TrainingDivergedError
 
@@ -248,7 +251,8 @@ def check_output(name: str, value, n, owner, X=None) -> None:
             assert value.min(initial=0) >= 0 and value.max(initial=1) <= 1, \
                 f"{what} returned pixels outside [0, 1]"
     elif name == "compress":
-        assert isinstance(value, bytes) and value[:2] == b"VQ", f"{what} returned {value!r:.40}"
+        assert isinstance(value, bytes) and value[:1] == bytes([compression.TAG]), \
+            f"{what} returned {value!r:.40}"
         images = owner.decompress(value)
         assert images.dtype == np.uint8 and len(images) == n
         np.testing.assert_array_equal(images, to_uint8(owner.reconstruct(X)))
@@ -992,11 +996,11 @@ def test_crafted_onnx_files(onnx_files, data):
 @pytest.fixture(scope="module")
 def blobs(cases):
     det = cases["vq_images"].det
-    return {n: det.compress(cases["vq_images"].data[:n]) for n in (1, 3)}
+    return {n: v1_blob(det, cases["vq_images"].data[:n]) for n in (1, 3)}
 
 
 def _fields(blob: bytes):
-    """(version, fingerprint, [n, C, H, W, length], payload) of a real blob."""
+    """(version, fingerprint, [n, C, H, W, length], payload) of a real version-1 blob."""
     offset, fields = 7, []
     for _ in range(5):
         value = shift = 0

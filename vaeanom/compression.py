@@ -1,63 +1,69 @@
-"""Images <-> bytes with a fitted VQVAEDetector: entropy-coded codes in a checked container.
+"""Images <-> bytes with a fitted VQVAEDetector: entropy-coded codes in a lean, checked container.
 
-``compress`` encodes images to their codes (:meth:`VQVAEDetector.encode`) and
-range-codes the codes with ``constriction`` under the model's probability model:
-the frequency of each code at each grid position over the training set,
-smoothed towards the overall code frequencies so that a code never seen at a
-position still costs a finite number of bits. ``decompress`` range-decodes the
-codes and decodes them to uint8 images, exactly ``to_uint8(decode(codes))``.
+``compress`` encodes images to their grid of codes (:meth:`VQVAEDetector.encode`)
+and range-codes the grid with ``constriction``, in raster order, under the
+model's context model (:class:`vaeanom.code_model.ContextModel`): each code's
+probabilities depend on the classes of its left and upper neighbours, never on
+where it sits. ``decompress`` range-decodes the codes and decodes them to uint8
+images, exactly ``to_uint8(decode(codes))``.
 
-Container (every field is checked on the way in)::
+Container, version 2 (every field is checked on the way in)::
 
-    magic        2 bytes   b"VQ"
-    version      1 byte    FORMAT_VERSION
-    fingerprint  4 bytes   BLAKE2b of the decoder, codebook, probability model and shapes
-    n, C, H, W   varints   number of images and their shape
-    length       varint    payload bytes
-    payload      length    range-coded codes, 32-bit words, little-endian
-    checksum     4 bytes   CRC-32 of everything before it
+    tag       1 byte    0xB2: the high nibble marks a vaeanom blob, the low one is the version
+    header    varint    (n - 1) * 2 + custom: n images; custom = 1 when H, W follow
+    H, W      varints   only when the images are not the size the model was fitted on
+    payload   the rest  range-coded codes, big-endian 32-bit words, the last one trimmed
+    checksum  4 bytes   CRC-32 of the model fingerprint followed by everything before it
 
-A blob from another model, a truncated blob, a flipped byte or an unknown
-version raises :class:`CorruptBlobError`; CRC-32 detects every error burst of
-up to 32 bits, so every single-byte flip, and the length field every truncation.
+One image of the fitted size costs 6 bytes on top of its payload (version 1
+cost 16-17: a 2-byte magic, a version byte, a stored 4-byte fingerprint, the
+shape and the payload length as varints, and a payload padded to whole
+words). The fingerprint (BLAKE2b of the decoder, codebook, context model and
+image size) is no longer stored; it enters the CRC, so a blob from another
+model fails the same check as a corrupt one.
 
-The CRC and the fingerprint stop accidents, not forgers (both can be copied
-from any blob the model wrote), so decoding trusts no header field either:
+Integrity: CRC-32 detects every error burst of up to 32 bits, so every
+single-byte flip; a truncation, a model mismatch or random damage passes it
+with probability 2**-32, and must then also survive the payload check below.
+``tests/test_compression.py`` flips every byte and cuts every length of
+small blobs; ``benchmarks/compression.py`` measures the detection rate over
+many blobs.
 
-- memory is bounded by the payload, not by the image count the header claims.
-  constriction's range coder keeps its range in [2**32, 2**64): coding a
-  code of (quantised) probability q multiplies the range by at most q, each
-  32-bit word it writes multiplies it by 2**32, and sealing writes one word
-  more, so W payload words carry at most 32 W bits of information. A code's
-  quantised probability is at most min(p_max + (K + 1) 2**-24,
-  1 - (K - 1) 2**-24) for its position (see :func:`max_images`), so one image
-  costs at least B > 0 bits, the sum over positions of -log2 of that ceiling,
-  and a payload of L bytes holds at most (8 L + 64) / B images (64 bits of
-  margin). A header claiming more is refused before anything is allocated;
-  one within the bound costs what a genuine blob of that size costs: the
-  codes (4 bytes each) and the uint8 images, decoded ``DECODE_CHUNKS``
-  chunks at a time. The ratio is the model's: with a collapsed codebook (one code all but
-  certain at every position) a genuine payload of a few bytes codes 10**5
-  images; ``max_images(detector, L)`` says how many;
+Decoding trusts no header field:
+
+- memory is bounded by the payload, not by the image count or size the
+  header claims. constriction's range coder keeps its range in [2**32, 2**64):
+  coding a code of quantised probability q multiplies the range by at most q,
+  and each 32-bit word it writes multiplies it by 2**32, so a genuine payload
+  of L bytes (at most (L - 1) / 4 + 1 words before trimming, one of them the
+  sealing word) carries at most 8 L + 96 bits. A code's quantised probability
+  is at most min(p_max + (K + 1) 2**-24, 1 - (K - 1) 2**-24) in its context,
+  so every code costs at least b > 0 bits (the cheapest context's bound, see
+  :func:`max_codes`), and a payload holds at most (8 L + 96) / b codes. A
+  header claiming more is refused before anything is allocated;
 - the range decoder itself is not trusted either: data it finds invalid for
   the model is a :class:`CorruptBlobError`, never constriction's error;
-- the payload must be exactly the range code of the codes decoded from it:
-  they are encoded again and compared byte for byte, so trailing bytes, a
-  payload read past its end or codes padded in are all refused.
+- the payload must be exactly the (trimmed) range code of the codes decoded
+  from it: they are encoded again and compared byte for byte, so trailing
+  bytes, a payload read past its end or codes padded in are all refused.
 
-Determinism: the payload depends only on the codes and the probability model
-(float64 numpy, quantised by constriction), so the same codes give the same
-bytes on any machine. Decoding on CPU is bit-identical from run to run (fixed
-chunk shapes, see :data:`vaeanom.estimators.base.SCORE_CHUNK`). On another device
-(a GPU, or a CPU with other kernels) the decoder's floating-point sums may
-differ in the last bits, so a pixel may land one grey level away; the codes
-themselves are always recovered exactly.
+Determinism: the payload depends only on the codes and the context model's
+integer weights (quantised by constriction with exact integer arithmetic),
+so the same codes give the same bytes on any machine and under any thread
+count. Decoding on CPU is bit-identical from run to run (fixed chunk shapes,
+see :data:`vaeanom.estimators.base.SCORE_CHUNK`). On another device (a GPU,
+or a CPU with other kernels) the decoder's floating-point sums may differ in
+the last bits, so a pixel may land one grey level away; the codes themselves
+are always recovered exactly.
+
+Blobs of version 1 (position-wise frequency tables, before the context
+model) still decompress with the model that wrote them
+(:mod:`vaeanom.compression_v1`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 import weakref
 import zlib
 
@@ -65,11 +71,14 @@ import constriction
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-MAGIC = b"VQ"
-FORMAT_VERSION = 1
-FINGERPRINT_BYTES = 4
-#: pseudo-count of the overall code frequencies added to each position's counts
-PRIOR_STRENGTH = 16
+from . import code_model
+from .code_model import ContextModel
+
+TAG = 0xB2
+#: the high nibble every vaeanom blob tag carries; the low nibble is the format version
+TAG_FAMILY = 0xB0
+FORMAT_VERSION = TAG & 0x0F
+CHECKSUM_BYTES = 4
 #: constriction's fixed-point precision: probabilities are whole multiples of 2**-24
 CODER_PRECISION = 24
 #: decompress turns codes into pixels this many of the detector's fixed-size chunks at a time
@@ -81,110 +90,168 @@ class CorruptBlobError(ValueError):
 
 
 # ---------------------------------------------------------------- the model
-def code_weights(code_counts: np.ndarray) -> np.ndarray:
-    """Per-position code weights (positions, K): whole numbers, exact in float64.
-
-    Proportional to count[position, k] + s * g[k], where g are the overall code
-    frequencies (add-1/2 smoothed) and s = ``PRIOR_STRENGTH``, so a code never
-    seen at a position still costs a finite number of bits. The weights are
-    integers (below 2**53) so that every machine hands the coder the same
-    numbers; constriction normalises them with its own exact arithmetic.
-    """
-    counts = np.asarray(code_counts, dtype=np.int64)
-    overall = 2 * counts.sum(axis=0) + 1                    # (count + 1/2) * 2
-    weights = counts * int(overall.sum()) + int(PRIOR_STRENGTH) * overall
-    if weights.max() >= 2**53:
-        raise ValueError("too many training codes for exact float64 code weights.")
-    return weights.astype(np.float64)
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def code_probabilities(code_counts: np.ndarray) -> np.ndarray:
-    """The code weights normalised per position: p(k | position)."""
-    weights = code_weights(code_counts)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-def ideal_bits(detector, codes: np.ndarray) -> float:
-    """Shannon code length -sum log2 p(code) of ``codes`` (n, *grid) under the model."""
-    p = code_probabilities(detector.code_counts_)
-    flat = np.asarray(codes).reshape(len(codes), -1)
-    return float(-np.log2(p[np.arange(flat.shape[1]), flat]).sum())
-
-
-_fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def context_model(detector) -> ContextModel:
+    """The fitted detector's context model (cached per fitted model)."""
+    return _cached(detector)["model"]
 
 
 def fingerprint(detector) -> bytes:
-    """4 bytes that change with anything that changes what a blob decodes to.
+    """4 bytes that change with anything that changes what a blob decodes to."""
+    return _cached(detector)["fingerprint"]
 
-    Cached per fitted model (a refit makes a new one), so per-image calls stay cheap.
-    """
+
+def _cached(detector) -> dict:
+    """Context model, its weights and the fingerprint, rebuilt when fit or load replaces them."""
     key = detector.model_
-    cached = _fingerprints.get(key)
-    if cached is None or cached[0] is not detector.code_counts_:
-        cached = _fingerprints[key] = (detector.code_counts_, _fingerprint(detector))
-    return cached[1]
+    entry = _cache.get(key)
+    if entry is None or entry["counts"] is not detector.context_counts_:
+        model = ContextModel(detector.code_classes_, detector.context_counts_,
+                             detector.n_code_classes_)
+        entry = _cache[key] = {"counts": detector.context_counts_, "model": model,
+                               "fingerprint": _fingerprint(detector, model)}
+    return entry
 
 
-def _fingerprint(detector) -> bytes:
-    digest = hashlib.blake2b(digest_size=FINGERPRINT_BYTES)
+def _fingerprint(detector, model: ContextModel) -> bytes:
+    digest = hashlib.blake2b(digest_size=CHECKSUM_BYTES)
     digest.update(repr((tuple(detector.input_shape_), tuple(detector.code_grid_))).encode())
     state = detector.model_.state_dict()
     for name in sorted(state):
         if name.startswith(("decoder.", "quantizer.codebook.embedding")):
             digest.update(name.encode())
             digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    digest.update(code_weights(detector.code_counts_).tobytes())
+    digest.update(repr((code_model.BACKOFF, code_model.SCALE_BITS, code_model.LEVELS,
+                        model.n_classes)).encode())
+    digest.update(np.ascontiguousarray(model.classes, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(model.counts, dtype="<i8").tobytes())
     return digest.digest()
 
 
+def ideal_bits(detector, codes: np.ndarray) -> float:
+    """Shannon code length -sum log2 p(code | context) of code grids (n, h, w)."""
+    return context_model(detector).ideal_bits(np.asarray(codes))
+
+
 # ------------------------------------------------------------ range coding
-def _position_models(probabilities: np.ndarray) -> list:
-    """One constriction model per grid position, from its row of (unnormalised) weights.
-
-    Lazy, non-perfect models quantise exactly as a model family given an (n, K)
-    table per symbol would (the same bytes), without materialising that table:
-    coding memory is the codes themselves, whatever K.
-    """
-    return [constriction.stream.model.Categorical(np.ascontiguousarray(row, dtype=np.float64),
-                                                  perfect=False, lazy=True)
-            for row in probabilities]
+#: constriction's leaky categorical family: every code keeps a nonzero probability
+_FAMILY = constriction.stream.model.Categorical(perfect=False)
+#: images whose probability rows are built at once per grid position (each row K float64)
+CODING_BLOCK = 512
 
 
-def encode_codes(codes: np.ndarray, probabilities: np.ndarray) -> bytes:
-    """Range-code codes (n, positions) position by position; returns the payload.
+def _coding_order(shape: tuple[int, int, int]):
+    """(row, column, images) in the order both sides code: raster order, image blocks."""
+    n, h, w = shape
+    for row in range(h):
+        for column in range(w):
+            for start in range(0, n, CODING_BLOCK):
+                yield row, column, slice(start, min(start + CODING_BLOCK, n))
 
-    ``probabilities`` (positions, K) may be unnormalised weights.
-    """
+
+def _probabilities(model: ContextModel, codes: np.ndarray, row: int, column: int,
+                   images: slice) -> np.ndarray:
+    """Each image's weights (b, K) at (row, column), from the codes decoded before it."""
+    contexts = model.context_at(codes[images], row, column)
+    unique, inverse = np.unique(contexts, return_inverse=True)
+    return model.rows(unique)[inverse]
+
+
+def _range_code(codes: np.ndarray, model: ContextModel) -> np.ndarray:
+    """Code grids (n, h, w) -> constriction's 32-bit words."""
     encoder = constriction.stream.queue.RangeEncoder()
-    for position, model in enumerate(_position_models(probabilities)):
-        encoder.encode(np.ascontiguousarray(codes[:, position], dtype=np.int32), model)
-    return encoder.get_compressed().astype("<u4").tobytes()
+    for row, column, images in _coding_order(codes.shape):
+        encoder.encode(codes[images, row, column].astype(np.int32), _FAMILY,
+                       _probabilities(model, codes, row, column, images))
+    return encoder.get_compressed()
 
 
-def decode_codes(payload: bytes, n: int, probabilities: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_codes`: codes (n, positions), int32.
-
-    Decoding alone cannot tell a payload from garbage (a range decoder reads
-    zeros past the end); :func:`decompress` encodes the codes again to check.
-    """
-    if len(payload) % 4:
-        raise CorruptBlobError("blob is corrupt or truncated: its payload is not a whole number "
-                               "of 32-bit words.")
-    decoder = constriction.stream.queue.RangeDecoder(
-        np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-    codes = np.empty((n, len(probabilities)), dtype=np.int32)
+def _range_decode(words: np.ndarray, shape: tuple[int, int, int],
+                  model: ContextModel) -> np.ndarray:
+    """Inverse of :func:`_range_code`; the decoder reads zero words past the end."""
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    codes = np.zeros(shape, dtype=np.int64)
     try:
-        for position, model in enumerate(_position_models(probabilities)):
-            codes[:, position] = decoder.decode(model, n)
+        for row, column, images in _coding_order(shape):
+            codes[images, row, column] = decoder.decode(
+                _FAMILY, _probabilities(model, codes, row, column, images))
     except AssertionError as err:  # constriction's "data that is invalid for the entropy model"
         raise CorruptBlobError("blob is corrupt or truncated: its payload is not a range code "
                                "under this model.") from err
     return codes
 
 
+def encode_codes(codes: np.ndarray, model: ContextModel) -> bytes:
+    """Code grids (n, h, w) -> payload: big-endian words, the last one cut short.
+
+    The range coder seals its stream with a whole 32-bit word, of which fewer
+    bytes usually suffice: the decoder reads zeros past the end, so the last
+    word may be rounded up to a multiple of 2**8, 2**16 or 2**24 and its
+    trailing zero bytes dropped, as long as the codes still decode. Each
+    candidate is checked by decoding it, so the shortest that works is
+    exact by construction; it is a function of the codes alone.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    words = _range_code(codes, model)
+    if not len(words):
+        return b""
+    head = words[:-1].astype(">u4").tobytes()
+    last = int(words[-1])
+    for keep in (0, 1, 2, 3):
+        unit = 1 << (8 * (4 - keep))
+        rounded = -(-last // unit) * unit
+        if rounded >= 1 << 32:
+            continue
+        payload = head + rounded.to_bytes(4, "big")[:keep]
+        if _decodes_to(payload, codes, model):
+            return payload
+    return head + last.to_bytes(4, "big")
+
+
+def _decodes_to(payload: bytes, codes: np.ndarray, model: ContextModel) -> bool:
+    try:
+        return np.array_equal(_decode_payload(payload, codes.shape, model), codes)
+    except CorruptBlobError:  # a cut too short can leave data the decoder rejects
+        return False
+
+
+def _decode_payload(payload: bytes, shape, model: ContextModel):
+    padded = payload + bytes(-len(payload) % 4)
+    words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
+    return _range_decode(words, shape, model)
+
+
+def decode_codes(payload: bytes, shape: tuple[int, int, int],
+                 model: ContextModel) -> np.ndarray:
+    """Payload -> code grids ``shape`` = (n, h, w), checked to be exactly their code."""
+    codes = _decode_payload(payload, shape, model)
+    if encode_codes(codes, model) != payload:
+        raise CorruptBlobError(f"blob is corrupt or truncated: its payload is not exactly the "
+                               f"code of the {shape[0]} images its header announces (trailing, "
+                               "missing or altered bytes).")
+    return codes
+
+
+def max_codes(model: ContextModel, payload_bytes: int) -> int:
+    """The most codes a genuine payload of ``payload_bytes`` can hold (module docstring).
+
+    constriction quantises probabilities to whole units u = 2**-24
+    (``CODER_PRECISION``), rounding one up by less than 2 units, and gives
+    every other code at least one unit; hence q <= min(p_max + (K + 1) u,
+    1 - (K - 1) u) in each context, K >= 2. The second ceiling keeps the bound
+    finite (about 1.4 (K - 1) u bits a code) even when one code takes all
+    of a context's weight.
+    """
+    unit, k = 2.0 ** -CODER_PRECISION, model.n_codes
+    slack = 2 * len(code_model.LEVELS) * k * 2.0 ** -code_model.SCALE_BITS  # the floors
+    ceiling = min(model.max_probability() + slack + (k + 1) * unit, 1.0 - (k - 1) * unit)
+    return int((8 * payload_bytes + 96) / -np.log2(ceiling))
+
+
 # ---------------------------------------------------------------- container
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -193,7 +260,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(blob: bytes, offset: int) -> tuple[int, int]:
+def read_varint(blob: bytes, offset: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if offset >= len(blob) or shift > 63:
@@ -203,11 +270,6 @@ def _read_varint(blob: bytes, offset: int) -> tuple[int, int]:
         offset, shift = offset + 1, shift + 7
         if not byte & 0x80:
             return value, offset
-
-
-def _image_shape(detector) -> tuple[int, int, int]:
-    shape = tuple(detector.input_shape_)
-    return (1, *shape) if len(shape) == 2 else shape
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -225,15 +287,24 @@ def _check_codec(detector) -> None:
                          "work on image models (fit on (n, H, W) or (n, C, H, W) arrays).")
 
 
+def _check_context_model(detector) -> None:
+    if getattr(detector, "context_counts_", None) is None:
+        raise ValueError("this model was saved before vaeanom's context model (format-2 blobs): "
+                         "it decompresses the blobs it wrote, but fit it again to compress.")
+
+
+def seal(detector, body: bytes) -> bytes:
+    """body + CRC-32 of (fingerprint, body): the checksum also says which model."""
+    return body + zlib.crc32(body, zlib.crc32(fingerprint(detector))).to_bytes(4, "big")
+
+
 def compress(detector, images) -> bytes:
     """Images (n, H, W) or (n, C, H, W) -> one blob (see the module docstring)."""
     _check_codec(detector)
-    codes = detector.encode(images).reshape(len(images), -1)
-    payload = encode_codes(codes, code_weights(detector.code_counts_))
-    header = (MAGIC + bytes([FORMAT_VERSION]) + fingerprint(detector)
-              + b"".join(_varint(v) for v in (len(codes), *_image_shape(detector), len(payload))))
-    body = header + payload
-    return body + struct.pack(">I", zlib.crc32(body))
+    _check_context_model(detector)
+    codes = detector.encode(images)
+    payload = encode_codes(codes, context_model(detector))
+    return seal(detector, bytes([TAG]) + varint((len(codes) - 1) * 2) + payload)
 
 
 def decompress(detector, blob: bytes) -> np.ndarray:
@@ -244,18 +315,18 @@ def decompress(detector, blob: bytes) -> np.ndarray:
     except TypeError:
         raise TypeError(f"blob must be bytes (what compress returns); got "
                         f"{type(blob).__name__}.") from None
+    from . import compression_v1
+
+    if compression_v1.is_v1(blob):
+        return _decode_images(detector, compression_v1.decompress_codes(detector, blob))
+    _check_context_model(detector)
     n, payload = _open(detector, blob)
-    weights = code_weights(detector.code_counts_)
-    codes = decode_codes(payload, n, weights)
-    if encode_codes(codes, weights) != payload:
-        raise CorruptBlobError("blob is corrupt or truncated: its payload is not exactly the "
-                               f"code of the {n} images its header announces (trailing, missing "
-                               "or altered bytes).")
+    codes = decode_codes(payload, (n, *detector.code_grid_), context_model(detector))
     return _decode_images(detector, codes)
 
 
 def _decode_images(detector, codes: np.ndarray) -> np.ndarray:
-    """uint8 images of codes (n, positions), ``DECODE_CHUNKS`` scoring chunks at a time.
+    """uint8 images of code grids (n, h, w), ``DECODE_CHUNKS`` scoring chunks at a time.
 
     Only the uint8 output grows with n; the float pixels of one block are
     dropped before the next, so decompressing costs about n * C * H * W bytes
@@ -267,68 +338,38 @@ def _decode_images(detector, codes: np.ndarray) -> np.ndarray:
     size = DECODE_CHUNKS * detector._chunk_rows
     for start in range(0, len(codes), size):
         block = codes[start:start + size]
-        images[start:start + len(block)] = to_uint8(
-            detector.decode(block.reshape(len(block), *detector.code_grid_)))
+        images[start:start + len(block)] = to_uint8(detector.decode(block))
     return images
 
 
 def _open(detector, blob: bytes) -> tuple[int, bytes]:
-    """Check a blob's magic, version, checksum, model and lengths; return (n, payload)."""
-    if len(blob) < 3 or blob[:2] != MAGIC:
-        raise CorruptBlobError("not a vaeanom VQ blob (bad magic bytes); was it made by "
+    """Check a blob's tag, checksum (and so its model), header and size; return (n, payload)."""
+    if not blob or blob[0] & 0xF0 != TAG_FAMILY:
+        raise CorruptBlobError("not a vaeanom VQ blob (bad tag byte); was it made by "
                                "VQVAEDetector.compress?")
-    if blob[2] != FORMAT_VERSION:
-        raise CorruptBlobError(f"blob has format version {blob[2]}; this vaeanom reads version "
-                               f"{FORMAT_VERSION}. Use the vaeanom that wrote it, or check the "
-                               "file for corruption.")
-    if len(blob) < 3 + FINGERPRINT_BYTES + 4:
+    if blob[0] != TAG:
+        raise CorruptBlobError(f"blob has format version {blob[0] & 0x0F}; this vaeanom reads "
+                               f"versions 1 and {FORMAT_VERSION}. Use the vaeanom that wrote it, "
+                               "or check the file for corruption.")
+    if len(blob) < 2 + CHECKSUM_BYTES:
         raise CorruptBlobError(f"blob is truncated: {len(blob)} bytes is shorter than a header.")
-    body, (checksum,) = blob[:-4], struct.unpack(">I", blob[-4:])
-    if zlib.crc32(body) != checksum:
-        raise CorruptBlobError("blob is corrupt or truncated: its CRC-32 checksum does not match.")
-    made_by = body[3:3 + FINGERPRINT_BYTES]
-    if made_by != fingerprint(detector):
-        raise CorruptBlobError(f"blob was made by another model (fingerprint {made_by.hex()}, "
-                               f"this model's is {fingerprint(detector).hex()}); decompress it "
-                               "with the model that compressed it.")
-    offset = 3 + FINGERPRINT_BYTES
-    fields = []
-    for _ in range(5):
-        value, offset = _read_varint(body, offset)
-        fields.append(value)
-    n, shape, length = fields[0], tuple(fields[1:4]), fields[4]
-    if shape != _image_shape(detector):
-        raise CorruptBlobError(f"blob holds images of shape {shape}; this model makes "
-                               f"{_image_shape(detector)}.")
-    if len(body) - offset != length:
-        raise CorruptBlobError(f"blob is corrupt, truncated or padded: header says {length} "
-                               f"payload bytes, found {len(body) - offset}.")
-    if n < 1:
-        raise CorruptBlobError("blob is corrupt: its header claims 0 images (compress writes "
-                               "at least one).")
-    most = max_images(detector, length)
-    if n > most:
-        raise CorruptBlobError(f"blob header claims {n} images, but a {length}-byte payload "
-                               f"holds at most {most} under this model; the blob is corrupt "
-                               "or forged.")
-    return n, body[offset:]
-
-
-def max_images(detector, payload_bytes: int) -> int:
-    """The most images a payload of ``payload_bytes`` can code (see the module docstring).
-
-    Each code costs at least -log2 of an upper bound on its coded probability:
-    constriction quantises probabilities to whole units of 2**-24
-    (``CODER_PRECISION``), rounding one up by less than 2 units, and gives every
-    other code at least one unit; hence q <= min(p_max + (K + 1) u, 1 - (K - 1) u)
-    with u = 2**-24 and K >= 2 codes. The second ceiling keeps the bound finite
-    (about 1.4 (K - 1) u bits a code) even when one code takes all the weight.
-    """
-    p = code_probabilities(detector.code_counts_)
-    unit, k = 2.0 ** -CODER_PRECISION, p.shape[1]
-    ceiling = np.minimum(p.max(axis=1) + (k + 1) * unit, 1.0 - (k - 1) * unit)
-    bits_per_image = float(-np.log2(ceiling).sum())
-    return int((8 * payload_bytes + 64) / bits_per_image)
+    body = blob[:-CHECKSUM_BYTES]
+    if seal(detector, body) != blob:
+        raise CorruptBlobError("blob is corrupt, truncated, or was made by another model: its "
+                               "CRC-32 does not match its bytes under this model's fingerprint. "
+                               "Decompress it with the model that compressed it.")
+    header, offset = read_varint(body, 1)
+    if header & 1:
+        raise CorruptBlobError("blob holds images of another size than this model was fitted "
+                               f"on ({'x'.join(map(str, detector.input_shape_))}); this vaeanom "
+                               "decompresses the fitted size only.")
+    n, payload = (header >> 1) + 1, body[offset:]
+    most = max_codes(context_model(detector), len(payload))
+    if n * int(np.prod(detector.code_grid_)) > most:
+        raise CorruptBlobError(f"blob header claims {n} images, but a {len(payload)}-byte "
+                               f"payload holds at most {most} codes under this model; the blob is "
+                               "corrupt or forged.")
+    return n, payload
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> np.ndarray:
@@ -340,6 +381,5 @@ def psnr(reference: np.ndarray, decoded: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(255.0 ** 2 / mse)
 
 
-__all__ = ["compress", "decompress", "CorruptBlobError", "code_weights", "code_probabilities",
-           "ideal_bits",
-           "fingerprint", "to_uint8", "psnr", "encode_codes", "decode_codes"]
+__all__ = ["compress", "decompress", "CorruptBlobError", "context_model", "ideal_bits",
+           "fingerprint", "to_uint8", "psnr", "encode_codes", "decode_codes", "max_codes"]

@@ -182,6 +182,7 @@ _FITTED_CHECKS = {
     "categories_": _is_table_schema,
     "classes_": lambda v: _are_labels(v),
     "label_offset_": _is_number,
+    "n_code_classes_": lambda v: _is_int(v, 1),
 }
 _FITTED_REQUIRED = ("offset_", "n_features_in_", "input_shape_", "is_image_")
 
@@ -239,7 +240,8 @@ def check_shapes(found: dict[str, torch.Tensor], expected: dict[str, tuple[int, 
 
 
 #: the dtype ``fit`` gives each saved array: float32 unless named here
-_ARRAY_DTYPES = {"center_": torch.float64, "scale_": torch.float64, "code_counts_": torch.int64}
+_ARRAY_DTYPES = {"center_": torch.float64, "scale_": torch.float64, "code_counts_": torch.int64,
+                 "code_classes_": torch.int64, "context_counts_": torch.int64}
 
 
 def check_dtypes(arrays: dict[str, torch.Tensor], what: str) -> None:

@@ -107,7 +107,11 @@ class VQVAEDetector(BaseDetector):
         Shape of one input's codes: (h, w) for images, (n_codes,) for rows.
     code_counts_ : ndarray of shape (prod(code_grid_), K)
         How often each code occurs at each grid position over the training
-        set: the probability model of :meth:`compress`.
+        set (what :meth:`sample` draws from, and what decoded version-1 blobs).
+    code_classes_, context_counts_, n_code_classes_ :
+        Images only: the context model of :meth:`compress`
+        (:class:`vaeanom.code_model.ContextModel`): the class of each code
+        (k-means on the codebook) and the training counts of codes per context.
     perplexity_, used_codes_ : float
         Codebook health on the training set at the end of fit.
     """
@@ -125,14 +129,18 @@ class VQVAEDetector(BaseDetector):
         "dead_code_threshold": Number(0.0),
         **BaseDetector._common_rules,
     }
-    _fitted_arrays: ClassVar = ("center_", "scale_", "code_counts_")
+    _fitted_arrays: ClassVar = ("center_", "scale_", "code_counts_", "code_classes_",
+                                "context_counts_")
+    # row models have no context model; image models saved before it decompress old blobs
+    _optional_arrays: ClassVar = ("code_classes_", "context_counts_")
     # Each chunk row is a whole image through convolutions: small chunks keep one-image
     # calls (compress, per-image streams) cheap, and the matrices stay large (rows x grid).
     _chunk_rows: ClassVar[int] = 16
     _fitted_values: ClassVar = (*BaseDetector._fitted_values, "code_grid_", "perplexity_",
-                                "used_codes_")
+                                "used_codes_", "n_code_classes_")
     _scoring_state: ClassVar = ("offset_", "code_grid_", "code_counts_", "perplexity_",
-                                "used_codes_")
+                                "used_codes_", "code_classes_", "context_counts_",
+                                "n_code_classes_")
 
     def __init__(self, codebook_size="auto", code_dim=32, conv_channels=(64, 128),
                  hidden_dims=(256, 128), n_codes=4, backbone="auto", commitment_weight=0.25,
@@ -185,8 +193,39 @@ class VQVAEDetector(BaseDetector):
         for position in range(codes.shape[1]):
             counts[position] = np.bincount(codes[:, position], minlength=size)
         self.code_counts_ = counts
+        for name in ("code_classes_", "context_counts_", "n_code_classes_"):
+            self.__dict__.pop(name, None)
+        if self.is_image_:
+            self._fit_context_model(codes.reshape(len(x), *self.code_grid_))
         health = usage_statistics(torch.from_numpy(counts.sum(axis=0)))
         self.perplexity_, self.used_codes_ = health["perplexity"], health["used_codes"]
+
+    def _fit_context_model(self, codes: np.ndarray) -> None:
+        from ..code_model import N_CLASSES, ContextModel, code_classes
+
+        book = self.model_.quantizer.codebook.embedding.detach().cpu().double().numpy()
+        n_classes = min(N_CLASSES, len(book))
+        classes = code_classes(book, n_classes)
+        model = ContextModel.fit(codes, classes, n_classes)
+        self.code_classes_, self.context_counts_ = model.classes, model.counts
+        self.n_code_classes_ = n_classes
+
+    @classmethod
+    def load(cls, path, device: str = "auto"):
+        detector = super().load(path, device)
+        has = [hasattr(detector, name) for name in ("code_classes_", "context_counts_",
+                                                    "n_code_classes_")]
+        if any(has):
+            from ..code_model import ContextModel
+            try:
+                if not all(has):
+                    raise ValueError("part of it is missing")
+                ContextModel(detector.code_classes_, detector.context_counts_,
+                             detector.n_code_classes_)
+            except ValueError as err:
+                raise ValueError(f"{str(path)!r}: its context model is not valid ({err}); the "
+                                 "file is corrupt.") from None
+        return detector
 
     def _array_shapes(self, found):
         grid = self._grid()
@@ -195,8 +234,12 @@ class VQVAEDetector(BaseDetector):
         if tuple(self.code_grid_) != tuple(grid):
             raise ValueError(f"code_grid_ {tuple(self.code_grid_)} does not match the "
                              f"architecture's {tuple(grid)}; the file is corrupt.")
-        return {**super()._array_shapes(found),
-                "code_counts_": (int(np.prod(grid)), self._book_size(self.is_image_))}
+        size = self._book_size(self.is_image_)
+        shapes = {**super()._array_shapes(found), "code_counts_": (int(np.prod(grid)), size)}
+        if "context_counts_" in found:
+            shapes.update(code_classes_=(size,),
+                          context_counts_=(len(found["context_counts_"]), 4))
+        return shapes
 
     def _make_scorer(self) -> nn.Module:
         return ReconstructionScore(self.model_)

@@ -1,0 +1,114 @@
+"""The context model of compress: integer probabilities, position-free, exact round trips."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from vaeanom import compression
+from vaeanom.code_model import LEVELS, SCALE_BITS, ContextModel
+from vaeanom.compression import CorruptBlobError, decode_codes, encode_codes
+
+
+def _model(seed: int, n_codes: int = 16, n_classes: int = 4) -> ContextModel:
+    rng = np.random.default_rng(seed)
+    grids = rng.integers(0, n_codes, (40, 3, 4)) * (rng.random((40, 3, 4)) < 0.7)
+    return ContextModel.fit(grids, rng.integers(0, n_classes, n_codes), n_classes)
+
+
+grids = st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)).flatmap(
+    lambda shape: arrays(np.int64, shape, elements=st.integers(0, 15)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(codes=grids, seed=st.integers(0, 3))
+def test_grids_of_any_size_round_trip_exactly(codes, seed):
+    model = _model(seed)
+    payload = encode_codes(codes, model)
+    np.testing.assert_array_equal(decode_codes(payload, codes.shape, model), codes)
+    assert 8 * len(payload) <= model.ideal_bits(codes) * 1.01 + 40
+
+
+@settings(max_examples=40, deadline=None)
+@given(codes=grids, seed=st.integers(0, 3))
+def test_the_causal_context_is_the_grid_context(codes, seed):
+    model = _model(seed)
+    full = model.contexts(codes)
+    for row in range(codes.shape[1]):
+        for column in range(codes.shape[2]):
+            np.testing.assert_array_equal(model.context_at(codes, row, column),
+                                          full[:, row, column])
+
+
+def test_a_code_depends_on_its_neighbours_only_not_its_position():
+    model = _model(0)
+    grid = np.zeros((1, 5, 6), dtype=np.int64)
+    contexts = model.contexts(grid)[0]
+    assert len(np.unique(contexts[1:, 1:-1])) == 1   # interior positions: one context
+    assert len(np.unique(contexts)) == 5  # corner, top row, left and right columns, interior
+
+
+def test_weights_are_whole_numbers_and_never_zero():
+    model = _model(1)
+    contexts = np.arange((model.n_classes + 1) ** len(LEVELS))
+    weights = model.rows(contexts)
+    assert (weights >= 1).all() and (weights == np.round(weights)).all()
+    assert (weights.sum(axis=1) <= 2 ** (SCALE_BITS + 1)).all()
+    p_max = (weights / weights.sum(axis=1, keepdims=True)).max()
+    slack = 2 * len(LEVELS) * model.n_codes * 2.0 ** -SCALE_BITS
+    assert p_max <= model.max_probability() + slack
+
+
+def test_counts_follow_the_training_grids():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 8, (30, 4, 5))
+    model = ContextModel.fit(codes, np.arange(8) % 3, 3)
+    for level in range(len(LEVELS)):
+        assert model.counts[model.counts[:, 0] == level, 3].sum() == codes.size
+    overall = np.bincount(codes.ravel(), minlength=8)
+    level0 = model.counts[model.counts[:, 0] == 0]
+    np.testing.assert_array_equal(np.bincount(level0[:, 2], weights=level0[:, 3], minlength=8),
+                                  overall)
+
+
+def test_probabilities_follow_the_context():
+    # After a code of class 0 comes code 1, after class 1 comes code 0: the model learns it.
+    codes = np.tile(np.array([[0, 1, 0, 1, 0, 1]]), (200, 1))[:, None, :]
+    model = ContextModel.fit(codes, np.array([0, 1, 0, 1]), 2)
+    after_zero = model.rows(model.contexts(codes)[:1, 0, 1])[0]
+    assert after_zero[1] / after_zero.sum() > 0.99
+    assert model.ideal_bits(codes) < 0.05 * codes.size
+
+
+def test_golden_bytes():
+    """The payload of fixed codes under a fixed model: a coder or model change shows here."""
+    model = _model(2)
+    codes = np.random.default_rng(3).integers(0, 16, (2, 3, 4))
+    assert encode_codes(codes, model).hex() == GOLDEN
+
+
+GOLDEN = "c96ee88f7ac0cc556395a550544dcd"
+
+
+def test_invalid_models_are_refused():
+    model = _model(0)
+    with pytest.raises(ValueError, match="sorted"):
+        ContextModel(model.classes, model.counts[::-1], model.n_classes)
+    with pytest.raises(ValueError, match="classes"):
+        ContextModel(model.classes + 10, model.counts, model.n_classes)
+    bad = model.counts.copy()
+    bad[0, 3] = 0
+    with pytest.raises(ValueError, match="count >= 1"):
+        ContextModel(model.classes, bad, model.n_classes)
+
+
+def test_a_garbage_payload_is_a_corrupt_blob_error_or_a_valid_code():
+    model = _model(0)
+    for seed in range(50):
+        payload = np.random.default_rng(seed).bytes(seed % 9)
+        try:
+            codes = decode_codes(payload, (2, 3, 3), model)
+        except CorruptBlobError:
+            continue
+        assert encode_codes(codes, model) == payload
