@@ -6,7 +6,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vaeanom import compression
 from vaeanom.code_model import LEVELS, SCALE_BITS, ContextModel
 from vaeanom.compression import CorruptBlobError, decode_codes, encode_codes
 

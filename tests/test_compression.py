@@ -4,12 +4,10 @@ import copy
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import numpy as np
