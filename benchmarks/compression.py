@@ -40,6 +40,10 @@ OPERATING_POINTS = {
 }
 DEFAULT_POINT = "vq7x7-k1024"
 QUALITIES = (5, 10, 20, 30, 50, 70, 90)
+#: WebP at its strongest setting (method 6), down to quality 1
+WEBP_STRONG_QUALITIES = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 90, 95)
+#: single-image blobs whose every byte is flipped and every prefix tried
+INTEGRITY_BLOBS = 100
 PCA_COMPONENTS = (8, 16, 32, 64)
 
 
@@ -92,6 +96,11 @@ def classical_rows(test: np.ndarray) -> list[dict]:
             sizes = [len(b) for b in blobs]
             rows.append(row(codec, f"quality {quality}", test, decoded, sizes, sum(sizes),
                             enc, dec))
+    for quality in WEBP_STRONG_QUALITIES:
+        blobs, decoded, enc, dec = pillow_codec(test, "WEBP", quality=quality, method=6)
+        sizes = [len(b) for b in blobs]
+        rows.append(row("WebP method 6", f"quality {quality}", test, decoded, sizes,
+                        sum(sizes), enc, dec))
     blobs, decoded, enc, dec = pillow_codec(test, "PNG", optimize=True)
     sizes = [len(b) for b in blobs]
     rows.append(row("PNG", "lossless", test, decoded, sizes, sum(sizes), enc, dec))
@@ -126,7 +135,11 @@ def fit_or_load(name: str, params: dict, train: np.ndarray, models_dir: Path, de
     path = models_dir / f"{name}.safetensors"
     if path.is_file():
         print(f"{name}: loading {path}", flush=True)
-        return VQVAEDetector.load(path, device="cpu"), None
+        detector = VQVAEDetector.load(path, device="cpu")
+        if getattr(detector, "context_counts_", None) is None:  # saved before format 2
+            print(f"{name}: counting its context model on the training images", flush=True)
+            detector.refit_code_model(train)
+        return detector, None
     print(f"{name}: fitting on {len(train)} images ({device})", flush=True)
     start = time.perf_counter()
     detector = VQVAEDetector(random_state=SEED, device=device, verbose=1, **params).fit(train)
@@ -134,6 +147,37 @@ def fit_or_load(name: str, params: dict, train: np.ndarray, models_dir: Path, de
     models_dir.mkdir(parents=True, exist_ok=True)
     detector.save(path)
     return VQVAEDetector.load(path, device="cpu"), fit_s
+
+
+def format_1_bytes(detector, codes: np.ndarray) -> list[int]:
+    """Per image, what the format-1 container and per-position tables took (same codes)."""
+    from vaeanom import compression_v1
+
+    weights = compression_v1.code_weights(detector.code_counts_)
+    flat = codes.reshape(len(codes), -1)
+    # magic 2, version 1, fingerprint 4, varints n, C, H, W (4 below 128), length, CRC 4
+    return [15 + len(p) + (1 if len(p) < 128 else 2)
+            for p in (compression_v1.encode_codes(flat[i:i + 1], weights)
+                      for i in range(len(flat)))]
+
+
+def integrity(detector, test: np.ndarray) -> dict:
+    """Every single-byte flip and every truncation of single-image blobs: how many are caught."""
+    from vaeanom.compression import CorruptBlobError
+
+    caught = {"flips": [0, 0], "truncations": [0, 0]}
+    for image in test[:INTEGRITY_BLOBS]:
+        blob = detector.compress(image[None])
+        altered = [("truncations", blob[:cut]) for cut in range(len(blob))] + [
+            ("flips", blob[:at] + bytes([blob[at] ^ mask]) + blob[at + 1:])
+            for at in range(len(blob)) for mask in (0x01, 0x80, 0xFF)]
+        for kind, bad in altered:
+            caught[kind][1] += 1
+            try:
+                detector.decompress(bad)
+            except CorruptBlobError:
+                caught[kind][0] += 1
+    return {kind: {"caught": c, "tried": t} for kind, (c, t) in caught.items()}
 
 
 def vaeanom_row(name: str, detector, test: np.ndarray) -> dict:
@@ -152,9 +196,10 @@ def vaeanom_row(name: str, detector, test: np.ndarray) -> dict:
         raise AssertionError(f"{name}: one blob and per-image streams decode differently")
     out = row("vaeanom VQ-VAE", name, test, decoded, [len(b) for b in blobs], len(blob),
               enc, dec)
+    codes = detector.encode(test)
     out.update(batch_encode_img_s=batch_enc, batch_decode_img_s=batch_dec,
-               ideal_bpp_one_blob=ideal_bits(detector, detector.encode(test))
-               / (test[0].size * len(test)),
+               bpp_format_1=float(np.mean(format_1_bytes(detector, codes))) * 8 / test[0].size,
+               ideal_bpp_one_blob=ideal_bits(detector, codes) / (test[0].size * len(test)),
                perplexity=detector.perplexity_, used_codes=detector.used_codes_,
                codebook_size=detector.codebook_size)
     return out
@@ -180,9 +225,9 @@ def bd_rate(test_curve: pd.DataFrame, anchor_curve: pd.DataFrame) -> tuple[float
     return float((np.exp(mean_diff) - 1) * 100), (float(lo), float(hi))
 
 
-def rate_ratios(results: pd.DataFrame) -> pd.Series:
-    """Per row: bpp divided by WebP's bpp at the same PSNR (NaN outside WebP's range)."""
-    webp_fn, (lo, hi) = log_rate_at(results[results.codec == "WebP"])
+def rate_ratios(results: pd.DataFrame, anchor: str) -> pd.Series:
+    """Per row: bpp divided by the anchor's bpp at the same PSNR (NaN outside its range)."""
+    webp_fn, (lo, hi) = log_rate_at(results[results.codec == anchor])
     inside = results.psnr.between(lo, hi)
     return (results.bpp / np.exp(webp_fn(results.psnr.clip(lo, hi)))).where(inside)
 
@@ -217,13 +262,18 @@ def main() -> None:
                         help="fit and save the missing models, measure nothing (e.g. on a GPU)")
     parser.add_argument("--limit", type=int, default=None,
                         help="measure on the first N test images only (quick runs)")
+    parser.add_argument("--points", default=",".join(OPERATING_POINTS),
+                        help="comma-separated operating points to measure")
+    parser.add_argument("--name", default="compression", help="results file name")
     args = parser.parse_args()
 
     x, y = load_fashion(args.data_dir)
     train, test = split(x, y)
     test = test[:args.limit]
     rows, fit_seconds = [], {}
-    for name, params in OPERATING_POINTS.items():
+    points = {name: OPERATING_POINTS[name] for name in args.points.split(",")}
+    integrity_counts = {}
+    for name, params in points.items():
         detector, fit_s = fit_or_load(name, params, train, args.models_dir, args.device)
         fit_seconds[name] = fit_s
         if args.fit_only:
@@ -232,34 +282,43 @@ def main() -> None:
             continue
         rows.append(vaeanom_row(name, detector, test))
         print(rows[-1], flush=True)
+        if name == DEFAULT_POINT:
+            integrity_counts = integrity(detector, test)
+            print(integrity_counts, flush=True)
     if args.fit_only:
         return
     rows += classical_rows(test) + pca_rows(train, test)
     results = pd.DataFrame(rows)
-    results["bpp_vs_webp"] = rate_ratios(results)
-    ours = results[results.codec == "vaeanom VQ-VAE"]
+    results["bpp_vs_webp"] = rate_ratios(results, "WebP")
+    results["bpp_vs_webp_m6"] = rate_ratios(results, "WebP method 6")
+    ours = results[results.codec == "vaeanom VQ-VAE"].sort_values("bpp")
     bd = {anchor: bd_rate(ours, results[results.codec == anchor])
-          for anchor in ("WebP", "JPEG")}
-    default = results[results.setting == DEFAULT_POINT].iloc[0]
+          for anchor in ("WebP method 6", "WebP", "JPEG")}
+    default = results[results.setting == DEFAULT_POINT].iloc[0] if (
+        DEFAULT_POINT in points) else ours.iloc[-1]
 
-    columns = ["codec", "setting", "bpp", "bpp_one_blob", "psnr", "bpp_vs_webp",
-               "encode_img_s", "decode_img_s"]
+    columns = ["codec", "setting", "bpp", "bpp_one_blob", "bpp_format_1", "psnr",
+               "bpp_vs_webp_m6", "bpp_vs_webp", "encode_img_s", "decode_img_s"]
     table = results[columns].to_markdown(index=False, floatfmt=".3f")
     print("\n" + table)
     summary = [
-        f"- default operating point {DEFAULT_POINT}: {default.psnr:.2f} dB at "
-        f"{default.bpp:.3f} bpp, {default.bpp_vs_webp:.2f}x WebP's bits at that PSNR "
-        "(target: PSNR >= WebP quality 5's, at most 0.5x its bits).",
+        f"- operating point {default.setting}: {default.psnr:.2f} dB at {default.bpp:.3f} bpp "
+        f"(format 1 took {default.bpp_format_1:.3f}), {default.bpp_vs_webp_m6:.3f}x the bits "
+        f"of WebP method 6 at that PSNR, {default.bpp_vs_webp:.3f}x WebP's default method "
+        "(target: at most 1/3 of WebP method 6).",
+        *[f"- integrity ({INTEGRITY_BLOBS} single-image blobs): {v['caught']} of {v['tried']} "
+          f"{kind} caught" for kind, v in integrity_counts.items()],
         *[f"- BD-rate vs {anchor}: {value:+.1f}% over PSNR {lo:.2f}..{hi:.2f} dB "
           "(PCHIP on log-rate)" for anchor, (value, (lo, hi)) in bd.items()],
     ]
     print("\n".join(summary))
-    plot(results, RESULTS / "compression_rd.png")
+    plot(results, RESULTS / f"{args.name}_rd.png")
     payload = {
         "benchmark": "compression", "seed": SEED,
         "split": "per class: first 6000 rows (file order) train, last 1000 test; "
                  f"{len(train)} train images, {len(test)} test images",
-        "operating_points": OPERATING_POINTS, "default_point": DEFAULT_POINT,
+        "operating_points": points, "default_point": DEFAULT_POINT,
+        "integrity": integrity_counts,
         "fit_seconds": fit_seconds, "results": results.to_dict(orient="records"),
         "bd_rate_percent": {k: {"value": v, "psnr_range": r} for k, (v, r) in bd.items()},
         "versions": versions("vaeanom", "torch", "constriction", "pillow", "scikit-learn"),
@@ -271,8 +330,8 @@ def main() -> None:
         "over images of the per-image PSNR of the 8-bit decoded image. bpp_vs_webp divides "
         "bpp by WebP's bpp at the same PSNR (PCHIP on WebP's curve, empty outside its "
         "range). Speeds are single-process on this machine, one image per call.", "",
-        table, "", *summary, "", "![rate-distortion](compression_rd.png)"])
-    write_results("compression", payload, markdown)
+        table, "", *summary, "", f"![rate-distortion]({args.name}_rd.png)"])
+    write_results(args.name, payload, markdown)
 
 
 if __name__ == "__main__":

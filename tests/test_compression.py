@@ -124,6 +124,8 @@ def test_row_models_refuse_to_compress(cancer):
     rows = VQVAEDetector(codebook_size=8, epochs=1, random_state=0).fit(X)
     with pytest.raises(ValueError, match="fitted on rows"):
         rows.compress(X.to_numpy())
+    with pytest.raises(ValueError, match="image model"):
+        rows.refit_code_model(X)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -462,3 +464,17 @@ def test_streams_are_the_same_bytes_and_decode_the_same_under_1_and_2_threads(
     np.testing.assert_array_equal(np.load(tmp_path / "t1.npy"), np.load(tmp_path / "t2.npy"))
     np.testing.assert_array_equal(np.load(tmp_path / "t1.npy"),
                                   decompress(detector, (tmp_path / "here.vq").read_bytes()))
+
+
+def test_refit_code_model_recounts_the_statistics_and_keeps_the_network(codecs):
+    detector, images = codecs["crops"]
+    refitted = copy.deepcopy(detector)
+    old_blob = compress(detector, images[:3])
+    refitted.refit_code_model(images[::-1][:300])
+    assert refitted.context_counts_[:, 3].sum() == 3 * 300 * np.prod(detector.code_grid_)
+    np.testing.assert_array_equal(refitted.encode(images[:5]), detector.encode(images[:5]))
+    with pytest.raises(CorruptBlobError, match="another model"):
+        decompress(refitted, old_blob)
+    np.testing.assert_array_equal(decompress(refitted, compress(refitted, images[:3])),
+                                  decompress(detector, old_blob))
+

@@ -200,6 +200,20 @@ class VQVAEDetector(BaseDetector):
         health = usage_statistics(torch.from_numpy(counts.sum(axis=0)))
         self.perplexity_, self.used_codes_ = health["perplexity"], health["used_codes"]
 
+    def refit_code_model(self, images) -> VQVAEDetector:
+        """Count :meth:`compress`'s context model afresh on ``images``; the network is kept.
+
+        For a model saved before the context model (vaeanom format-1 blobs), or to
+        adapt the code statistics to other images without retraining. Blobs
+        compressed before the refit no longer decompress: the model's
+        fingerprint changes with its statistics.
+        """
+        check_is_fitted(self)
+        if not self.is_image_:
+            raise ValueError("refit_code_model needs an image model; this one was fitted on rows.")
+        self._fit_context_model(self.encode(images))
+        return self
+
     def _fit_context_model(self, codes: np.ndarray) -> None:
         from ..code_model import N_CLASSES, ContextModel, code_classes
 
