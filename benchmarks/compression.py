@@ -162,7 +162,8 @@ def format_1_bytes(detector, codes: np.ndarray) -> list[int]:
 
 
 def integrity(detector, test: np.ndarray) -> dict:
-    """Every single-byte flip and every truncation of single-image blobs: how many are caught."""
+    """Each byte flipped three ways (0x01, 0x80, 0xFF) and every truncation of single-image
+    blobs: how many are caught."""
     from vaeanom.compression import CorruptBlobError
 
     caught = {"flips": [0, 0], "truncations": [0, 0]}
@@ -227,9 +228,9 @@ def bd_rate(test_curve: pd.DataFrame, anchor_curve: pd.DataFrame) -> tuple[float
 
 def rate_ratios(results: pd.DataFrame, anchor: str) -> pd.Series:
     """Per row: bpp divided by the anchor's bpp at the same PSNR (NaN outside its range)."""
-    webp_fn, (lo, hi) = log_rate_at(results[results.codec == anchor])
+    anchor_fn, (lo, hi) = log_rate_at(results[results.codec == anchor])
     inside = results.psnr.between(lo, hi)
-    return (results.bpp / np.exp(webp_fn(results.psnr.clip(lo, hi)))).where(inside)
+    return (results.bpp / np.exp(anchor_fn(results.psnr.clip(lo, hi)))).where(inside)
 
 
 def plot(results: pd.DataFrame, path: Path) -> None:
@@ -266,6 +267,9 @@ def main() -> None:
                         help="comma-separated operating points to measure")
     parser.add_argument("--name", default="compression", help="results file name")
     args = parser.parse_args()
+    unknown = set(args.points.split(",")) - set(OPERATING_POINTS)
+    if unknown:
+        parser.error(f"unknown --points {sorted(unknown)}; choose from {list(OPERATING_POINTS)}")
 
     x, y = load_fashion(args.data_dir)
     train, test = split(x, y)

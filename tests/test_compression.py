@@ -105,6 +105,9 @@ def test_wrong_model_and_unknown_version_have_clear_errors(codecs, digit_images)
     newer[0] = compression.TAG_FAMILY | 3
     with pytest.raises(CorruptBlobError, match="format version 3"):
         decompress(detector, bytes(newer))
+    newer[0] = compression.TAG_FAMILY | 1
+    with pytest.raises(CorruptBlobError, match="never written"):
+        decompress(detector, bytes(newer))
     with pytest.raises(CorruptBlobError, match="bad tag byte"):
         decompress(detector, b"PK\x03\x04" + blob[4:])
     with pytest.raises(CorruptBlobError, match="bad tag byte"):
@@ -420,17 +423,37 @@ def test_a_model_saved_before_the_context_model_decompresses_but_will_not_compre
     loaded = VQVAEDetector.load(tmp_path / "old.safetensors")
     np.testing.assert_array_equal(decompress(loaded, v1_blob(detector, images[:3])),
                                   decompress(detector, v1_blob(detector, images[:3])))
-    with pytest.raises(ValueError, match="fit it again to compress"):
+    with pytest.raises(ValueError, match="refit_code_model"):
         loaded.compress(images[:1])
 
 
-def test_a_file_with_a_broken_context_model_is_refused(codecs, tmp_path):
+@pytest.mark.parametrize("damage", ["unsorted", "huge class count", "scalar counts",
+                                    "half missing", "huge counts"])
+def test_a_file_with_a_broken_context_model_is_refused(codecs, tmp_path, damage):
     detector, _ = codecs["crops"]
     broken = copy.deepcopy(detector)
-    broken.context_counts_ = detector.context_counts_[::-1].copy()
+    if damage == "unsorted":
+        broken.context_counts_ = detector.context_counts_[::-1].copy()
+    elif damage == "huge class count":
+        broken.n_code_classes_ = 10**9
+    elif damage == "scalar counts":
+        broken.context_counts_ = np.array(7, dtype=np.int64)
+    elif damage == "half missing":
+        del broken.code_classes_
+    else:
+        broken.context_counts_ = detector.context_counts_.copy()
+        broken.context_counts_[:, 3] = 2**62
     broken.save(tmp_path / "broken.safetensors")
-    with pytest.raises(ValueError, match="context model is not valid"):
+    with pytest.raises(ValueError, match="context model is not valid|the file is corrupt"):
         VQVAEDetector.load(tmp_path / "broken.safetensors")
+
+
+def test_overlong_header_numbers_are_refused(codecs):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:1])
+    padded = compression.seal(detector, blob[:1] + b"\x80\x00" + blob[2:-4])
+    with pytest.raises(CorruptBlobError, match="padded with zero bytes"):
+        decompress(detector, padded)
 
 
 _THREADS = """

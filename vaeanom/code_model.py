@@ -28,9 +28,9 @@ Why integers: an entropy decoder must see exactly the probabilities the
 encoder saw, or the stream decodes to garbage (CompressAI issues #279 and
 #309: a float network evaluated on another CPU or GPU differs in the last
 bits). Every level is computed in int64 with floor division, as weights that
-sum to about 2**24, and handed to the coder as whole numbers (exact in
-float64) that constriction quantises with its own integer arithmetic, so
-every machine codes the same bytes.
+sum to about 2**24, and handed to the coder as whole numbers, exact in
+float64. constriction quantises them with a few correctly rounded IEEE
+operations on those exact inputs, so every machine codes the same bytes.
 
 numpy only: the torch-free side can decode with it.
 """
@@ -49,6 +49,10 @@ SCALE_BITS = 24
 N_CLASSES = 64
 #: the neighbours each level adds, longest context last
 LEVELS = (("L",), ("L", "T"), ("L", "T", "TR"))
+#: training codes one level may count (2**38): count * 2**SCALE_BITS stays exact in int64
+MAX_COUNT = 1 << 38
+#: no code takes more than CAP / (CAP + 1) of a context, so every code costs bits (>= 3.5e-4)
+CAP = 4096
 #: contexts whose weights are computed at once (each row is K int64)
 ROW_BLOCK = 512
 #: rows of weights kept per model (each K float64: 32 MiB for K = 1024)
@@ -68,28 +72,41 @@ class ContextModel:
         sorted. Level ``l`` uses the neighbours ``LEVELS[l]``, and its
         context number is their classes as digits in base n_classes + 1.
     n_classes : int
+        How many classes the codes fall into (at most one per code).
     """
 
     classes: np.ndarray
     counts: np.ndarray
     n_classes: int
+
     def __post_init__(self) -> None:
         classes, counts = np.asarray(self.classes), np.asarray(self.counts)
-        if classes.ndim != 1 or classes.dtype.kind not in "iu" or not len(classes) or (
-                classes.min() < 0 or classes.max() >= self.n_classes):
+        if not (isinstance(self.n_classes, (int, np.integer)) and classes.ndim == 1
+                and 1 <= self.n_classes <= len(classes)):
+            raise ValueError(f"n_classes must be an int in [1, number of codes]; got "
+                             f"{self.n_classes!r} for {classes.size} codes.")
+        if classes.dtype.kind not in "iu" or classes.min() < 0 or classes.max() >= self.n_classes:
             raise ValueError(f"classes must be one int in [0, {self.n_classes}) per code.")
         if counts.ndim != 2 or counts.shape[1] != 4 or counts.dtype.kind not in "iu" or (
                 len(counts) and (counts[:, 0].min() < 0 or counts[:, 0].max() >= len(LEVELS)
                                  or counts[:, 1].min() < 0
                                  or counts[:, 1].max() >= (self.n_classes + 1) ** len(LEVELS)
                                  or counts[:, 2].min() < 0 or counts[:, 2].max() >= len(classes)
-                                 or counts[:, 3].min() < 1)):
+                                 or counts[:, 3].min() < 1 or counts[:, 3].max() >= MAX_COUNT)):
             raise ValueError("counts must be rows of (level, context, code, count >= 1) within "
                              "the model's levels, contexts and codes.")
+        classes, counts = classes.astype(np.int64), counts.astype(np.int64)
+        if any(counts[counts[:, 0] == level, 3].sum() >= MAX_COUNT
+               for level in range(len(LEVELS))):
+            raise ValueError(f"counts total {MAX_COUNT} or more codes in one level; exact "
+                             "int64 weights need fewer.")
         key = (counts[:, 0] * (self.n_classes + 1) ** len(LEVELS) + counts[:, 1]) * len(
             classes) + counts[:, 2]
         if (np.diff(key) <= 0).any():
             raise ValueError("counts rows must be sorted by (level, context, code), each once.")
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "counts", counts)
+        object.__setattr__(self, "n_classes", int(self.n_classes))
         object.__setattr__(self, "_tables", [self._level_table(level)
                                              for level in range(len(LEVELS))])
         object.__setattr__(self, "_base", self._base_weights())
@@ -173,7 +190,7 @@ class ContextModel:
         images and a stream's trial decodes meet the same contexts again.
         """
         contexts = [int(c) for c in np.asarray(contexts, dtype=np.int64)]
-        found = {c: self._cache[c] for c in contexts if c in self._cache}
+        found = {c: row for c in contexts if (row := self._cache.get(c)) is not None}
         missing = sorted(set(contexts) - set(found))
         for start in range(0, len(missing), ROW_BLOCK):
             block = missing[start:start + ROW_BLOCK]
@@ -189,7 +206,8 @@ class ContextModel:
         for level, table in enumerate(self._tables):
             prefixes = contexts // (self.n_classes + 1) ** (len(LEVELS) - 1 - level)
             self._back_off(weights, prefixes, table)
-        return weights.astype(np.float64)
+        others = weights.sum(axis=1, keepdims=True) - weights
+        return np.minimum(weights, CAP * others).astype(np.float64)
 
     @staticmethod
     def _back_off(weights: np.ndarray, prefixes: np.ndarray, table) -> None:
@@ -224,10 +242,11 @@ class ContextModel:
     def max_probability(self) -> float:
         """An upper bound on p(code | context) over every context, seen or not.
 
-        Each level mixes its counts' frequencies with the level below, so its
-        largest probability is at most the larger of the two; the floors and
-        the floor of 1 move a weight by less than one unit of about 2**-24 of
-        the row, which the caller's slack covers.
+        Each level mixes its counts' frequencies with the level below in the
+        proportion of its back-off, so its largest probability is at most that
+        mixture of the two levels' largest; the floors and the floor of 1 move
+        a weight by less than one unit of about 2**-24 of the row, which the
+        caller's slack covers. ``CAP`` bounds it below 1 whatever the counts.
         """
         bound = float(self._base.max() / self._base.sum())
         for contexts, bounds, _, counts, totals in self._tables:
@@ -236,16 +255,22 @@ class ContextModel:
             largest = np.maximum.reduceat(counts, bounds[:-1])
             alpha = BACKOFF * np.diff(bounds) + 1
             bound = max(bound, float(((largest + alpha * bound) / (totals + alpha)).max()))
-        return min(bound, 1.0)
+        return min(bound, CAP / (CAP + 1))
 
 
 def code_classes(codebook: np.ndarray, n_classes: int, random_state: int = 0) -> np.ndarray:
     """Cluster code vectors (K, D) into ``n_classes`` groups: k-means labels (K,), int64.
 
     Only fit calls this; the labels are saved, so decoding never reruns k-means.
+    One thread: scikit-learn's threaded k-means sums in arrival order, which
+    could flip a near-tie label from one fit to the next.
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
-    kmeans = KMeans(n_classes, n_init=4, random_state=random_state).fit(
-        np.asarray(codebook, dtype=np.float64))
+    codebook = np.asarray(codebook, dtype=np.float64)
+    if n_classes >= len(codebook):
+        return np.arange(len(codebook), dtype=np.int64)
+    with threadpool_limits(1):
+        kmeans = KMeans(n_classes, n_init=4, random_state=random_state).fit(codebook)
     return kmeans.labels_.astype(np.int64)

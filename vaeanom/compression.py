@@ -35,11 +35,12 @@ Decoding trusts no header field:
   header claims. constriction's range coder keeps its range in [2**32, 2**64):
   coding a code of quantised probability q multiplies the range by at most q,
   and each 32-bit word it writes multiplies it by 2**32, so a genuine payload
-  of L bytes (at most (L - 1) / 4 + 1 words before trimming, one of them the
+  of L bytes (at most L / 4 + 1 words before trimming, one of them the
   sealing word) carries at most 8 L + 96 bits. A code's quantised probability
   is at most min(p_max + (K + 1) 2**-24, 1 - (K - 1) 2**-24) in its context,
-  so every code costs at least b > 0 bits (the cheapest context's bound, see
-  :func:`max_codes`), and a payload holds at most (8 L + 96) / b codes. A
+  and the model caps p_max at 4096/4097, so every code costs at least
+  b >= 3.5e-4 bits (see :func:`max_codes`), and a payload holds at most
+  (8 L + 96) / b codes. A
   header claiming more is refused before anything is allocated;
 - the range decoder itself is not trusted either: data it finds invalid for
   the model is a :class:`CorruptBlobError`, never constriction's error;
@@ -115,14 +116,20 @@ def _cached(detector) -> dict:
     return entry
 
 
-def _fingerprint(detector, model: ContextModel) -> bytes:
-    digest = hashlib.blake2b(digest_size=CHECKSUM_BYTES)
+def hash_decoder(detector, size: int = CHECKSUM_BYTES):
+    """A BLAKE2b digest fed with what turns codes into pixels: shapes, decoder, codebook."""
+    digest = hashlib.blake2b(digest_size=size)
     digest.update(repr((tuple(detector.input_shape_), tuple(detector.code_grid_))).encode())
     state = detector.model_.state_dict()
     for name in sorted(state):
         if name.startswith(("decoder.", "quantizer.codebook.embedding")):
             digest.update(name.encode())
             digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest
+
+
+def _fingerprint(detector, model: ContextModel) -> bytes:
+    digest = hash_decoder(detector)
     digest.update(repr((code_model.BACKOFF, code_model.SCALE_BITS, code_model.LEVELS,
                         model.n_classes)).encode())
     digest.update(np.ascontiguousarray(model.classes, dtype="<i8").tobytes())
@@ -252,6 +259,9 @@ def max_codes(model: ContextModel, payload_bytes: int) -> int:
 
 # ---------------------------------------------------------------- container
 def varint(value: int) -> bytes:
+    """A non-negative int as LEB128: 7 bits a byte, low bits first."""
+    if value < 0:
+        raise ValueError(f"varint takes non-negative ints; got {value}.")
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -261,6 +271,7 @@ def varint(value: int) -> bytes:
 
 
 def read_varint(blob: bytes, offset: int) -> tuple[int, int]:
+    """(value, next offset) of the varint at ``offset``; padded (overlong) forms are refused."""
     value = shift = 0
     while True:
         if offset >= len(blob) or shift > 63:
@@ -269,6 +280,9 @@ def read_varint(blob: bytes, offset: int) -> tuple[int, int]:
         value |= (byte & 0x7F) << shift
         offset, shift = offset + 1, shift + 7
         if not byte & 0x80:
+            if byte == 0 and shift > 7:
+                raise CorruptBlobError("blob is corrupt: a header number is padded with "
+                                       "zero bytes (varint writes none).")
             return value, offset
 
 
@@ -290,7 +304,8 @@ def _check_codec(detector) -> None:
 def _check_context_model(detector) -> None:
     if getattr(detector, "context_counts_", None) is None:
         raise ValueError("this model was saved before vaeanom's context model (format-2 blobs): "
-                         "it decompresses the blobs it wrote, but fit it again to compress.")
+                         "it decompresses the blobs it wrote; call refit_code_model(images) "
+                         "on its training images (or fit it again) to compress.")
 
 
 def seal(detector, body: bytes) -> bytes:
@@ -347,10 +362,13 @@ def _open(detector, blob: bytes) -> tuple[int, bytes]:
     if not blob or blob[0] & 0xF0 != TAG_FAMILY:
         raise CorruptBlobError("not a vaeanom VQ blob (bad tag byte); was it made by "
                                "VQVAEDetector.compress?")
-    if blob[0] != TAG:
+    if blob[0] & 0x0F > FORMAT_VERSION:
         raise CorruptBlobError(f"blob has format version {blob[0] & 0x0F}; this vaeanom reads "
                                f"versions 1 and {FORMAT_VERSION}. Use the vaeanom that wrote it, "
                                "or check the file for corruption.")
+    if blob[0] != TAG:
+        raise CorruptBlobError(f"not a vaeanom VQ blob: tag byte {blob[0]:#x} was never written "
+                               "(format 1 starts with b'VQ', format 2 with 0xb2).")
     if len(blob) < 2 + CHECKSUM_BYTES:
         raise CorruptBlobError(f"blob is truncated: {len(blob)} bytes is shorter than a header.")
     body = blob[:-CHECKSUM_BYTES]

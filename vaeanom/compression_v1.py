@@ -19,7 +19,6 @@ from it. :mod:`vaeanom.compression` writes version 2.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import weakref
 import zlib
@@ -28,7 +27,7 @@ import constriction
 import numpy as np
 
 
-from .compression import CODER_PRECISION, CorruptBlobError, read_varint
+from .compression import CODER_PRECISION, CorruptBlobError, hash_decoder, read_varint
 
 MAGIC = b"VQ"
 FORMAT_VERSION = 1
@@ -59,13 +58,7 @@ def fingerprint(detector) -> bytes:
     key = detector.model_
     cached = _fingerprints.get(key)
     if cached is None or cached[0] is not detector.code_counts_:
-        digest = hashlib.blake2b(digest_size=FINGERPRINT_BYTES)
-        digest.update(repr((tuple(detector.input_shape_), tuple(detector.code_grid_))).encode())
-        state = detector.model_.state_dict()
-        for name in sorted(state):
-            if name.startswith(("decoder.", "quantizer.codebook.embedding")):
-                digest.update(name.encode())
-                digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+        digest = hash_decoder(detector, FINGERPRINT_BYTES)
         digest.update(code_weights(detector.code_counts_).tobytes())
         cached = _fingerprints[key] = (detector.code_counts_, digest.digest())
     return cached[1]

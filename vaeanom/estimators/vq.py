@@ -211,6 +211,9 @@ class VQVAEDetector(BaseDetector):
         check_is_fitted(self)
         if not self.is_image_:
             raise ValueError("refit_code_model needs an image model; this one was fitted on rows.")
+        # partial_fit leaves the scoring state pending; settle it first, or the next
+        # compress would count the context model again over this one.
+        getattr(self, "offset_")
         self._fit_context_model(self.encode(images))
         return self
 
@@ -232,8 +235,9 @@ class VQVAEDetector(BaseDetector):
         if any(has):
             from ..code_model import ContextModel
             try:
-                if not all(has):
-                    raise ValueError("part of it is missing")
+                if not all(has) or not detector.is_image_:
+                    raise ValueError("part of it is missing" if detector.is_image_
+                                     else "a row model has none")
                 ContextModel(detector.code_classes_, detector.context_counts_,
                              detector.n_code_classes_)
             except ValueError as err:
@@ -251,8 +255,9 @@ class VQVAEDetector(BaseDetector):
         size = self._book_size(self.is_image_)
         shapes = {**super()._array_shapes(found), "code_counts_": (int(np.prod(grid)), size)}
         if "context_counts_" in found:
+            counts = found["context_counts_"]
             shapes.update(code_classes_=(size,),
-                          context_counts_=(len(found["context_counts_"]), 4))
+                          context_counts_=(len(counts) if counts.ndim == 2 else 0, 4))
         return shapes
 
     def _make_scorer(self) -> nn.Module:
