@@ -3,8 +3,8 @@
 ``compress`` encodes images to their grid of codes (:meth:`VQVAEDetector.encode`)
 and range-codes the grid with ``constriction``, in raster order, under the
 model's context model (:class:`vaeanom.code_model.ContextModel`): each code's
-probabilities depend on the classes of its left and upper neighbours, never on
-where it sits. ``decompress`` range-decodes the codes and decodes them to uint8
+probabilities depend on the classes of its left, upper and upper-right
+neighbours, never on where it sits. ``decompress`` range-decodes the codes and decodes them to uint8
 images, exactly ``to_uint8(decode(codes))``.
 
 Container, version 2 (every field is checked on the way in)::
@@ -40,8 +40,8 @@ Decoding trusts no header field:
   is at most min(p_max + (K + 1) 2**-24, 1 - (K - 1) 2**-24) in its context,
   and the model caps p_max at 4096/4097, so every code costs at least
   b >= 3.5e-4 bits (see :func:`max_codes`), and a payload holds at most
-  (8 L + 96) / b codes. A
-  header claiming more is refused before anything is allocated;
+  (8 L + 96) / b codes. A header claiming more is refused before anything is
+  allocated;
 - the range decoder itself is not trusted either: data it finds invalid for
   the model is a :class:`CorruptBlobError`, never constriction's error;
 - the payload must be exactly the (trimmed) range code of the codes decoded
@@ -49,7 +49,8 @@ Decoding trusts no header field:
   bytes, a payload read past its end or codes padded in are all refused.
 
 Determinism: the payload depends only on the codes and the context model's
-integer weights (quantised by constriction with exact integer arithmetic),
+weights, whole numbers computed in int64 (exact in float64, and quantised by
+constriction with correctly rounded float operations on those exact inputs),
 so the same codes give the same bytes on any machine and under any thread
 count. Decoding on CPU is bit-identical from run to run (fixed chunk shapes,
 see :data:`vaeanom.estimators.base.SCORE_CHUNK`). On another device (a GPU,
@@ -105,7 +106,7 @@ def fingerprint(detector) -> bytes:
 
 
 def _cached(detector) -> dict:
-    """Context model, its weights and the fingerprint, rebuilt when fit or load replaces them."""
+    """Context model and fingerprint, rebuilt when fit, load or a refit replaces the counts."""
     key = detector.model_
     entry = _cache.get(key)
     if entry is None or entry["counts"] is not detector.context_counts_:

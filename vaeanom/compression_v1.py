@@ -26,7 +26,6 @@ import zlib
 import constriction
 import numpy as np
 
-
 from .compression import CODER_PRECISION, CorruptBlobError, hash_decoder, read_varint
 
 MAGIC = b"VQ"
