@@ -111,7 +111,10 @@ def test_encode_gives_integer_grids_and_decode_validates_them(digits_vq):
     with pytest.raises(ValueError, match=r"in \[0, 16\)"):
         detector.decode(codes + 16)
     with pytest.raises(ValueError, match="shape"):
-        detector.decode(codes[:, :1])
+        detector.decode(codes.reshape(5, -1)[:, :3])
+    with pytest.raises(ValueError, match="shape"):
+        detector.decode(codes[:, :0])
+    assert detector.decode(codes[:, :1]).shape == (5, 4, 8)    # a grid of other images
 
 
 def test_scores_do_not_depend_on_batch(digits_vq):

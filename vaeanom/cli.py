@@ -289,18 +289,20 @@ def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype
 
 
 # ------------------------------------------------------------ compression
-def read_images(path: Path) -> tuple[np.ndarray, list[str]]:
-    """A .npy array, one PNG, or a folder of PNGs (sorted by name) -> (images, names)."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
-        if not files:
-            raise ValueError(f"{str(path)!r} holds no .png files.")
-        return np.stack([_read_png(f) for f in files]), [f.stem for f in files]
+def read_images(path: Path) -> np.ndarray:
+    """A .npy array or one PNG -> images (n, [C,] H, W)."""
     if path.suffix.lower() == ".png":
-        return _read_png(path)[None], [path.stem]
+        return _read_png(path)[None]
     if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False), [path.stem]
+        return np.load(path, allow_pickle=False)
     raise ValueError(f"{str(path)!r}: give a .png file, a folder of .png files or a .npy array.")
+
+
+def _png_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    if not files:
+        raise ValueError(f"{str(folder)!r} holds no .png files.")
+    return files
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -335,15 +337,16 @@ def _load_codec(model: Path):
 def run_compress(model: Path, source: Path, out: Path) -> list[Path]:
     """PNG -> blob, .npy -> one blob, folder of PNGs -> folder of blobs (one per image)."""
     detector = _load_codec(model)
-    images, names = read_images(source)
-    if source.is_dir():
-        blobs = {out / f"{name}.vq": detector.compress(image[None])
-                 for name, image in zip(names, images)}
+    if source.is_dir():  # one blob per PNG, so the PNGs may differ in size
+        blobs = {out / f"{file.stem}.vq": detector.compress(_read_png(file)[None])
+                 for file in _png_files(source)}
+        n_images = len(blobs)
     else:
-        blobs = {out: detector.compress(images)}
+        images = read_images(source)
+        blobs, n_images = {out: detector.compress(images)}, len(images)
     for path, blob in blobs.items():  # everything is encoded before anything is written
         atomic_write(path, lambda tmp, blob=blob: Path(tmp).write_bytes(blob))
-    logger.info("compressed %d images into %d blobs (%d bytes)", len(images), len(blobs),
+    logger.info("compressed %d images into %d blobs (%d bytes)", n_images, len(blobs),
                 sum(map(len, blobs.values())))
     return list(blobs)
 

@@ -4,14 +4,15 @@
 and range-codes the grid with ``constriction``, in raster order, under the
 model's context model (:class:`vaeanom.code_model.ContextModel`): each code's
 probabilities depend on the classes of its left, upper and upper-right
-neighbours, never on where it sits. ``decompress`` range-decodes the codes and decodes them to uint8
-images, exactly ``to_uint8(decode(codes))``.
+neighbours, never on where it sits, so images of any size are coded alike.
+``decompress`` range-decodes the codes and decodes them to uint8 images,
+exactly ``to_uint8(decode(codes, image_size))``.
 
 Container, version 2 (every field is checked on the way in)::
 
     tag       1 byte    0xB2: the high nibble marks a vaeanom blob, the low one is the version
     header    varint    (n - 1) * 2 + custom: n images; custom = 1 when H, W follow
-    H, W      varints   only when the images are not the size the model was fitted on
+    H-1, W-1  varints   only when custom: images of another size than the model was fitted on
     payload   the rest  range-coded codes, big-endian 32-bit words, the last one trimmed
     checksum  4 bytes   CRC-32 of the model fingerprint followed by everything before it
 
@@ -66,6 +67,7 @@ model) still decompress with the model that wrote them
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
 import zlib
 
@@ -315,16 +317,26 @@ def seal(detector, body: bytes) -> bytes:
 
 
 def compress(detector, images) -> bytes:
-    """Images (n, H, W) or (n, C, H, W) -> one blob (see the module docstring)."""
+    """Images (n, H, W) or (n, C, H, W) -> one blob (see the module docstring).
+
+    Images of another height and width than the fitted ones are coded at
+    their own size (:meth:`VQVAEDetector.encode`), which the header records.
+    """
     _check_codec(detector)
     _check_context_model(detector)
     codes = detector.encode(images)
+    codes = codes.reshape(len(codes), -1, codes.shape[-1])  # an MLP's sequence: one row
+    size = tuple(int(side) for side in np.shape(images)[-2:]) if np.ndim(images) >= 3 else None
+    custom = size is not None and size != tuple(detector.input_shape_[-2:])
+    header = varint((len(codes) - 1) * 2 + custom)
+    if custom:
+        header += varint(size[0] - 1) + varint(size[1] - 1)
     payload = encode_codes(codes, context_model(detector))
-    return seal(detector, bytes([TAG]) + varint((len(codes) - 1) * 2) + payload)
+    return seal(detector, bytes([TAG]) + header + payload)
 
 
 def decompress(detector, blob: bytes) -> np.ndarray:
-    """A blob from :func:`compress` -> uint8 images (n, *detector.input_shape_)."""
+    """A blob from :func:`compress` -> uint8 images (n, [C,] H, W), at the size compressed."""
     _check_codec(detector)
     try:  # bytes(n) of an int n would allocate n bytes
         blob = bytes(memoryview(blob))
@@ -336,30 +348,44 @@ def decompress(detector, blob: bytes) -> np.ndarray:
     if compression_v1.is_v1(blob):
         return _decode_images(detector, compression_v1.decompress_codes(detector, blob))
     _check_context_model(detector)
-    n, payload = _open(detector, blob)
-    codes = decode_codes(payload, (n, *detector.code_grid_), context_model(detector))
-    return _decode_images(detector, codes)
+    n, size, payload = _open(detector, blob)
+    codes = decode_codes(payload, (n, *_grid(detector, size)), context_model(detector))
+    if size is None:
+        codes = codes.reshape(n, *detector.code_grid_)
+    return _decode_images(detector, codes, size)
 
 
-def _decode_images(detector, codes: np.ndarray) -> np.ndarray:
+def _grid(detector, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The code grid of one image of ``size`` (None: the fitted size); a sequence is one row."""
+    grid = tuple(detector.code_grid_) if size is None else detector.code_grid_for(size)
+    return grid if len(grid) == 2 else (1, *grid)
+
+
+def _decode_images(detector, codes: np.ndarray,
+                   size: tuple[int, int] | None = None) -> np.ndarray:
     """uint8 images of code grids (n, h, w), ``DECODE_CHUNKS`` scoring chunks at a time.
 
-    Only the uint8 output grows with n; the float pixels of one block are
-    dropped before the next, so decompressing costs about n * C * H * W bytes
-    (plus the codes) rather than several float copies of every image. Blocks
-    are whole chunks, so every image goes through the kernels it would in one
+    ``size`` is the images' (H, W) when it is not the fitted one. Only the
+    uint8 output grows with n; the float pixels of one block are dropped
+    before the next, so decompressing costs about n * C * H * W bytes (plus
+    the codes) rather than several float copies of every image. Blocks are
+    whole chunks, so every image goes through the kernels it would in one
     ``decode`` call: the same pixels.
     """
-    images = np.empty((len(codes), *detector.input_shape_), dtype=np.uint8)
-    size = DECODE_CHUNKS * detector._chunk_rows
-    for start in range(0, len(codes), size):
-        block = codes[start:start + size]
-        images[start:start + len(block)] = to_uint8(detector.decode(block))
+    shape = (*detector.input_shape_[:-2], *(size or detector.input_shape_[-2:]))
+    images = np.empty((len(codes), *shape), dtype=np.uint8)
+    block_size = DECODE_CHUNKS * detector._chunk_rows
+    for start in range(0, len(codes), block_size):
+        block = codes[start:start + block_size]
+        images[start:start + len(block)] = to_uint8(detector.decode(block, image_size=size))
     return images
 
 
-def _open(detector, blob: bytes) -> tuple[int, bytes]:
-    """Check a blob's tag, checksum (and so its model), header and size; return (n, payload)."""
+def _open(detector, blob: bytes) -> tuple[int, tuple[int, int] | None, bytes]:
+    """Check a blob's tag, checksum (and so its model), header and size.
+
+    Returns (n, (H, W) or None for the fitted size, payload).
+    """
     if not blob or blob[0] & 0xF0 != TAG_FAMILY:
         raise CorruptBlobError("not a vaeanom VQ blob (bad tag byte); was it made by "
                                "VQVAEDetector.compress?")
@@ -378,17 +404,31 @@ def _open(detector, blob: bytes) -> tuple[int, bytes]:
                                "CRC-32 does not match its bytes under this model's fingerprint. "
                                "Decompress it with the model that compressed it.")
     header, offset = read_varint(body, 1)
+    n, size = (header >> 1) + 1, None
     if header & 1:
-        raise CorruptBlobError("blob holds images of another size than this model was fitted "
-                               f"on ({'x'.join(map(str, detector.input_shape_))}); this vaeanom "
-                               "decompresses the fitted size only.")
-    n, payload = (header >> 1) + 1, body[offset:]
+        size, offset = _read_size(detector, body, offset)
+    payload = body[offset:]
+    grid = _grid(detector, size)
     most = max_codes(context_model(detector), len(payload))
-    if n * int(np.prod(detector.code_grid_)) > most:
+    if n * math.prod(grid) > most:  # exact: np.prod would wrap around at 2**63
         raise CorruptBlobError(f"blob header claims {n} images, but a {len(payload)}-byte "
                                f"payload holds at most {most} codes under this model; the blob is "
                                "corrupt or forged.")
-    return n, payload
+    return n, size, payload
+
+
+def _read_size(detector, body: bytes, offset: int) -> tuple[tuple[int, int], int]:
+    """The (H, W) a blob of images of another size records, checked against the model."""
+    height, offset = read_varint(body, offset)
+    width, offset = read_varint(body, offset)
+    size = (height + 1, width + 1)
+    if size == tuple(detector.input_shape_[-2:]):
+        raise CorruptBlobError("blob is corrupt: its header records the fitted image size, "
+                               "which compress never writes.")
+    if not detector._any_size():
+        raise CorruptBlobError(f"blob holds {size[0]}x{size[1]} images, but this model codes only "
+                               "its fitted size (an MLP backbone); it was not made by this model.")
+    return size, offset
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> np.ndarray:

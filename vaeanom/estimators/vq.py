@@ -14,7 +14,9 @@ from torch import Tensor, nn
 from ..checks import check_count, is_outlier
 from ..codes import check_code_values
 from ..models import (VQVAE, Codebook, ConvGridDecoder, ConvGridEncoder, MLPGridDecoder,
-                      MLPGridEncoder, VectorQuantizer, grid_shape, usage_statistics)
+                      MLPGridEncoder, VectorQuantizer, decoded_side, grid_shape, padded_side,
+                      usage_statistics)
+from . import inputs
 from .base import BaseDetector, _seed_from
 from .params import AnyOf, IntTuple, Number, OneOf
 
@@ -196,7 +198,7 @@ class VQVAEDetector(BaseDetector):
         for name in ("code_classes_", "context_counts_", "n_code_classes_"):
             self.__dict__.pop(name, None)
         if self.is_image_:
-            self._fit_context_model(codes.reshape(len(x), *self.code_grid_))
+            self._fit_context_model(codes.reshape(len(x), -1, self.code_grid_[-1]))
         health = usage_statistics(torch.from_numpy(counts.sum(axis=0)))
         self.perplexity_, self.used_codes_ = health["perplexity"], health["used_codes"]
 
@@ -214,7 +216,8 @@ class VQVAEDetector(BaseDetector):
         # partial_fit leaves the scoring state pending; settle it first, or the next
         # compress would count the context model again over this one.
         getattr(self, "offset_")
-        self._fit_context_model(self.encode(images))
+        codes = self.encode(images)
+        self._fit_context_model(codes.reshape(len(codes), -1, codes.shape[-1]))
         return self
 
     def _fit_context_model(self, codes: np.ndarray) -> None:
@@ -301,30 +304,123 @@ class VQVAEDetector(BaseDetector):
         return codes.astype(np.int64)
 
     def encode(self, X) -> np.ndarray:
-        """Integer code indices: (n, h, w) for images, (n, n_codes) for rows."""
-        return self._codes_model_units(self._preprocess(X))
+        """Integer code indices: (n, h, w) for images, (n, n_codes) for rows.
 
-    def decode(self, codes) -> np.ndarray:
+        A convolutional image model encodes images of any height and width (with
+        the fitted number of channels): they are padded by repeating their last
+        row and column up to :meth:`padded_size`, which the decoder reproduces
+        exactly, so their grid is ``code_grid_for((H, W))``.
+        """
+        return self._codes_model_units(self._images_of_any_size(X))
+
+    def decode(self, codes, image_size=None) -> np.ndarray:
         """Codes (n, *code_grid_), or flattened (n, prod(code_grid_)), back to inputs.
 
-        Images come back as floats in [0, 1]; rows in the user's units.
+        Images come back as floats in [0, 1]; rows in the user's units. A
+        convolutional image model also decodes grids of other sizes: to
+        ``image_size`` (H, W) when given (the padding :meth:`encode` added is
+        cropped off), else to the whole decoded size.
         """
         check_is_fitted(self)
         codes = self._check_codes(codes)
         decoded = self._map_chunks(self.model_.decode, torch.from_numpy(codes))
-        if self.is_image_:
-            decoded = np.clip(decoded, 0.0, 1.0)
-        return self._to_user_units(decoded)
+        if not self.is_image_:
+            return self._to_user_units(decoded)
+        decoded = np.clip(decoded, 0.0, 1.0)
+        height, width = self._decoded_size(codes.shape[1:], image_size)
+        return decoded[..., :height, :width].reshape(
+            len(decoded), *self.input_shape_[:-2], height, width)
+
+    def reconstruct(self, X) -> np.ndarray:
+        """decode(encode(X)) at the size of X: floats in [0, 1] for images."""
+        size = None
+        if self.is_image_ and inputs.is_image_input(X):
+            size = tuple(np.shape(X)[-2:])
+        return self.decode(self.encode(X), image_size=size)
+
+    def code_grid_for(self, image_size) -> tuple[int, int]:
+        """The code grid (h, w) of images of ``image_size`` (H, W)."""
+        self._check_any_size()
+        height, width = self._check_image_size(image_size)
+        return grid_shape((1, *self.padded_size((height, width))), len(self.conv_channels))
+
+    def padded_size(self, image_size) -> tuple[int, int]:
+        """(H', W') >= (H, W): the size images are padded to before encoding.
+
+        The smallest size that the encoder's halvings and the decoder's
+        doublings map onto each other (:func:`vaeanom.models.padded_side`);
+        (H, W) itself for the fitted size and, with the default two stages,
+        for any multiple of 4.
+        """
+        self._check_any_size()
+        height, width = self._check_image_size(image_size)
+        n_stages, fitted = len(self.conv_channels), self.input_shape_[-2:]
+        return (padded_side(fitted[0], n_stages, height), padded_side(fitted[1], n_stages, width))
+
+    # ------------------------------------------------------ images of any size
+    def _any_size(self) -> bool:
+        return bool(self.is_image_) and self._backbone(True) == "conv"
+
+    def _check_any_size(self) -> None:
+        check_is_fitted(self)
+        if not self._any_size():
+            raise ValueError("images of other sizes need a convolutional image model "
+                             f"(backbone='conv'); this {type(self).__name__} was fitted on "
+                             f"{'images with an MLP' if self.is_image_ else 'rows'}.")
+
+    @staticmethod
+    def _check_image_size(image_size) -> tuple[int, int]:
+        try:
+            height, width = (int(side) for side in image_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"image_size must be a pair (H, W) of ints; got {image_size!r}.") \
+                from None
+        if height < 1 or width < 1:
+            raise ValueError(f"image_size must be at least (1, 1); got {(height, width)}.")
+        return height, width
+
+    def _images_of_any_size(self, X) -> Tensor:
+        """X in model units; images of another size are edge-padded to :meth:`padded_size`."""
+        check_is_fitted(self)
+        if not (self._any_size() and inputs.is_image_input(X)
+                and tuple(np.shape(X)[1:]) != tuple(self.input_shape_)):
+            return self._preprocess(X)
+        images, shape, _ = inputs.check_images(self, X, fitting=False)
+        if len(shape) != len(self.input_shape_) or shape[:-2] != tuple(self.input_shape_[:-2]):
+            raise ValueError(f"{type(self).__name__} was fitted on images of shape "
+                             f"{tuple(self.input_shape_)}; images of another height and width "
+                             f"are fine, but they need the same channels: got {tuple(shape)}.")
+        height, width = self.padded_size(shape[-2:])
+        pad = ((0, 0), (0, 0), (0, height - shape[-2]), (0, width - shape[-1]))
+        return torch.from_numpy(np.pad(images, pad, mode="edge"))
+
+    def _decoded_size(self, grid: tuple[int, ...], image_size) -> tuple[int, int]:
+        """(H, W) that decode returns for code grids ``grid``, cropped to ``image_size``."""
+        n_stages, fitted = len(self.conv_channels), self.input_shape_[-2:]
+        full = (decoded_side(fitted[0], n_stages, grid[0]),
+                decoded_side(fitted[1], n_stages, grid[1]))
+        if image_size is None:
+            return full
+        size = self._check_image_size(image_size)
+        if self.code_grid_for(size) != tuple(grid):
+            raise ValueError(f"images of {size[0]}x{size[1]} have a {self.code_grid_for(size)} "
+                             f"code grid; these codes are {tuple(grid)}.")
+        return size
 
     def _check_codes(self, codes) -> np.ndarray:
         codes = check_array(codes, allow_nd=True, dtype=None, input_name="codes",
                             ensure_min_samples=0)
         check_code_values(codes, self._latent_range())
         grid = tuple(self.code_grid_)
-        if codes.shape[1:] != grid and codes.shape[1:] != (int(np.prod(grid)),):
+        if codes.shape[1:] == (int(np.prod(grid)),):
+            return codes.reshape(len(codes), *grid).astype(np.int64)
+        if codes.shape[1:] != grid and not (self._any_size() and codes.ndim == 3
+                                            and min(codes.shape[1:]) >= 1):
             raise ValueError(f"codes have shape {codes.shape}; this model's codes are "
-                             f"(n, {', '.join(map(str, grid))}) or flattened (n, {np.prod(grid)}).")
-        return codes.reshape(len(codes), *grid).astype(np.int64)
+                             f"(n, {', '.join(map(str, grid))}) or flattened (n, {np.prod(grid)})"
+                             + (", or (n, h, w) grids of other images" if self._any_size()
+                                else "") + ".")
+        return codes.astype(np.int64)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw codes from their training-set frequencies (per grid position) and decode them.
@@ -357,6 +453,6 @@ class VQVAEDetector(BaseDetector):
         return compress(self, images)
 
     def decompress(self, blob: bytes) -> np.ndarray:
-        """Bytes from :meth:`compress` -> uint8 images with the fitted images' shape."""
+        """Bytes from :meth:`compress` -> uint8 images, at the size they were compressed."""
         from ..compression import decompress
         return decompress(self, blob)

@@ -3,7 +3,8 @@
 Nothing here imports numpy, pandas or scikit-learn; the estimators compose these.
 """
 
-from .conv import ConvDecoder, ConvEncoder, ConvGridDecoder, ConvGridEncoder, grid_shape
+from .conv import (ConvDecoder, ConvEncoder, ConvGridDecoder, ConvGridEncoder, decoded_side,
+                   grid_shape, padded_side)
 from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, bernoulli_log_prob,
                           gaussian_kl_standard_normal, gaussian_log_prob)
 from .mlp import MLPDecoder, MLPEncoder, MLPGridDecoder, MLPGridEncoder
@@ -16,5 +17,6 @@ __all__ = [
     "GaussianLikelihood", "BernoulliLikelihood", "gaussian_log_prob", "bernoulli_log_prob",
     "gaussian_kl_standard_normal", "VQVAE", "Codebook", "Quantized", "VectorQuantizer",
     "usage_statistics", "ConvGridEncoder", "ConvGridDecoder", "MLPGridEncoder",
-    "MLPGridDecoder", "grid_shape", "TableEncoder", "MixedLikelihood", "n_decoder_outputs",
+    "MLPGridDecoder", "grid_shape", "decoded_side", "padded_side", "TableEncoder",
+    "MixedLikelihood", "n_decoder_outputs",
 ]

@@ -92,6 +92,33 @@ def grid_shape(image_shape: tuple[int, int, int], n_stages: int) -> tuple[int, i
     return _stage_sizes(image_shape[1], n_stages)[-1], _stage_sizes(image_shape[2], n_stages)[-1]
 
 
+def decoded_side(fitted_side: int, n_stages: int, grid_side: int) -> int:
+    """The side a grid side becomes in the decoder built for images of ``fitted_side``.
+
+    Each transposed stage maps n to 2 n - 1 + p, with the output padding p
+    that the fitted size needed at that stage, so the decoder maps g to
+    2**n_stages * g - c for a constant 0 <= c < 2**n_stages.
+    """
+    sizes = _stage_sizes(fitted_side, n_stages)
+    side = grid_side
+    for k in reversed(range(n_stages)):
+        side = 2 * side - 1 + (sizes[k] - (2 * sizes[k + 1] - 1))
+    return side
+
+
+def padded_side(fitted_side: int, n_stages: int, side: int) -> int:
+    """The smallest side >= ``side`` that encoder and decoder map onto each other exactly.
+
+    It is ``decoded_side(g)`` for the smallest grid side g whose decoded side
+    reaches ``side``; the encoder maps it back to g, since ceil halvings of
+    2**n g - c with c < 2**n give g. An image padded to it is reproduced at
+    its own size, and the padding is cropped off after decoding.
+    """
+    stride, offset = 2 ** n_stages, decoded_side(fitted_side, n_stages, 0)
+    grid = max(1, -(-(side - offset) // stride))
+    return decoded_side(fitted_side, n_stages, grid)
+
+
 class ConvGridEncoder(nn.Module):
     """Images (b, C, H, W) -> a grid of code_dim vectors (b, code_dim, h, w) for a VQ layer."""
 
