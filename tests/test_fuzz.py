@@ -620,7 +620,9 @@ FIT_PARAMS = {
                       "commitment_weight": ([0, 1.0], [-1]),
                       "codebook_update": (["ema", "loss"], ["x"]),
                       "ema_decay": ([0, 0.5], [1, 1.5]),
-                      "dead_code_threshold": ([0, 1, 1e9], [-1])},
+                      "dead_code_threshold": ([0, 1, 1e9], [-1]),
+                      "lr_schedule": (["constant", "cosine"], ["linear", None]),
+                      "precision": (["fp32", "bf16"], ["fp16"])},
 }
 
 

@@ -204,3 +204,56 @@ def test_onnx_row_model_matches_torch(cancer, tmp_path):
     path = detector.export_onnx(tmp_path / "rows.onnx")
     np.testing.assert_allclose(OnnxModel(path).score_samples(X), detector.score_samples(X),
                                rtol=1e-5)
+
+
+# ------------------------------------------------- training speed: bf16, cosine
+def test_the_quantiser_works_in_float32_under_bf16_autocast():
+    quantizer = VectorQuantizer(_codebook(size=64, dim=8))
+    z_e = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    plain = quantizer(z_e)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = quantizer(z_e.bfloat16())
+    assert cast.z_q.dtype == torch.float32
+    np.testing.assert_array_equal(cast.codes, quantizer(z_e.bfloat16().float()).codes)
+    assert (cast.codes == plain.codes).float().mean() > 0.9   # only bf16 rounding of z_e
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_over_fit_only(digit_images, monkeypatch):
+    images, _ = digit_images
+    rates = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    params = {**VQ_FAST, "epochs": 4, "lr_schedule": "cosine"}
+    VQVAEDetector(**params).fit(images[:256])
+    assert rates[0] == params["learning_rate"] and rates[-1] < 0.05 * rates[0]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    rates.clear()
+    VQVAEDetector(**params).partial_fit(images[:256])       # a stream has no planned end
+    assert set(rates) == {params["learning_rate"]}
+
+
+# bf16 keeps fp32's quality here. The cosine schedule does not: 0.042 against 0.027 mean
+# squared error on these digits (30 epochs at 3e-3; the mean image: 0.075), so it is held
+# to a looser floor. (A suspect: codes restarted late in training, when the rate is near 0,
+# are never learned by the decoder.)
+@pytest.mark.parametrize("params, floor, within", [({"precision": "bf16"}, 0.5, 1.15),
+                                                   ({"lr_schedule": "cosine"}, 0.65, None)])
+def test_fast_training_options_reconstruct(digits_vq, params, floor, within):
+    reference, images, _ = digits_vq
+    detector = VQVAEDetector(**{**VQ_FAST, **params}).fit(images[:1200])
+    assert all(p.dtype == torch.float32 for p in detector.model_.parameters())
+    test = images[1200:1400] / 255.0
+    mse = {name: ((model.reconstruct(images[1200:1400]) - test) ** 2).mean()
+           for name, model in (("reference", reference), ("fast", detector))}
+    baseline = ((test - images[:1200].mean(0) / 255.0) ** 2).mean()
+    assert mse["fast"] < floor * baseline, mse
+    if within is not None:
+        assert mse["fast"] < within * mse["reference"], mse
+    np.testing.assert_array_equal(detector.encode(images[:50]),
+                                  VQVAEDetector(**{**VQ_FAST, **params}).fit(
+                                      images[:1200]).encode(images[:50]))   # deterministic

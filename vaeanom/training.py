@@ -9,6 +9,7 @@ global RNG state is never read or written.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -62,6 +63,9 @@ class TrainingConfig:
     #: share of training during which the loss is still changing (a KL warm-up): early
     #: stopping neither keeps an epoch nor counts patience before it ends
     warmup: float = 0.0
+    #: "constant" learning rate, or "cosine": decayed per batch from learning_rate to 0 over
+    #: the planned epochs (fit only; partial_fit's stream has no planned end)
+    schedule: str = "constant"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -167,7 +171,8 @@ def train_chunk(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainingC
                                  weight_decay=config.weight_decay, foreach=True)
     if optimiser_state is not None:
         optimiser.load_state_dict(optimiser_state)
-    record = _train_epoch(model, loss_fn, data, config, optimiser, generator, epoch)
+    constant = dataclasses.replace(config, schedule="constant")
+    record = _train_epoch(model, loss_fn, data, constant, optimiser, generator, epoch)
     model.eval()
     return record, optimiser.state_dict()
 
@@ -183,6 +188,9 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, data: Data, config: Training
         batch = rows(data, order[start:start + config.batch_size])
         n_batch = len(first(batch))
         progress = min(1.0, (epoch + start / n_rows) / config.epochs)
+        if config.schedule == "cosine":
+            for group in optimiser.param_groups:
+                group["lr"] = config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
         with autocast(config.precision, device):
             loss, terms = loss_fn(model, batch, generator, progress)
         optimiser.zero_grad(set_to_none=True)

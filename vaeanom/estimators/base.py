@@ -286,7 +286,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             learning_rate=self.learning_rate, weight_decay=self.weight_decay,
             clip_grad_norm=self.clip_grad_norm, validation_fraction=self.validation_fraction,
             patience=self.patience, verbose=self.verbose, precision=self._precision(),
-            warmup=self._warmup())
+            warmup=self._warmup(), schedule=self._schedule())
+
+    def _schedule(self) -> str:
+        """The learning-rate schedule of fit ("constant" unless a subclass offers another)."""
+        return "constant"
 
     def _warmup(self) -> float:
         """Share of training during which the loss still changes (a subclass's KL warm-up)."""

@@ -146,6 +146,10 @@ class VectorQuantizer(nn.Module):
         self.codebook = codebook
 
     def forward(self, z_e: Tensor, generator: torch.Generator | None = None) -> Quantized:
+        with torch.autocast(z_e.device.type, enabled=False):  # codes and EMA sums in float32
+            return self._quantise(z_e.float(), generator)
+
+    def _quantise(self, z_e: Tensor, generator: torch.Generator | None) -> Quantized:
         grid = z_e.shape[2:]
         vectors = z_e.movedim(1, -1).reshape(-1, z_e.shape[1])
         detached = vectors.detach()
