@@ -258,6 +258,11 @@ class ContextModel:
         return min(bound, CAP / (CAP + 1))
 
 
+def as_grids(codes: np.ndarray) -> np.ndarray:
+    """Code grids (n, h, w) as they are; an MLP's code sequences (n, k) as one-row grids."""
+    return codes.reshape(len(codes), -1, codes.shape[-1])
+
+
 def code_classes(codebook: np.ndarray, n_classes: int, random_state: int = 0) -> np.ndarray:
     """Cluster code vectors (K, D) into ``n_classes`` groups: k-means labels (K,), int64.
 

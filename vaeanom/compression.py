@@ -324,8 +324,7 @@ def compress(detector, images) -> bytes:
     """
     _check_codec(detector)
     _check_context_model(detector)
-    codes = detector.encode(images)
-    codes = codes.reshape(len(codes), -1, codes.shape[-1])  # an MLP's sequence: one row
+    codes = code_model.as_grids(detector.encode(images))
     size = tuple(int(side) for side in np.shape(images)[-2:]) if np.ndim(images) >= 3 else None
     custom = size is not None and size != tuple(detector.input_shape_[-2:])
     header = varint((len(codes) - 1) * 2 + custom)

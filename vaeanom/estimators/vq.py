@@ -220,7 +220,7 @@ class VQVAEDetector(BaseDetector):
         for name in ("code_classes_", "context_counts_", "n_code_classes_"):
             self.__dict__.pop(name, None)
         if self.is_image_:
-            self._fit_context_model(codes.reshape(len(x), -1, self.code_grid_[-1]))
+            self._fit_context_model(codes.reshape(len(x), *self.code_grid_))
         health = usage_statistics(torch.from_numpy(counts.sum(axis=0)))
         self.perplexity_, self.used_codes_ = health["perplexity"], health["used_codes"]
 
@@ -238,17 +238,17 @@ class VQVAEDetector(BaseDetector):
         # partial_fit leaves the scoring state pending; settle it first, or the next
         # compress would count the context model again over this one.
         getattr(self, "offset_")
-        codes = self.encode(images)
-        self._fit_context_model(codes.reshape(len(codes), -1, codes.shape[-1]))
+        self._fit_context_model(self.encode(images))
         return self
 
     def _fit_context_model(self, codes: np.ndarray) -> None:
-        from ..code_model import N_CLASSES, ContextModel, code_classes
+        """Count the context model on codes as ``encode`` gives them (sequences as one row)."""
+        from ..code_model import N_CLASSES, ContextModel, as_grids, code_classes
 
         book = self.model_.quantizer.codebook.embedding.detach().cpu().double().numpy()
         n_classes = min(N_CLASSES, len(book))
         classes = code_classes(book, n_classes)
-        model = ContextModel.fit(codes, classes, n_classes)
+        model = ContextModel.fit(as_grids(codes), classes, n_classes)
         self.code_classes_, self.context_counts_ = model.classes, model.counts
         self.n_code_classes_ = n_classes
 
@@ -362,9 +362,7 @@ class VQVAEDetector(BaseDetector):
 
     def code_grid_for(self, image_size) -> tuple[int, int]:
         """The code grid (h, w) of images of ``image_size`` (H, W)."""
-        self._check_any_size()
-        height, width = self._check_image_size(image_size)
-        return grid_shape((1, *self.padded_size((height, width))), len(self.conv_channels))
+        return grid_shape((1, *self.padded_size(image_size)), len(self.conv_channels))
 
     def padded_size(self, image_size) -> tuple[int, int]:
         """(H', W') >= (H, W): the size images are padded to before encoding.
@@ -418,15 +416,15 @@ class VQVAEDetector(BaseDetector):
 
     def _decoded_size(self, grid: tuple[int, ...], image_size) -> tuple[int, int]:
         """(H, W) that decode returns for code grids ``grid``, cropped to ``image_size``."""
-        n_stages, fitted = len(self.conv_channels), self.input_shape_[-2:]
-        full = (decoded_side(fitted[0], n_stages, grid[0]),
-                decoded_side(fitted[1], n_stages, grid[1]))
         if image_size is None:
-            return full
+            n_stages, fitted = len(self.conv_channels), self.input_shape_[-2:]
+            return (decoded_side(fitted[0], n_stages, grid[0]),
+                    decoded_side(fitted[1], n_stages, grid[1]))
         size = self._check_image_size(image_size)
-        if self.code_grid_for(size) != tuple(grid):
-            raise ValueError(f"images of {size[0]}x{size[1]} have a {self.code_grid_for(size)} "
-                             f"code grid; these codes are {tuple(grid)}.")
+        expected = self.code_grid_for(size)
+        if expected != tuple(grid):
+            raise ValueError(f"images of {size[0]}x{size[1]} have a {expected} code grid; "
+                             f"these codes are {tuple(grid)}.")
         return size
 
     def _check_codes(self, codes) -> np.ndarray:
