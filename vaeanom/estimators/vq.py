@@ -99,7 +99,7 @@ class VQVAEDetector(BaseDetector):
         constant). Not yet shown to help a VQ-VAE: on 1200 digits it
         reconstructed worse than a constant rate (``tests/test_vq.py``), and
         on Fashion-MNIST (48000 images, 25 epochs of the CPU recipe of
-        ``benchmarks/compression.py``) it cost 0.7 dB at K=1024.
+        ``benchmarks/compression.py``) it cost 0.6 dB at K=1024.
     precision : {"fp32", "bf16"}, default="fp32"
         "bf16" runs the convolutions of training under ``torch.autocast`` in
         bfloat16 (about 1.6x the images per second of float32 for the default
