@@ -162,8 +162,9 @@ COMPRESSION = [
     ("markdown", """# Compression: images to bytes and back
 
 A VQ-VAE maps each image to a small grid of integer codes; `compress`
-range-codes them under the code frequencies learned in fit, and `decompress`
-gives the images back. The bits per pixel (bpp) and the PSNR trace a
+range-codes them under a context model learned in fit (each code predicted
+from its left, upper and upper-right neighbours), and `decompress` gives the
+images back. The bits per pixel (bpp) and the PSNR trace a
 rate-distortion curve as the codebook grows. The images: scikit-learn's 8x8
 digits as uint8 (0-255); the README has the 28x28 Fashion-MNIST figures
 against JPEG and WebP."""),

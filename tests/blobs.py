@@ -1,4 +1,4 @@
-"""Version-1 blobs, as vaeanom wrote them before the context model, for the tests that read them."""
+"""Blobs of earlier container versions, as vaeanom wrote them, for the tests that read them."""
 
 import struct
 import zlib
@@ -15,3 +15,12 @@ def v1_blob(detector, images) -> bytes:
             + b"".join(compression.varint(v) for v in (len(images), *shape, len(payload)))
             + payload)
     return body + struct.pack(">I", zlib.crc32(body))
+
+
+def v2_blob(detector, images) -> bytes:
+    """Version 2, as vaeanom wrote it before the CRC-24 container: tag 0xB2, a count always,
+    CRC-32 of (model fingerprint, body)."""
+    codes = detector.encode(images)
+    payload = compression.encode_codes(codes, compression.context_model(detector))
+    body = bytes([0xB2]) + compression.varint((len(images) - 1) * 2) + payload
+    return body + struct.pack(">I", zlib.crc32(body, zlib.crc32(compression.fingerprint(detector))))

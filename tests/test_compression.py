@@ -20,7 +20,7 @@ from PIL import Image
 from vaeanom import VQVAEDetector, compression
 from vaeanom.code_model import ContextModel
 
-from .blobs import v1_blob
+from .blobs import v1_blob, v2_blob
 from vaeanom.cli import main
 from vaeanom.compression import (CorruptBlobError, compress, decompress, ideal_bits,
                                  to_uint8)
@@ -58,9 +58,11 @@ def test_round_trip_equals_decode_of_encode_and_size_is_near_ideal(codecs, data)
 
 
 def _header_and_checksum_bytes(blob: bytes) -> int:
-    # tag, the varint (n - 1) * 2 (one byte below 64 images), CRC-32
+    # tag, for several images the varint (n - 1) * 2 (one byte below 64 images), CRC-24
+    if blob[0] == compression.TAG_ONE:
+        return 1 + 3
     _, offset = compression.read_varint(blob, 1)
-    return offset + 4
+    return offset + 3
 
 
 def test_batch_and_per_image_streams_decode_to_the_same_images(codecs):
@@ -91,8 +93,9 @@ def test_every_byte_flip_and_every_truncation_is_detected(codecs, size):
     for length in range(len(blob)):
         with pytest.raises(CorruptBlobError):
             decompress(detector, blob[:length])
-    with pytest.raises(CorruptBlobError, match="CRC-32"):
-        decompress(detector, blob + b"\0")
+    for extra in range(256):  # the CRC itself refuses a byte appended (module docstring)
+        with pytest.raises(CorruptBlobError, match="CRC-24"):
+            decompress(detector, blob + bytes([extra]))
 
 
 def test_wrong_model_and_unknown_version_have_clear_errors(codecs, digit_images):
@@ -103,8 +106,8 @@ def test_wrong_model_and_unknown_version_have_clear_errors(codecs, digit_images)
     with pytest.raises(CorruptBlobError, match="another model"):
         decompress(other, blob)
     newer = bytearray(blob)
-    newer[0] = compression.TAG_FAMILY | 3
-    with pytest.raises(CorruptBlobError, match="format version 3"):
+    newer[0] = compression.TAG_FAMILY | 5
+    with pytest.raises(CorruptBlobError, match="format version 5"):
         decompress(detector, bytes(newer))
     newer[0] = compression.TAG_FAMILY | 1
     with pytest.raises(CorruptBlobError, match="never written"):
@@ -115,12 +118,41 @@ def test_wrong_model_and_unknown_version_have_clear_errors(codecs, digit_images)
         decompress(detector, b"")
 
 
-def test_a_single_image_costs_six_bytes_besides_its_payload(codecs):
+def test_a_single_image_costs_four_bytes_besides_its_payload(codecs):
     detector, images = codecs["square"]
     blob = compress(detector, images[:1])
-    payload = len(compression.encode_codes(detector.encode(images[:1]),
-                                           compression.context_model(detector)))
-    assert blob[0] == compression.TAG and blob[1] == 0 and len(blob) == payload + 6
+    payload = compression.encode_codes(detector.encode(images[:1]),
+                                       compression.context_model(detector))
+    assert blob == compression.seal(detector, bytes([compression.TAG_ONE]) + payload)
+    assert len(blob) == len(payload) + 4
+    two = compress(detector, images[:2])
+    assert two[:2] == bytes([compression.TAG_MANY, 2])
+
+
+def test_the_checksum_is_the_standard_crc_24():
+    # CRC-24/INTERLAKEN's check value in the catalogue of parametrised CRC algorithms
+    assert compression._CRC24.checksum(b"123456789") == 0xB4F3E6
+
+
+def test_one_image_of_the_fitted_size_has_one_form(codecs):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:1])
+    long_form = compression.seal(detector, bytes([compression.TAG_MANY, 0]) + blob[1:-3])
+    with pytest.raises(CorruptBlobError, match="writes with tag 0xb3"):
+        decompress(detector, long_form)
+
+
+def test_version_2_blobs_still_decompress_with_every_check(codecs):
+    detector, images = codecs["square"]
+    for n in (1, 3):
+        blob = v2_blob(detector, images[:n])
+        np.testing.assert_array_equal(decompress(detector, blob),
+                                      decompress(detector, compress(detector, images[:n])))
+        for cut in range(len(blob)):
+            with pytest.raises(CorruptBlobError):
+                decompress(detector, blob[:cut])
+        with pytest.raises(CorruptBlobError, match="CRC-32"):
+            decompress(detector, blob[:-1] + bytes([blob[-1] ^ 1]))
 
 
 def test_row_models_refuse_to_compress(cancer):
@@ -212,16 +244,18 @@ def test_installed_console_script_compresses(saved_codec, tmp_path):
     done = subprocess.run([exe, "compress", "--model", str(model), str(tmp_path / "in.npy"),
                            str(tmp_path / "x.vq")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "x.vq").read_bytes()[0] == compression.TAG
+    assert (tmp_path / "x.vq").read_bytes()[0] == compression.TAG_MANY
 
 
 # ------------------------------------------------------------ forged blobs
 def _forge(detector, n_images: int, payload: bytes, size=None) -> bytes:
     """A blob sealed with this model's CRC (which anyone holding the model can compute)."""
+    if n_images == 1 and size is None:
+        return compression.seal(detector, bytes([compression.TAG_ONE]) + payload)
     header = compression.varint((n_images - 1) * 2 + (size is not None))
     if size is not None:
         header += b"".join(compression.varint(v - 1) for v in size)
-    return compression.seal(detector, bytes([compression.TAG]) + header + payload)
+    return compression.seal(detector, bytes([compression.TAG_MANY]) + header + payload)
 
 
 def test_a_forged_header_claiming_2_30_images_fails_fast_in_little_memory(codecs):
@@ -455,8 +489,8 @@ def test_a_file_with_a_broken_context_model_is_refused(codecs, tmp_path, damage)
 
 def test_overlong_header_numbers_are_refused(codecs):
     detector, images = codecs["square"]
-    blob = compress(detector, images[:1])
-    padded = compression.seal(detector, blob[:1] + b"\x80\x00" + blob[2:-4])
+    blob = compress(detector, images[:2])
+    padded = compression.seal(detector, blob[:1] + bytes([blob[1] | 0x80, 0]) + blob[2:-3])
     with pytest.raises(CorruptBlobError, match="padded with zero bytes"):
         decompress(detector, padded)
 
