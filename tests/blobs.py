@@ -18,9 +18,10 @@ def v1_blob(detector, images) -> bytes:
 
 
 def v2_blob(detector, images) -> bytes:
-    """Version 2, as vaeanom wrote it before the CRC-24 container: tag 0xB2, a count always,
+    """Format 2, as vaeanom wrote it before format 3: tag 0xB2, a count always, and the
     CRC-32 of (model fingerprint, body)."""
     codes = detector.encode(images)
     payload = compression.encode_codes(codes, compression.context_model(detector))
     body = bytes([0xB2]) + compression.varint((len(images) - 1) * 2) + payload
-    return body + struct.pack(">I", zlib.crc32(body, zlib.crc32(compression.fingerprint(detector))))
+    checksum = zlib.crc32(body, zlib.crc32(compression.fingerprint(detector)))
+    return body + struct.pack(">I", checksum)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,18 @@ def test_batch_and_per_image_streams_decode_to_the_same_images(codecs):
     np.testing.assert_array_equal(together, one_by_one)
 
 
+def test_threads_sharing_a_model_write_and_read_the_same_blobs(codecs):
+    detector, images = codecs["square"]
+    batches = [images[i:i + 1 + i % 5] for i in range(0, 400, 20)]
+    alone = [compress(detector, batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda batch: compress(detector, batch), batches))
+        decoded = list(pool.map(lambda blob: decompress(detector, blob), together))
+    assert together == alone
+    for batch, images_back in zip(batches, decoded):
+        np.testing.assert_array_equal(images_back, to_uint8(detector.reconstruct(batch)))
+
+
 def test_decompression_is_deterministic(codecs):
     detector, images = codecs["square"]
     blob = compress(detector, images[:100])
@@ -80,10 +93,10 @@ def test_decompression_is_deterministic(codecs):
     np.testing.assert_array_equal(decompress(detector, blob), decompress(detector, blob))
 
 
-@pytest.mark.parametrize("size", [None, (12, 20)])
-def test_every_byte_flip_and_every_truncation_is_detected(codecs, size):
+@pytest.mark.parametrize("n, size", [(1, None), (3, None), (3, (12, 20))])
+def test_every_byte_flip_and_every_truncation_is_detected(codecs, n, size):
     detector, images = codecs["square"]
-    blob = compress(detector, images[:3] if size is None else _tiled(images[:3], size))
+    blob = compress(detector, images[:n] if size is None else _tiled(images[:n], size))
     for position in range(len(blob)):
         for mask in (0x01, 0x80, 0xFF):
             corrupt = bytearray(blob)
@@ -93,7 +106,7 @@ def test_every_byte_flip_and_every_truncation_is_detected(codecs, size):
     for length in range(len(blob)):
         with pytest.raises(CorruptBlobError):
             decompress(detector, blob[:length])
-    for extra in range(256):  # the CRC itself refuses a byte appended (module docstring)
+    for extra in range(256):  # the CRC itself refuses a byte appended (compression.crc24)
         with pytest.raises(CorruptBlobError, match="CRC-24"):
             decompress(detector, blob + bytes([extra]))
 
@@ -107,7 +120,7 @@ def test_wrong_model_and_unknown_version_have_clear_errors(codecs, digit_images)
         decompress(other, blob)
     newer = bytearray(blob)
     newer[0] = compression.TAG_FAMILY | 5
-    with pytest.raises(CorruptBlobError, match="format version 5"):
+    with pytest.raises(CorruptBlobError, match="tag 0xb5, from a newer vaeanom"):
         decompress(detector, bytes(newer))
     newer[0] = compression.TAG_FAMILY | 1
     with pytest.raises(CorruptBlobError, match="never written"):
@@ -131,7 +144,17 @@ def test_a_single_image_costs_four_bytes_besides_its_payload(codecs):
 
 def test_the_checksum_is_the_standard_crc_24():
     # CRC-24/INTERLAKEN's check value in the catalogue of parametrised CRC algorithms
-    assert compression._CRC24.checksum(b"123456789") == 0xB4F3E6
+    assert compression.crc24(b"123456789") == 0xB4F3E6
+    assert compression.crc24(b"6789", compression.crc24(b"12345", final=False)) == 0xB4F3E6
+
+
+def test_the_one_suffix_that_reseals_any_blob_is_caught_by_the_payload_check(codecs):
+    detector, images = codecs["square"]
+    blob = compress(detector, images[:1])
+    resealed = blob + bytes.fromhex("ebb19c")        # CRC-24/INTERLAKEN's residue
+    assert compression.seal(detector, resealed[:-3]) == resealed
+    with pytest.raises(CorruptBlobError, match="not exactly the code"):
+        decompress(detector, resealed)
 
 
 def test_one_image_of_the_fitted_size_has_one_form(codecs):

@@ -251,7 +251,8 @@ def check_output(name: str, value, n, owner, X=None) -> None:
             assert value.min(initial=0) >= 0 and value.max(initial=1) <= 1, \
                 f"{what} returned pixels outside [0, 1]"
     elif name == "compress":
-        assert isinstance(value, bytes) and value[0] in (compression.TAG_ONE, compression.TAG_MANY), \
+        assert isinstance(value, bytes) and value[:1] in (bytes([compression.TAG_ONE]),
+                                                     bytes([compression.TAG_MANY])), \
             f"{what} returned {value!r:.40}"
         images = owner.decompress(value)
         assert images.dtype == np.uint8 and len(images) == n

@@ -11,8 +11,8 @@ exactly ``to_uint8(decode(codes, image_size))``.
 Container, format 3 (every field is checked on the way in)::
 
     tag       1 byte    0xB3: one image of the fitted size, nothing but its payload follows;
-                        0xB4: a header follows. (The high nibble marks a vaeanom blob, the
-                        low one is the container version.)
+                        0xB4: a header follows. (The high nibble marks a vaeanom blob;
+                        format 2 was 0xB2, and a later format takes 0xB5 and up.)
     header    varint    0xB4 only: (n - 1) * 2 + custom: n images; custom = 1 when H, W follow
     H-1, W-1  varints   only when custom: images of another size than the model was fitted on
     payload   the rest  range-coded codes, big-endian 32-bit words, the last one trimmed
@@ -28,16 +28,16 @@ codebook, context model and image size) is not stored; it enters the CRC,
 so a blob from another model fails the same check as a corrupt one.
 
 Integrity: CRC-24 (CRC-24/INTERLAKEN) detects every error burst of up to
-24 bits, so every single-byte flip; a truncation, a model mismatch or
+24 bits, so every single-byte flip past the tag (a tag flipped to 0xB2 is
+checked as format 2, against a CRC-32 that then covers other bytes); a truncation, a model mismatch or
 random damage passes it with probability 2**-24, and must then also
 survive the payload check below (a passing payload must be exactly the
 code of the codes decoded from it). ``tests/test_compression.py`` flips
 every byte and cuts every length of small blobs;
 ``benchmarks/compression.py`` measures the detection rate over many blobs.
-We gave up the last byte of CRC-32 for 0.01 bits per pixel: one stream in
-16.7 million (rather than 4.3 billion) of those that random damage or the
-wrong model turns into a blob with a valid checksum is left to the payload
-check.
+We gave up the last byte of CRC-32 for 0.01 bits per pixel: one damaged (or
+wrong-model) stream in 16.7 million, rather than 4.3 billion, passes the
+checksum and is left to the payload check.
 
 Decoding trusts no header field:
 
@@ -81,31 +81,24 @@ import weakref
 import zlib
 
 import constriction
-import crc
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from . import code_model
 from .code_model import ContextModel
 
-#: the high nibble every vaeanom blob tag carries; the low nibble is the container version
+#: the high nibble every vaeanom blob tag carries (format 1 starts with b"VQ" instead)
 TAG_FAMILY = 0xB0
-#: version 3: one image of the fitted size, no header
+#: format 3, one image of the fitted size: no header
 TAG_ONE = 0xB3
-#: version 4: a header (image count, and the size when it is not the fitted one) follows
+#: format 3, a header (image count, and the size when it is not the fitted one) follows
 TAG_MANY = 0xB4
-#: version 2, read only: a header always, CRC-32
+#: format 2, read only: a header always, CRC-32
 TAG_V2 = 0xB2
-NEWEST_VERSION = TAG_MANY & 0x0F
+#: the tags this version reads, and the checksum bytes each carries
+CHECKSUM_BYTES = {TAG_V2: 4, TAG_ONE: 3, TAG_MANY: 3}
 #: bytes of the model fingerprint that enters the checksum (never stored)
 FINGERPRINT_BYTES = 4
-#: checksum bytes per tag
-CHECKSUM_BYTES = {TAG_ONE: 3, TAG_MANY: 3, TAG_V2: 4}
-#: CRC-24/INTERLAKEN: detects every burst of up to 24 bits. Its register starts and ends
-#: complemented; with a plain CRC (OpenPGP's), a sealed blob with a zero byte appended
-#: is sealed too, since its last three bytes are then the CRC of the bytes before them.
-_CRC24 = crc.Calculator(crc.Configuration(width=24, polynomial=0x328B63, init_value=0xFFFFFF,
-                                          final_xor_value=0xFFFFFF), optimized=True)
 #: constriction's fixed-point precision: probabilities are whole multiples of 2**-24
 CODER_PRECISION = 24
 #: decompress turns codes into pixels this many of the detector's fixed-size chunks at a time
@@ -329,7 +322,7 @@ def _check_codec(detector) -> None:
 
 def _check_context_model(detector) -> None:
     if getattr(detector, "context_counts_", None) is None:
-        raise ValueError("this model was saved before vaeanom's context model (format-2 blobs): "
+        raise ValueError("this model was saved before vaeanom's context model (format 2 and later): "
                          "it decompresses the blobs it wrote; call refit_code_model(images) "
                          "on its training images (or fit it again) to compress.")
 
@@ -337,12 +330,41 @@ def _check_context_model(detector) -> None:
 def seal(detector, body: bytes) -> bytes:
     """body + checksum of (fingerprint, body), whose width its tag sets: it also says which model.
 
-    CRC-24 for versions 3 and 4; CRC-32 for version 2, which :func:`_open`
-    still checks.
+    CRC-24 for format 3; CRC-32 for format 2, which :func:`_open` still checks.
     """
-    if body[:1] == bytes([TAG_V2]):
+    if CHECKSUM_BYTES[body[0]] == 4:
         return body + zlib.crc32(body, zlib.crc32(fingerprint(detector))).to_bytes(4, "big")
-    return body + _CRC24.checksum(fingerprint(detector) + body).to_bytes(3, "big")
+    return body + crc24(body, crc24(fingerprint(detector), final=False)).to_bytes(3, "big")
+
+
+def _crc24_table(polynomial: int = 0x328B63) -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        register = byte << 16
+        for _ in range(8):
+            register = (register << 1) ^ (polynomial if register & 0x800000 else 0)
+        table.append(register & 0xFFFFFF)
+    return tuple(table)
+
+
+_CRC24_TABLE = _crc24_table()
+
+
+def crc24(data: bytes, register: int = 0xFFFFFF, final: bool = True) -> int:
+    """CRC-24/INTERLAKEN of ``data`` (continuing from ``register`` of an unfinished one).
+
+    It detects every error burst of up to 24 bits. Its register starts and
+    ends complemented: with a plain CRC (OpenPGP's), a sealed blob with a zero
+    byte appended is sealed too (its last three bytes are then the CRC of the
+    bytes before them); here no single appended byte reseals a blob, though
+    one fixed 3-byte suffix does, as for any CRC, and is left to the payload
+    check. Written out (about 0.16 s a MB) because the ``crc`` package's
+    calculators keep their register on the object, so threads sharing one mix
+    their sums; zlib has only CRC-32.
+    """
+    for byte in data:
+        register = ((register << 8) & 0xFFFFFF) ^ _CRC24_TABLE[(register >> 16) ^ byte]
+    return register ^ 0xFFFFFF if final else register
 
 
 def compress(detector, images) -> bytes:
@@ -421,7 +443,8 @@ def _open(detector, blob: bytes) -> tuple[int, tuple[int, int] | None, bytes]:
     width = CHECKSUM_BYTES[tag]
     least = 1 + (tag != TAG_ONE) + width
     if len(blob) < least:
-        raise CorruptBlobError(f"blob is truncated: {len(blob)} bytes is shorter than a header.")
+        raise CorruptBlobError(f"blob is truncated: {len(blob)} bytes is shorter than its tag, "
+                               "header and checksum.")
     body = blob[:-width]
     if seal(detector, body) != blob:
         raise CorruptBlobError(f"blob is corrupt, truncated, or was made by another model: its "
@@ -447,14 +470,14 @@ def _open(detector, blob: bytes) -> tuple[int, tuple[int, int] | None, bytes]:
 
 
 def _check_tag(blob: bytes) -> int:
-    """The tag of a blob this version reads (2, 3 or 4), or a CorruptBlobError saying why not."""
+    """The tag byte of a blob this version reads (0xB2-0xB4), or a CorruptBlobError why not."""
     if not blob or blob[0] & 0xF0 != TAG_FAMILY:
         raise CorruptBlobError("not a vaeanom VQ blob (bad tag byte); was it made by "
                                "VQVAEDetector.compress?")
-    if blob[0] & 0x0F > NEWEST_VERSION:
-        raise CorruptBlobError(f"blob has format version {blob[0] & 0x0F}; this vaeanom reads "
-                               f"versions 1 to {NEWEST_VERSION}. Use the vaeanom that wrote it, "
-                               "or check the file for corruption.")
+    if blob[0] > max(CHECKSUM_BYTES):
+        raise CorruptBlobError(f"blob has tag {blob[0]:#x}, from a newer vaeanom; this one reads "
+                               "formats 1 to 3 (b'VQ', 0xb2, 0xb3 and 0xb4). Use the vaeanom "
+                               "that wrote it, or check the file for corruption.")
     if blob[0] not in CHECKSUM_BYTES:
         raise CorruptBlobError(f"not a vaeanom VQ blob: tag byte {blob[0]:#x} was never written "
                                "(format 1 starts with b'VQ', later ones with 0xb2, 0xb3 or 0xb4).")
