@@ -1,4 +1,4 @@
-"""Training recipes for the default codec on a CPU: fit time against quality, chosen without the test pool.
+"""Training recipes for the default codec on a CPU: fit time against quality, test pool unseen.
 
 Issue 19 asks for the default ``VQVAEDetector`` (K = 1024, the benchmark's
 default operating point) to fit on the 48000 training images in under 10

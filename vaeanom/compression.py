@@ -20,17 +20,17 @@ Container, format 3 (every field is checked on the way in)::
 
 One image of the fitted size costs 4 bytes on top of its payload: 0.04 bits
 per pixel of a 28x28 image, 8% of the default's 0.53 on Fashion-MNIST.
-Version 1 cost 16-17 (a 2-byte magic, a version byte, a stored 4-byte
+Format 1 cost 16-17 (a 2-byte magic, a version byte, a stored 4-byte
 fingerprint, the shape and the payload length as varints, and a payload
-padded to whole words); version 2, 6 (one tag for every blob, so a count
+padded to whole words); format 2, 6 (one tag for every blob, so a count
 byte always, and a CRC-32). The fingerprint (BLAKE2b of the decoder,
 codebook, context model and image size) is not stored; it enters the CRC,
 so a blob from another model fails the same check as a corrupt one.
 
 Integrity: CRC-24 (CRC-24/INTERLAKEN) detects every error burst of up to
 24 bits, so every single-byte flip past the tag (a tag flipped to 0xB2 is
-checked as format 2, against a CRC-32 that then covers other bytes); a truncation, a model mismatch or
-random damage passes it with probability 2**-24, and must then also
+checked as format 2, against a CRC-32 that then covers other bytes); a
+truncation, a model mismatch or random damage passes it with probability 2**-24, and must then also
 survive the payload check below (a passing payload must be exactly the
 code of the codes decoded from it). ``tests/test_compression.py`` flips
 every byte and cuts every length of small blobs;
@@ -68,7 +68,7 @@ or a CPU with other kernels) the decoder's floating-point sums may differ in
 the last bits, so a pixel may land one grey level away; the codes themselves
 are always recovered exactly.
 
-Blobs of version 2 (tag 0xB2, a header always, CRC-32) and version 1
+Blobs of format 2 (tag 0xB2, a header always, CRC-32) and format 1
 (position-wise frequency tables, before the context model) still decompress
 with the model that wrote them (:mod:`vaeanom.compression_v1`).
 """
@@ -322,9 +322,10 @@ def _check_codec(detector) -> None:
 
 def _check_context_model(detector) -> None:
     if getattr(detector, "context_counts_", None) is None:
-        raise ValueError("this model was saved before vaeanom's context model (format 2 and later): "
-                         "it decompresses the blobs it wrote; call refit_code_model(images) "
-                         "on its training images (or fit it again) to compress.")
+        raise ValueError("this model was saved before vaeanom's context model (format 2 and "
+                         "later): it decompresses the blobs it wrote; call "
+                         "refit_code_model(images) on its training images (or fit it again) "
+                         "to compress.")
 
 
 def seal(detector, body: bytes) -> bytes:

@@ -14,7 +14,7 @@ Version 1 coded each grid position with its own code frequencies
 This module only reads such blobs, with the checks they always had: CRC,
 fingerprint, exact lengths, a bound on the image count before anything is
 allocated, and the payload must be exactly the code of the codes decoded
-from it. :mod:`vaeanom.compression` writes versions 3 and 4.
+from it. :mod:`vaeanom.compression` writes format 3.
 """
 
 from __future__ import annotations
