@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vaeanom.code_model import LEVELS, SCALE_BITS, ContextModel
+from vaeanom.code_model import CAP, LEVELS, SCALE_BITS, ContextModel, choose_codes
 from vaeanom.compression import CorruptBlobError, decode_codes, encode_codes
 
 
@@ -127,3 +127,54 @@ def test_a_garbage_payload_is_a_corrupt_blob_error_or_a_valid_code():
         except CorruptBlobError:
             continue
         assert encode_codes(codes, model) == payload
+
+
+# ------------------------------------------------------------- choosing codes
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 3), contexts=arrays(np.int64, 50, elements=st.integers(0, 124)),
+       codes=arrays(np.int64, 50, elements=st.integers(0, 15)))
+def test_code_bits_match_the_exact_rows_to_about_1e_4_bits(seed, contexts, codes):
+    model = _model(seed)
+    weights = model.rows(contexts)
+    exact = np.log2(weights.sum(axis=1)) - np.log2(weights[np.arange(len(codes)), codes])
+    priced = model.code_bits(contexts, codes)
+    clipped = weights.max(axis=1) == CAP * (weights.sum(axis=1) - weights.max(axis=1))
+    np.testing.assert_allclose(priced[~clipped], exact[~clipped], atol=2e-4)
+    assert (priced[clipped] >= exact[clipped] - 2e-4).all()   # rows CAP shrank
+
+
+def _candidates(seed: int, shape=(6, 3, 4), m: int = 5):
+    rng = np.random.default_rng(seed)
+    codes = np.argsort(rng.random((*shape, 16)), axis=-1)[..., :m]
+    return np.sort(rng.random((*shape, m)), axis=-1), codes
+
+
+def test_rate_weight_zero_takes_the_nearest_codes():
+    distances, candidates = _candidates(0)
+    np.testing.assert_array_equal(choose_codes(distances, candidates, _model(0), 0.0),
+                                  candidates[..., 0])
+
+
+def test_a_heavy_rate_weight_takes_the_cheapest_candidate_in_context():
+    model = _model(2)
+    distances, candidates = _candidates(1)
+    chosen = choose_codes(distances, candidates, model, 1e6)
+    contexts = model.contexts(chosen)           # the contexts the raster order saw
+    bits = model.code_bits(contexts[..., None], candidates)
+    np.testing.assert_array_equal(
+        chosen, np.take_along_axis(candidates, bits.argmin(axis=-1)[..., None], -1)[..., 0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 50), weight=st.floats(0.0, 10.0))
+def test_chosen_codes_cost_no_more_in_distance_plus_weighted_bits_than_the_nearest(seed, weight):
+    """Greedy, but never worse than the nearest codes position by position given its past."""
+    model = _model(seed % 4)
+    distances, candidates = _candidates(seed)
+    chosen = choose_codes(distances, candidates, model, weight)
+    contexts = model.contexts(chosen)
+    picked = (candidates == chosen[..., None]).argmax(axis=-1)
+    cost = lambda rank: (np.take_along_axis(distances, rank[..., None], -1)[..., 0]  # noqa: E731
+                         + weight * model.code_bits(contexts, np.take_along_axis(
+                             candidates, rank[..., None], -1)[..., 0]))
+    assert (cost(picked) <= cost(np.zeros_like(picked)) + 1e-12).all()

@@ -1,12 +1,15 @@
 """Images <-> bytes with a fitted VQVAEDetector: entropy-coded codes in a lean, checked container.
 
-``compress`` encodes images to their grid of codes (:meth:`VQVAEDetector.encode`)
-and range-codes the grid with ``constriction``, in raster order, under the
+``compress`` encodes images to their grid of codes
+(:meth:`VQVAEDetector.compression_codes`: the nearest codes, or with
+``rate_weight`` > 0 a nearby code that is cheaper in its context) and
+range-codes the grid with ``constriction``, in raster order, under the
 model's context model (:class:`vaeanom.code_model.ContextModel`): each code's
 probabilities depend on the classes of its left, upper and upper-right
 neighbours, never on where it sits, so images of any size are coded alike.
 ``decompress`` range-decodes the codes and decodes them to uint8 images,
-exactly ``to_uint8(decode(codes, image_size))``.
+exactly ``to_uint8(decode(codes, image_size))``. How the encoder chose the
+codes never matters to the decoder.
 
 Container, format 3 (every field is checked on the way in)::
 
@@ -19,7 +22,7 @@ Container, format 3 (every field is checked on the way in)::
     checksum  3 bytes   CRC-24 of the model fingerprint followed by everything before it
 
 One image of the fitted size costs 4 bytes on top of its payload: 0.04 bits
-per pixel of a 28x28 image, 8% of the default's 0.53 on Fashion-MNIST.
+per pixel of a 28x28 image, 9% of the default's 0.45 on Fashion-MNIST.
 Format 1 cost 16-17 (a 2-byte magic, a version byte, a stored 4-byte
 fingerprint, the shape and the payload length as varints, and a payload
 padded to whole words); format 2, 6 (one tag for every blob, so a count
@@ -66,7 +69,10 @@ count. Decoding on CPU is bit-identical from run to run (fixed chunk shapes,
 see :data:`vaeanom.estimators.base.SCORE_CHUNK`). On another device (a GPU,
 or a CPU with other kernels) the decoder's floating-point sums may differ in
 the last bits, so a pixel may land one grey level away; the codes themselves
-are always recovered exactly.
+are always recovered exactly. Which codes an image gets is the encoder's
+floating-point decision (the nearest code, or the rate-weighted choice) and
+may differ on another machine for a near tie, as ``encode`` may; a blob,
+once written, decodes to the same codes everywhere.
 
 Blobs of format 2 (tag 0xB2, a header always, CRC-32) and format 1
 (position-wise frequency tables, before the context model) still decompress
@@ -372,11 +378,12 @@ def compress(detector, images) -> bytes:
     """Images (n, H, W) or (n, C, H, W) -> one blob (see the module docstring).
 
     Images of another height and width than the fitted ones are coded at
-    their own size (:meth:`VQVAEDetector.encode`), which the header records.
+    their own size (:meth:`VQVAEDetector.compression_codes`), which the header
+    records.
     """
     _check_codec(detector)
     _check_context_model(detector)
-    codes = code_model.as_grids(detector.encode(images))
+    codes = detector.compression_codes(images)
     size = tuple(int(side) for side in np.shape(images)[-2:]) if np.ndim(images) >= 3 else None
     custom = size is not None and size != tuple(detector.input_shape_[-2:])
     if len(codes) == 1 and not custom:

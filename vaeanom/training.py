@@ -78,6 +78,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (a CUDA GPU that supports it, or a
+    CPU with AVX512-BF16 or AMX); elsewhere bfloat16 is emulated and no faster."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
 def autocast(precision: str, device: torch.device):
     """The autocast context of ``precision`` ("fp32": none) on ``device``'s type."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -183,6 +183,7 @@ _FITTED_CHECKS = {
     "classes_": lambda v: _are_labels(v),
     "label_offset_": _is_number,
     "n_code_classes_": lambda v: _is_int(v, 1),
+    "quantisation_error_": lambda v: _is_number(v) and v >= 0,
 }
 _FITTED_REQUIRED = ("offset_", "n_features_in_", "input_shape_", "is_image_")
 

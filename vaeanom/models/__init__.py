@@ -10,13 +10,13 @@ from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, bernoulli_log
 from .mlp import MLPDecoder, MLPEncoder, MLPGridDecoder, MLPGridEncoder
 from .table import MixedLikelihood, TableEncoder, n_decoder_outputs
 from .vae import VAE, ELBOTerms
-from .vq import VQVAE, Codebook, Quantized, VectorQuantizer, usage_statistics
+from .vq import VQVAE, Candidates, Codebook, Quantized, VectorQuantizer, usage_statistics
 
 __all__ = [
     "VAE", "ELBOTerms", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
     "GaussianLikelihood", "BernoulliLikelihood", "gaussian_log_prob", "bernoulli_log_prob",
-    "gaussian_kl_standard_normal", "VQVAE", "Codebook", "Quantized", "VectorQuantizer",
-    "usage_statistics", "ConvGridEncoder", "ConvGridDecoder", "MLPGridEncoder",
+    "gaussian_kl_standard_normal", "VQVAE", "Candidates", "Codebook", "Quantized",
+    "VectorQuantizer", "usage_statistics", "ConvGridEncoder", "ConvGridDecoder", "MLPGridEncoder",
     "MLPGridDecoder", "grid_shape", "decoded_side", "padded_side", "TableEncoder",
     "MixedLikelihood", "n_decoder_outputs",
 ]

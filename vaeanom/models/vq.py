@@ -65,6 +65,13 @@ class Codebook(nn.Module):
         codes = self.embedding
         return torch.addmm(codes.pow(2).sum(1), vectors, codes.T, alpha=-2).argmin(dim=1)
 
+    def candidates(self, vectors: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Squared distances (n, k) to the k closest codes of each row, and their indices."""
+        codes = self.embedding
+        partial = torch.addmm(codes.pow(2).sum(1), vectors, codes.T, alpha=-2)
+        distances, index = partial.topk(min(k, self.size), dim=1, largest=False)
+        return (distances + vectors.pow(2).sum(1, keepdim=True)).clamp_min(0.0), index
+
     def lookup(self, index: Tensor) -> Tensor:
         return F.embedding(index, self.embedding)
 
@@ -138,6 +145,13 @@ class Quantized(NamedTuple):
     codebook_loss: Tensor  # ||sg(z_e) - e||^2 (zero in EMA mode)
 
 
+class Candidates(NamedTuple):
+    """The closest codes of each grid position, nearest first: (b, *grid, k) each."""
+
+    distances: Tensor      # squared Euclidean distance from the encoder output
+    codes: Tensor          # int64 code indices
+
+
 class VectorQuantizer(nn.Module):
     """z_e (b, D, *grid) -> nearest codes, with the straight-through gradient."""
 
@@ -189,6 +203,14 @@ class VQVAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Code indices (b, *grid) of the nearest codes."""
         return self.quantizer(self.encoder(x)).codes
+
+    def candidates(self, x: Tensor, k: int) -> Candidates:
+        """The k closest codes at every grid position, nearest first, and their distances."""
+        z_e = self.encoder(x).float()
+        vectors = z_e.movedim(1, -1).reshape(-1, z_e.shape[1])
+        distances, index = self.quantizer.codebook.candidates(vectors, k)
+        shape = (z_e.shape[0], *z_e.shape[2:], -1)
+        return Candidates(distances.view(shape), index.view(shape))
 
     def decode(self, codes: Tensor) -> Tensor:
         """Reconstruction (model units) from code indices (b, *grid)."""
