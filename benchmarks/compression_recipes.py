@@ -2,7 +2,8 @@
 
 Issue 19 asks for the default ``VQVAEDetector`` (K = 1024, the benchmark's
 default operating point) to fit on the 48000 training images in under 10
-minutes on 2 CPU cores, within 0.2 dB of the 30-epoch float32 default. Each
+minutes on 2 CPU cores, within 0.2 dB of the 30-epoch float32 default of
+the time (the "fp32" recipe; the "default" recipe is today's). Each
 recipe here is fitted on the training pool of ``compression.py`` and judged
 by its PSNR on every 6th training image (8000): a criterion that never looks
 at the test pool, so a recipe chosen here can then be reported on it. (The
@@ -14,31 +15,34 @@ Models are saved in ``--models-dir`` under the names ``compression.py`` uses
 fits:
 
     python benchmarks/compression_recipes.py --data-dir ../shared/data \\
-        --models-dir /tmp/cpu_models --recipes default,cpu,bf16,c48
+        --models-dir /tmp/cpu_models --recipes default,fp32,cpu,bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from _common import DEFAULT_DATA_DIR, load_fashion, versions, write_results
-from compression import (BF16_RECIPE, C48_RECIPE, CPU_RECIPE, FIT_SECONDS_TARGET,
+from compression import (BF16_RECIPE, CPU_RECIPE, FIT_SECONDS_TARGET, FP32_RECIPE,
                          fit_or_load, split)
 
 CODEBOOK = 1024
 #: name -> VQVAEDetector parameters on top of codebook_size=CODEBOOK
 RECIPES = {
+    # 48 and 96 channels, bfloat16 where the CPU has it, 22 epochs at 2e-3 (session 16's
+    # "c48" recipe ran 25 epochs: 562 s, -0.03 dB; 22 leaves room under the 600 s target)
     "default": {},
+    # the default until session 17: 64 and 128 channels, 30 epochs at 1e-3 in float32
+    "fp32": FP32_RECIPE,
     "cpu": CPU_RECIPE,
-    # the default network in bfloat16 (about 1.6x its float32 images per second on this
+    # the fp32 network in bfloat16 (about 1.6x its float32 images per second on this
     # CPU) at twice the rate, for as many epochs as fit in 10 minutes
     "bf16": BF16_RECIPE,
-    # a network between the default and the CPU recipe's (48 and 96 channels), in bfloat16
-    "c48": C48_RECIPE,
 }
 #: a recipe may lose at most this much PSNR against the default (issue 19)
 TOLERANCE_DB = 0.2
@@ -49,12 +53,18 @@ def model_name(recipe: str) -> str:
     return f"vq7x7-k{CODEBOOK}" if recipe == "default" else f"vq7x7-k{CODEBOOK}-{recipe}"
 
 
-def judge(detector, images: np.ndarray) -> dict[str, float]:
+def judge(detector, images: np.ndarray, train: np.ndarray) -> dict[str, float]:
     """Mean PSNR (dB) of the 8-bit reconstructions of ``images``, and the bits per pixel of
-    their codes under the model's context model (the Shannon length of one blob)."""
+    their codes under the model's context model (the Shannon length of one blob).
+
+    Networks are compared on their nearest codes (rate_weight 0, the context model
+    counted on ``train`` again): a rate weight moves a model along its own curve.
+    """
     from vaeanom.compression import ideal_bits, psnr, to_uint8
 
-    codes = detector.encode(images)
+    if detector.rate_weight:
+        detector = copy.deepcopy(detector).set_params(rate_weight=0.0).refit_code_model(train)
+    codes = detector.compression_codes(images)
     return {"training_psnr": float(psnr(images, to_uint8(detector.decode(codes))).mean()),
             "training_bpp": ideal_bits(detector, codes) / images.size}
 
@@ -79,16 +89,16 @@ def main() -> None:
         detector, fit_s, device = fit_or_load(model_name(recipe), params, train,
                                               args.models_dir, args.device)
         rows.append({"recipe": recipe, "params": str(RECIPES[recipe]), "fit_s": fit_s,
-                     "fit_device": device, **judge(detector, judged),
+                     "fit_device": device, **judge(detector, judged, train),
                      "perplexity": detector.perplexity_})
         print(rows[-1], flush=True)
     results = pd.DataFrame(rows)
-    if "default" in set(results.recipe):
-        reference = results.set_index("recipe").loc["default"]
-        results["db_vs_default"] = results.training_psnr - reference.training_psnr
-        results["bpp_vs_default"] = results.training_bpp / reference.training_bpp
-        results["meets_target"] = ((results.db_vs_default >= -TOLERANCE_DB)
-                                   & (results.bpp_vs_default <= 1.0)
+    if "fp32" in set(results.recipe):
+        reference = results.set_index("recipe").loc["fp32"]
+        results["db_vs_fp32"] = results.training_psnr - reference.training_psnr
+        results["bpp_vs_fp32"] = results.training_bpp / reference.training_bpp
+        results["meets_target"] = ((results.db_vs_fp32 >= -TOLERANCE_DB)
+                                   & (results.bpp_vs_fp32 <= 1.0)
                                    & (results.fit_s <= FIT_SECONDS_TARGET))
     table = results.to_markdown(index=False, floatfmt=".3f")
     print("\n" + table)
@@ -97,9 +107,9 @@ def main() -> None:
         f"training_psnr: mean PSNR of every 6th training image ({len(judged)}); training_bpp: "
         "the Shannon length of their codes under the model's context model, per pixel (one "
         "blob, no container). The test pool is not used. Target (meets_target): fit_s <= "
-        f"{FIT_SECONDS_TARGET} on 2 CPU cores, at most {TOLERANCE_DB} dB below the default "
-        "and no more bits. fit_s is recorded when a model is fitted (timings vary 20-45% "
-        "between runs).", table])
+        f"{FIT_SECONDS_TARGET} on 2 CPU cores, at most {TOLERANCE_DB} dB below the fp32 "
+        "recipe (the default until session 17) and no more bits. fit_s is recorded when a "
+        "model is fitted (timings vary 20-45% between runs).", table])
     write_results(args.name, {"benchmark": "compression_recipes", "recipes": RECIPES,
                               "results": results.to_dict(orient="records"),
                               "versions": versions("torch", "vaeanom")}, markdown)
