@@ -109,9 +109,9 @@ class ContextModel:
         object.__setattr__(self, "n_classes", int(self.n_classes))
         object.__setattr__(self, "_tables", [self._level_table(level)
                                              for level in range(len(LEVELS))])
-        object.__setattr__(self, "_keys", [
-            self.counts[self.counts[:, 0] == level, 1] * len(classes)
-            + self.counts[self.counts[:, 0] == level, 2] for level in range(len(LEVELS))])
+        object.__setattr__(self, "_keys", [  # each level's (context, code) as one sorted key
+            np.repeat(contexts, np.diff(bounds)) * len(classes) + codes
+            for contexts, bounds, codes, _, _ in self._tables])
         object.__setattr__(self, "_base", self._base_weights())
         object.__setattr__(self, "_cache", {})
 
@@ -307,10 +307,10 @@ def choose_codes(distances: np.ndarray, candidates: np.ndarray, model: ContextMo
 
     with the bits -log2 p under ``model`` (:meth:`ContextModel.code_bits`): a
     code slightly farther away is taken when its context makes it much
-    cheaper. This is the encoder side
-    of rate-distortion optimised quantisation (as in video coders' RDOQ);
-    the decoder is unchanged, and rate_weight 0 keeps the nearest codes. It
-    is greedy: a choice does not weigh what it costs its successors' contexts.
+    cheaper. This is the encoder side of rate-distortion optimised
+    quantisation (as in video coders' RDOQ); the decoder is unchanged, and
+    rate_weight 0 keeps the nearest codes. It is greedy: a choice does not
+    weigh what it costs its successors' contexts.
     """
     distances = np.asarray(distances, dtype=np.float64)
     candidates = np.asarray(candidates, dtype=np.int64)
