@@ -26,9 +26,6 @@ from .params import AnyOf, Flag, IntTuple, Number, OneOf
 #: epochs="auto" trains rows for about this many gradient steps, whatever the table's size;
 #: chosen on the selection half of benchmarks/anomaly_tabular.py (see the ``epochs`` parameter)
 ROW_STEPS = 1000
-#: share of entries the table model's encoder is not shown in each training step
-#: (the likelihood still scores them): see VAEDetector._hide_entries
-HIDDEN_FRACTION = 0.2
 #: kl_warmup="auto" for a hierarchy: the KL weight rises over the first third of training.
 #: On the Fashion-MNIST dev split (benchmarks/hierarchical.py) it lifted the hierarchy's IWAE
 #: bound by 15 nats (seed 0), and with it the hierarchy beats a one-layer model of as many
@@ -389,12 +386,16 @@ class VAEDetector(BaseDetector):
 
     @staticmethod
     def _hide_entries(batch: Tensor, generator: torch.Generator) -> Tensor:
-        """The batch with a random HIDDEN_FRACTION of its entries hidden (NaN) from the encoder.
+        """The batch with one random entry per row hidden (NaN) from the encoder.
 
-        The table model then learns to predict an entry from the others: what
-        a row with holes needs, and what leave-one-out explanations ask.
+        The likelihood still scores the hidden entry, so the table model learns
+        to predict an entry from the others: what a row with holes needs, and
+        exactly what a leave-one-out explanation asks. One entry per row, not a
+        share of them, keeps wide numeric tables close to their complete-data
+        fit (benchmarks/tables_real_world.py; README, "Missing values").
         """
-        hide = torch.rand(batch.shape, generator=generator) < HIDDEN_FRACTION
+        hidden = torch.randint(0, batch.shape[1], (batch.shape[0],), generator=generator)
+        hide = torch.nn.functional.one_hot(hidden, batch.shape[1]).bool()
         return batch.masked_fill(hide.to(batch.device), float("nan"))
 
     def _on_fitted(self, x: Tensor, generator: torch.Generator) -> None:
