@@ -558,6 +558,38 @@ def test_streams_are_the_same_bytes_and_decode_the_same_under_1_and_2_threads(
                                   decompress(detector, (tmp_path / "here.vq").read_bytes()))
 
 
+_WITHOUT_TORCH = """
+import sys
+import numpy as np
+from vaeanom.code_model import ContextModel
+from vaeanom.compression import decode_codes
+arrays = np.load(sys.argv[1])
+model = ContextModel(arrays["classes"], arrays["counts"], int(arrays["n_classes"]))
+np.save(sys.argv[3], decode_codes(open(sys.argv[2], "rb").read(), tuple(arrays["shape"]), model))
+assert "torch" not in sys.modules, "torch was imported"
+"""
+
+
+def test_a_blob_decodes_to_its_codes_without_torch_so_no_device_can_change_them(
+        saved_codec, tmp_path):
+    """Encode on one device, decode on another: the codes come from numpy integer tables and
+    the range coder alone, in a process that never imports torch, so a GPU decode (which
+    runs only the pixel decoder on the device) reads the very codes the CPU wrote."""
+    _, detector, images = saved_codec
+    blob = compress(detector, images[:32])
+    n, size, payload = compression._open(detector, blob)
+    model = compression.context_model(detector)
+    np.savez(tmp_path / "model.npz", classes=model.classes, counts=model.counts,
+             n_classes=model.n_classes, shape=(n, *compression._grid(detector, size)))
+    (tmp_path / "payload.bin").write_bytes(payload)
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(tmp_path / "model.npz"),
+                           str(tmp_path / "payload.bin"), str(tmp_path / "codes.npy")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    codes = np.load(tmp_path / "codes.npy").reshape(n, *detector.code_grid_)
+    np.testing.assert_array_equal(codes, detector.compression_codes(images[:32]))
+
+
 def test_refit_code_model_recounts_the_statistics_and_keeps_the_network(codecs):
     detector, images = codecs["crops"]
     refitted = copy.deepcopy(detector)
