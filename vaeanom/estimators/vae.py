@@ -392,7 +392,7 @@ class VAEDetector(BaseDetector):
         to predict an entry from the others: what a row with holes needs, and
         exactly what a leave-one-out explanation asks. One entry per row, not a
         share of them, keeps wide numeric tables close to their complete-data
-        fit (benchmarks/tables_real_world.py; README, "Missing values").
+        fit (README, Benchmarks: "How the table model's training mask was chosen").
         """
         hidden = torch.randint(0, batch.shape[1], (batch.shape[0],), generator=generator)
         hide = torch.nn.functional.one_hot(hidden, batch.shape[1]).bool()
