@@ -207,28 +207,37 @@ class ContextModel:
     def _compute_rows(self, contexts: np.ndarray) -> np.ndarray:
         weights = np.tile(self._base, (len(contexts), 1))
         for level, table in enumerate(self._tables):
-            prefixes = contexts // (self.n_classes + 1) ** (len(LEVELS) - 1 - level)
-            self._back_off(weights, prefixes, table)
+            self._back_off(weights, self._prefixes(contexts, level), table)
         others = weights.sum(axis=1, keepdims=True) - weights
         return np.minimum(weights, CAP * others).astype(np.float64)
 
+    def _prefixes(self, contexts: np.ndarray, level: int) -> np.ndarray:
+        """Each full context's number at ``level``: the classes of its first neighbours."""
+        return contexts // (self.n_classes + 1) ** (len(LEVELS) - 1 - level)
+
+    @staticmethod
+    def _find(contexts: np.ndarray, prefixes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each prefix sits in a level's sorted ``contexts``, and whether it is there."""
+        at = np.minimum(np.searchsorted(contexts, prefixes), len(contexts) - 1)
+        return at, contexts[at] == prefixes
+
     @staticmethod
     def _back_off(weights: np.ndarray, prefixes: np.ndarray, table) -> None:
-        """weights[i] <- (n(prefix_i, .) 2**SCALE_BITS + a weights[i]) // (n(prefix_i) + a)."""
+        """Rows of weights backed off to the counts of their prefixes (:func:`_backed_off`)."""
         contexts, bounds, codes, counts, totals = table
         if not len(contexts):
             return
-        at = np.minimum(np.searchsorted(contexts, prefixes), len(contexts) - 1)
-        rows = np.flatnonzero(contexts[at] == prefixes)     # the others keep the shorter context
+        at, seen = ContextModel._find(contexts, prefixes)
+        rows = np.flatnonzero(seen)                   # the others keep the shorter context
         at = at[rows]
         starts, lengths = bounds[at], bounds[at + 1] - bounds[at]
-        alpha = BACKOFF * lengths + 1
-        numerator = weights[rows] * alpha[:, None]
+        row_counts = np.zeros((len(rows), weights.shape[1]), dtype=np.int64)
         which = np.repeat(np.arange(len(rows)), lengths)
         entries = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
                                                        lengths) + np.repeat(starts, lengths)
-        numerator[which, codes[entries]] += counts[entries] << SCALE_BITS
-        weights[rows] = np.maximum(numerator // (totals[at] + alpha)[:, None], 1)
+        row_counts[which, codes[entries]] = counts[entries]
+        weights[rows] = _backed_off(row_counts, weights[rows], (BACKOFF * lengths + 1)[:, None],
+                                    totals[at][:, None])
 
     def code_bits(self, contexts: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """About -log2 p(code | context) for pairs of full contexts and codes (same shape).
@@ -250,15 +259,12 @@ class ContextModel:
             contexts_seen, bounds, _, counts, totals = table
             if not len(contexts_seen):
                 continue
-            prefixes = contexts // (self.n_classes + 1) ** (len(LEVELS) - 1 - level)
-            at = np.minimum(np.searchsorted(contexts_seen, prefixes), len(contexts_seen) - 1)
-            seen = contexts_seen[at] == prefixes
-            alpha = BACKOFF * (bounds[at + 1] - bounds[at]) + 1
-            key = prefixes * self.n_codes + codes
-            where = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
-            count = np.where(keys[where] == key, counts[where], 0)
-            backed_off = np.maximum(((count << SCALE_BITS) + alpha * weights)
-                                    // (totals[at] + alpha), 1)
+            prefixes = self._prefixes(contexts, level)
+            at, seen = self._find(contexts_seen, prefixes)
+            where, pair_seen = self._find(keys, prefixes * self.n_codes + codes)
+            count = np.where(pair_seen, counts[where], 0)
+            backed_off = _backed_off(count, weights, BACKOFF * (bounds[at + 1] - bounds[at]) + 1,
+                                     totals[at])
             weights = np.where(seen, backed_off, weights)
         others = np.maximum((1 << SCALE_BITS) - weights, 1)   # the rest of the row, about
         capped = np.minimum(weights, CAP * others)
@@ -293,6 +299,17 @@ class ContextModel:
             alpha = BACKOFF * np.diff(bounds) + 1
             bound = max(bound, float(((largest + alpha * bound) / (totals + alpha)).max()))
         return min(bound, CAP / (CAP + 1))
+
+
+def _backed_off(count: np.ndarray, weight: np.ndarray, alpha: np.ndarray,
+                total: np.ndarray) -> np.ndarray:
+    """Witten-Bell back-off in integers: (n(c, k) 2**SCALE_BITS + a w_k) // (n(c) + a), >= 1.
+
+    ``count`` is n(c, k), the code's count in the longer context c, ``total``
+    n(c), ``weight`` w_k the code's weight in the shorter context and
+    ``alpha`` a = BACKOFF * (codes seen in c) + 1; all int64, broadcast.
+    """
+    return np.maximum(((count << SCALE_BITS) + alpha * weight) // (total + alpha), 1)
 
 
 def choose_codes(distances: np.ndarray, candidates: np.ndarray, model: ContextModel,
