@@ -56,19 +56,22 @@ class Codebook(nn.Module):
     def size(self) -> int:
         return self.embedding.shape[0]
 
-    def nearest(self, vectors: Tensor) -> Tensor:
-        """Index of the closest code (squared Euclidean distance) for each row of ``vectors``.
+    def _distances_less_norm(self, vectors: Tensor) -> Tensor:
+        """||e||^2 - 2 v.e for every (row, code): the squared distance less ||v||^2.
 
         ||v - e||^2 = ||v||^2 - 2 v.e + ||e||^2; the first term is the same for
-        every code, so the argmin needs only ||e||^2 - 2 v.e (one fused addmm).
+        every code, so ranking codes needs only the rest (one fused addmm).
         """
         codes = self.embedding
-        return torch.addmm(codes.pow(2).sum(1), vectors, codes.T, alpha=-2).argmin(dim=1)
+        return torch.addmm(codes.pow(2).sum(1), vectors, codes.T, alpha=-2)
+
+    def nearest(self, vectors: Tensor) -> Tensor:
+        """Index of the closest code (squared Euclidean distance) for each row of ``vectors``."""
+        return self._distances_less_norm(vectors).argmin(dim=1)
 
     def candidates(self, vectors: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Squared distances (n, k) to the k closest codes of each row, and their indices."""
-        codes = self.embedding
-        partial = torch.addmm(codes.pow(2).sum(1), vectors, codes.T, alpha=-2)
+        partial = self._distances_less_norm(vectors)
         distances, index = partial.topk(min(k, self.size), dim=1, largest=False)
         return (distances + vectors.pow(2).sum(1, keepdim=True)).clamp_min(0.0), index
 
