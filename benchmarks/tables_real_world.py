@@ -66,15 +66,20 @@ def _peer(make, X_train, X_test, impute: bool) -> tuple[np.ndarray, float]:
     return scores, time.perf_counter() - t0
 
 
+def read_raw_columns(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """A categorical CSV's columns read as text (an empty field is NaN: a missing value)
+    and its labels."""
+    raw = pd.read_csv(path, dtype=str)
+    return raw, raw.pop("anomaly").astype(int).to_numpy()
+
+
 def categorical_rows(data_dir: Path, seeds) -> list[dict]:
     """housevotes and soybean: vaeanom on the raw columns, everyone on one-hot rows."""
     rows = []
     for name in CATEGORICAL:
         path = data_dir / "tabular_uci" / f"{name}.csv"
-        raw = pd.read_csv(path, dtype=str)              # empty field -> NaN: a missing value
-        as_read = pd.read_csv(path)                     # what `vaeanom fit file.csv` gets
-        y = raw.pop("anomaly").astype(int).to_numpy()
-        as_read.pop("anomaly")
+        raw, y = read_raw_columns(path)
+        as_read = pd.read_csv(path).drop(columns="anomaly")   # what `vaeanom fit file.csv` gets
         onehot, y_onehot = read_categorical_csv(path)
         assert (y == y_onehot).all()
         for seed in seeds:
@@ -101,15 +106,21 @@ def with_holes(X: np.ndarray, share: float, rng: np.random.Generator) -> np.ndar
     return X
 
 
+def holed_split(table, seed: int, share: float):
+    """(train, test, y_test) of ``table``'s ADBench split with ``share`` of the entries
+    removed from both parts, seeded by (seed, share)."""
+    X_train, X_test, y_test = table.splits(seed)[0]
+    rng = np.random.default_rng([seed, int(share * 100)])
+    return with_holes(X_train, share, rng), with_holes(X_test, share, rng), y_test
+
+
 def missing_rows(data_dir: Path, seeds, names=NUMERIC) -> list[dict]:
     """The numeric sets with 0%, 10% and 30% of their entries removed."""
     rows = []
     for table in table_sets(data_dir, names):
         for seed in seeds:
-            X_train, X_test, y_test = table.splits(seed)[0]
             for share in HOLES:
-                rng = np.random.default_rng([seed, int(share * 100)])
-                train, test = with_holes(X_train, share, rng), with_holes(X_test, share, rng)
+                train, test, y_test = holed_split(table, seed, share)
                 runs = {"vaeanom": _vaeanom(train, test, seed)}
                 peers = peer_detectors(seed)
                 for peer in MISSING_PEERS:
