@@ -140,6 +140,29 @@ def test_holes_of_every_kind_are_scored_without_imputation(table_model):
         det.score_samples(rows)
 
 
+@pytest.mark.parametrize("column, message", [
+    (pd.Series(pd.date_range("2020-01-01", periods=40)), r"'t' holds datetime64.*dt.dayofweek"),
+    (pd.Series(pd.to_timedelta(np.arange(40), unit="s")),
+     r"'t' holds timedelta64.*dt.total_seconds\(\)"),
+    (pd.Series(np.ones(40) * 1j), r"'t' holds complex numbers"),
+    (pd.Series(np.full(40, np.nan)), r"no observed value in column 't'.*drop it before fit"),
+])
+def test_columns_it_cannot_model_are_refused_by_name_at_fit(column, message):
+    """Dates, durations, complex numbers and empty columns would otherwise be cast,
+    silently truncated or fail deep in pandas; each gets a named error and a fix."""
+    train = generated_table(40, seed=1)
+    for frame in (train.assign(t=column.to_numpy()),                       # mixed table
+                  train[["n0", "n1"]].assign(t=column.to_numpy())):       # numbers only
+        with pytest.raises(ValueError, match=message):
+            VAEDetector(**QUICK).fit(frame)
+
+
+def test_a_column_name_used_twice_is_refused():
+    train = generated_table(40, seed=1)
+    with pytest.raises(ValueError, match="more than one column named 'n0'"):
+        VAEDetector(**QUICK).fit(pd.concat([train, train[["n0"]]], axis=1))
+
+
 def test_scores_stay_comparable_between_rows_with_and_without_holes(table_model):
     """A hole removes evidence, not likelihood: scores keep their scale (log-likelihood
     per observed entry times d), so holed normal rows stay inside the normal range."""

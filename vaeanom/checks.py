@@ -96,6 +96,16 @@ def check_missing_values(rows: np.ndarray, feature_names: Sequence[str] | None =
                          "missing: there is nothing to score. Drop them (X.dropna(how='all')).")
 
 
+def check_observed_columns(rows: np.ndarray, feature_names: Sequence[str] | None = None,
+                           what: str = "X") -> None:
+    """Refuse, by name, training columns with no observed entry: nothing to learn from."""
+    empty = np.flatnonzero(np.isnan(rows).all(axis=0)) if len(rows) else []
+    if len(empty):
+        names = [_feature_label(j, feature_names) for j in empty[:5]]
+        raise ValueError(f"{what} has no observed value in {', '.join(names)} (every entry is "
+                         f"missing): drop {'it' if len(empty) == 1 else 'them'} before fit.")
+
+
 def column_names(feature_names: Sequence | None, n_features: int) -> list[str]:
     """The columns a fitted model's per-feature output is labelled with: its feature
     names as strings, else x0, x1, ... (estimators and ``OnnxModel`` alike)."""

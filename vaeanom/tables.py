@@ -1,7 +1,8 @@
 """Mixed-type tables with holes: how a DataFrame's columns become numbers and back.
 
 A column is *categorical* when its dtype is object, string or ``category``;
-every other column (numbers, booleans, nullable integers) is *numeric*. A
+numbers, booleans and nullable integers are *numeric*; dates, durations and
+complex numbers are refused by name (:func:`check_frame_columns`). A
 :class:`TableSchema` learned in ``fit`` keeps, for each categorical column,
 the sorted categories seen there, and encodes any later table as one float64
 array of shape (n, d) in the caller's column order:
@@ -38,6 +39,33 @@ def categorical_columns(X) -> list[str]:
     if not isinstance(X, pd.DataFrame):
         return []
     return [str(c) for c, dtype in X.dtypes.items() if is_categorical_dtype(dtype)]
+
+
+def check_frame_columns(X) -> None:
+    """Refuse, by name, DataFrame columns that vaeanom cannot take: a name used twice, and
+    dates, durations and complex numbers, which are neither numbers nor categories to it."""
+    if not isinstance(X, pd.DataFrame):
+        return
+    repeated = X.columns[X.columns.duplicated()].unique().tolist()
+    if repeated:
+        raise ValueError(f"X has more than one column named "
+                         f"{', '.join(repr(c) for c in repeated[:5])}: give each column a name "
+                         "of its own.")
+    for name, dtype in X.dtypes.items():
+        if pd.api.types.is_datetime64_any_dtype(dtype):
+            _refuse_time(name, dtype, f"X[{name!r}].dt.dayofweek or "
+                                      f"(X[{name!r}] - X[{name!r}].min()).dt.total_seconds()")
+        if pd.api.types.is_timedelta64_dtype(dtype):
+            _refuse_time(name, dtype, f"X[{name!r}].dt.total_seconds()")
+        if pd.api.types.is_complex_dtype(dtype):
+            raise ValueError(f"column {str(name)!r} holds complex numbers; pass real numbers "
+                             "(e.g. the real and imaginary parts as two columns).")
+
+
+def _refuse_time(name, dtype, example: str) -> None:
+    raise ValueError(f"column {str(name)!r} holds {dtype} values, which vaeanom models neither "
+                     f"as numbers nor as categories: turn them into numbers, e.g. {example}, "
+                     "or drop the column.")
 
 
 @dataclass(frozen=True)

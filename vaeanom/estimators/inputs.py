@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
-from ..checks import check_missing_values, check_pixels
-from ..tables import TableSchema, categorical_columns
+from ..checks import check_missing_values, check_observed_columns, check_pixels
+from ..tables import TableSchema, categorical_columns, check_frame_columns
 
 
 def is_image_input(X) -> bool:
@@ -68,6 +68,7 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
     (see :mod:`vaeanom.tables`). ``schema`` is what fit learned (None at fit,
     or for a model fitted on complete numbers). Infinities are always refused.
     """
+    check_frame_columns(X)
     text = categorical_columns(X)
     if text and not allow_missing:
         _refuse_text_columns(text)
@@ -80,7 +81,10 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
         schema = TableSchema.learn(rows) if fitting else schema
     if allow_missing:
         names = getattr(estimator, "feature_names_in_", None)
-        check_missing_values(rows, None if names is None else [str(n) for n in names])
+        names = None if names is None else [str(n) for n in names]
+        check_missing_values(rows, names)
+        if fitting:
+            check_observed_columns(rows, names)
     return rows, schema
 
 
@@ -120,16 +124,13 @@ def standardisation(rows: np.ndarray,
                     categorical: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std; a constant feature gets scale 1 (it stays centred at 0).
 
-    Missing entries (NaN) are left out; ``categorical`` columns (codes) get 0 and 1.
+    Missing entries (NaN) are left out (``check_rows`` refuses a column with none
+    observed); ``categorical`` columns (codes) get 0 and 1.
     Raises ValueError naming the features whose mean or std overflow float64
     (values near 1e300): standardising them would silently give zeros.
     """
     if categorical is None:
         categorical = np.zeros(rows.shape[1], dtype=bool)
-    empty = np.flatnonzero(np.isnan(rows).all(axis=0) & ~categorical) if len(rows) else []
-    if len(empty):
-        raise ValueError(f"features {list(empty[:5])} have no observed value (every entry is "
-                         "missing): drop them before fit.")
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isnan(rows).any():
             center = np.nanmean(rows, axis=0, dtype=np.float64)
