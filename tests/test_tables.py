@@ -90,6 +90,21 @@ def test_an_unseen_category_is_an_answer_and_makes_the_row_unusual(table_model):
     np.testing.assert_array_equal(unseen, det.score_samples(rows))   # deterministic
 
 
+def test_integer_codes_keep_their_categories_when_a_hole_turns_them_float():
+    """Fitted on codes 1, 2, 3 as objects, scored on the same codes as floats (what a
+    column of integers becomes in pandas once it holds a NaN): the same categories."""
+    train = generated_table(60, seed=2)
+    train["code"] = pd.Series(np.digitize(train["n3"], [-1, 1]) + 1, dtype=object)
+    det = VAEDetector(**QUICK).fit(train)
+    rows = train.iloc[:10]
+    as_float = rows.assign(code=rows["code"].astype(float))
+    np.testing.assert_array_equal(det.score_samples(as_float), det.score_samples(rows))
+    floats = train.assign(code=train["code"].astype(float).astype(object))   # fit saw 1.0 ...
+    det = VAEDetector(**QUICK).fit(floats)
+    np.testing.assert_array_equal(det.score_samples(rows.assign(code=rows["code"].astype(int))),
+                                  det.score_samples(floats.iloc[:10]))    # ... scored as 1
+
+
 def test_mixed_tables_keep_the_estimator_contract(table_model, tmp_path):
     det, train = table_model
     assert det.categories_[4] == ["high", "low", "mid"]

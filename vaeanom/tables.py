@@ -11,7 +11,8 @@ array of shape (n, d) in the caller's column order:
 - a categorical entry is its category's code 0..K-1, or K (the reserved
   "unknown" slot) for a category ``fit`` never saw: never an error, never
   dropped, and the model gives that slot almost no probability, so the row
-  scores as very unusual;
+  scores as very unusual. A whole number finds its category whether fit saw it
+  as 1 or 1.0 (integer codes turn float in pandas once a column holds a hole);
 - a missing entry (NaN, None, pd.NA, NaT, an empty CSV field) is NaN in either
   kind of column. The likelihood skips it and the encoder sees a mask.
 
@@ -171,9 +172,26 @@ def _numeric(column: pd.Series, name) -> np.ndarray:
 def _codes(column: pd.Series, known: tuple[str, ...]) -> np.ndarray:
     """Category codes 0..K-1, K for a category fit never saw, NaN where missing."""
     missing = column.isna().to_numpy()
+    seen = frozenset(known)
     as_text = column.astype(object).where(~missing, None).map(
-        lambda v: None if v is None else str(v))
+        lambda v: None if v is None else _category_text(v, seen))
     codes = pd.Index(known).get_indexer(as_text.to_numpy()).astype(np.float64)  # -1: unseen
     codes[codes < 0] = len(known)        # unseen in fit: the reserved "unknown" slot
     codes[missing] = np.nan
     return codes
+
+
+def _category_text(value, known: frozenset[str]) -> str:
+    """The text a category is looked up by: ``str(value)``, except that a whole number
+    takes the spelling fit saw, 1 or 1.0 (a column of integer codes turns float when
+    it gains a hole, and its categories must not all become unseen)."""
+    text = str(value)
+    if (text in known or isinstance(value, (bool, np.bool_))
+            or not isinstance(value, (int, float, np.number))):
+        return text
+    number = float(value)
+    if number.is_integer():
+        for spelling in (str(int(number)), str(number)):
+            if spelling in known:
+                return spelling
+    return text
