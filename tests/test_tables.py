@@ -5,6 +5,8 @@ factors drive four numeric columns and two categorical ones, so a category
 that contradicts a row's numbers is as detectable as a shifted number.
 """
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -103,6 +105,17 @@ def test_integer_codes_keep_their_categories_when_a_hole_turns_them_float():
     det = VAEDetector(**QUICK).fit(floats)
     np.testing.assert_array_equal(det.score_samples(rows.assign(code=rows["code"].astype(int))),
                                   det.score_samples(floats.iloc[:10]))    # ... scored as 1
+
+
+def test_an_identifier_column_is_named_in_a_warning_at_fit():
+    """A text column of IDs would make every new row an outlier (each ID is unseen):
+    fit says so, and a column of a few categories stays quiet."""
+    train = generated_table(60, seed=3)
+    with pytest.warns(UserWarning, match=r"'customer' has 60 distinct values in 60 rows.*drop"):
+        VAEDetector(**QUICK).fit(train.assign(customer=[f"c{i}" for i in range(60)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VAEDetector(**QUICK).fit(train)
 
 
 def test_mixed_tables_keep_the_estimator_contract(table_model, tmp_path):

@@ -21,11 +21,16 @@ numpy and pandas only: the torch-free runtime imports this module.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+#: a categorical column with at least this many categories, one for at least
+#: half of its observed rows, looks like an identifier (see TableSchema.learn)
+IDENTIFIER_MIN_CATEGORIES = 20
 
 
 def is_categorical_dtype(dtype) -> bool:
@@ -95,6 +100,7 @@ class TableSchema:
             if not seen:
                 raise ValueError(f"column {str(name)!r} holds no value at all (every entry is "
                                  "missing): drop it before fit.")
+            _warn_if_identifier(name, len(seen), int(column.notna().sum()))
             categories.append(tuple(seen))
         return cls(tuple(categories))
 
@@ -157,6 +163,19 @@ class TableSchema:
             else:
                 raise ValueError("each column's categories must be None or distinct strings")
         return cls(tuple(categories))
+
+
+def _warn_if_identifier(name, n_categories: int, n_observed: int) -> None:
+    """Warn when a text column is nearly all distinct values (an ID, a timestamp, free
+    text): as a category it says nothing about a row, and each value fit did not see
+    takes the "unknown" slot, so every new row would score as anomalous."""
+    if n_categories >= max(IDENTIFIER_MIN_CATEGORIES, n_observed / 2):
+        warnings.warn(
+            f"column {str(name)!r} has {n_categories} distinct values in {n_observed} rows: "
+            "an identifier, a timestamp or free text? As a category it says nothing about a "
+            "row, and every value fit did not see will make a row look anomalous. Drop it "
+            f"(X.drop(columns=[{name!r}])), make it the index, or turn it into numbers.",
+            UserWarning, stacklevel=2)
 
 
 def _numeric(column: pd.Series, name) -> np.ndarray:
