@@ -56,6 +56,15 @@ def test_score_csv_to_stdout_with_index_column(table, capsys):
     assert len(out) == 121
 
 
+def test_a_semicolon_csv_is_named_instead_of_fitted_as_one_text_column(tmp_path, capsys):
+    rows = "a;b\n" + "".join(f"{i};{i % 3}\n" for i in range(30))
+    (tmp_path / "semi.csv").write_text(rows)
+    assert main(["fit", str(tmp_path / "semi.csv"), "--model", str(tmp_path / "m.st")]) == 1
+    error = capsys.readouterr().err
+    assert "one column named 'a;b'" in error and "sep=';'" in error
+    assert not (tmp_path / "m.st").exists()
+
+
 def test_score_explain_writes_the_top_features(table):
     frame, tmp = table
     main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(tmp / "m.st"),

@@ -69,8 +69,26 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
                     isinstance(index_col, int) and 0 <= index_col < len(columns)):
                 raise ValueError(f"{str(path)!r} has no column {index_col!r} for the index; "
                                  f"its columns are {columns[:8]}.")
-        return pd.read_csv(path, index_col=index_col)
+        frame = pd.read_csv(path, index_col=index_col)
+        _refuse_other_separators(frame, path)
+        return frame
     return pd.read_parquet(path)
+
+
+def _refuse_other_separators(frame: pd.DataFrame, path: Path) -> None:
+    """A CSV that reads as one column whose name holds ';', a tab or '|' was written with
+    that separator (common where the comma is the decimal mark): say so instead of fitting
+    one text column."""
+    if frame.shape[1] != 1:
+        return
+    name = str(frame.columns[0])
+    for separator, shown in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+        if separator in name:
+            raise ValueError(
+                f"{str(path)!r} reads as one column named {name!r}: its fields look separated "
+                f"by {shown}, and vaeanom reads comma-separated files. Rewrite it with commas: "
+                f"pd.read_csv(path, sep={separator!r}).to_csv(new_path, index=False) (add "
+                "decimal=',' where commas are its decimal marks).")
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> None:
