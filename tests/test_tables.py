@@ -185,6 +185,13 @@ def test_columns_it_cannot_model_are_refused_by_name_at_fit(column, message):
             VAEDetector(**QUICK).fit(frame)
 
 
+def test_a_row_passed_as_a_series_is_told_how_to_pass_it(table_model):
+    det, train = table_model
+    with pytest.raises(ValueError, match=r"Series.*df.loc\[\[i\]\]"):
+        det.score_samples(train.loc[3])
+    assert np.isfinite(det.score_samples(train.loc[[3]])).all()
+
+
 def test_a_column_name_used_twice_is_refused():
     train = generated_table(40, seed=1)
     with pytest.raises(ValueError, match="more than one column named 'n0'"):
@@ -332,6 +339,8 @@ def test_onnx_table_input_errors_are_named(table_model, table_exports):
         model.score_samples(train[train.columns[::-1]])
     with pytest.raises(ValueError, match="numeric in fit"):
         model.score_samples(train.iloc[:2].assign(n0="text"))
+    with pytest.raises(ValueError, match=r"'n0' holds datetime64.*dt.dayofweek"):
+        model.score_samples(train.iloc[:2].assign(n0=pd.date_range("2020-01-01", periods=2)))
 
 
 def test_numeric_tables_with_holes_export_and_complete_ones_say_so(cancer, tmp_path):

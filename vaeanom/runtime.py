@@ -386,6 +386,9 @@ class OnnxModel:
         return X.to_numpy()
 
     def _check_columns(self, X) -> None:
+        from .tables import check_frame_columns   # pandas: imported only for DataFrames
+
+        check_frame_columns(X)
         names = getattr(self, "feature_names_in_", None)
         columns = [str(c) for c in X.columns]
         if names is not None and columns != list(names):

@@ -91,6 +91,9 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
 def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
                  text: list[str]) -> tuple[np.ndarray, TableSchema]:
     """A DataFrame with categorical columns -> (codes and numbers with NaN holes, schema)."""
+    if isinstance(X, pd.Series):
+        raise ValueError("X is a pandas Series; pass a DataFrame with the columns the model was "
+                         "fitted on (for one row taken with df.loc[i], use df.loc[[i]]).")
     if not isinstance(X, pd.DataFrame):
         raise ValueError(f"{type(estimator).__name__} was fitted on a DataFrame with categorical "
                          "columns; pass a DataFrame with the same columns (numpy arrays hold "
