@@ -25,11 +25,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 from _common import DEFAULT_DATA_DIR, versions, write_results
 from tables_real_world import CATEGORICAL, NUMERIC, holed_split, read_raw_columns
-from tabular_sets import SELECTION, table_sets
+from tabular_sets import SELECTION, adbench_split, table_sets
 from vaeanom import VAEDetector
 
 HOLES = 0.1
@@ -68,10 +67,8 @@ def rule_rows(rule: str, data_dir: Path, seeds) -> list[dict]:
     for name in CATEGORICAL:
         raw, y = read_raw_columns(data_dir / "tabular_uci" / f"{name}.csv")
         for seed in seeds:
-            train, test, _, y_test = train_test_split(raw, y, test_size=0.3, stratify=y,
-                                                      random_state=seed)
             rows.append({"rule": rule, "dataset": name, "seed": seed,
-                         "roc_auc": _auc(train, test, y_test, seed)})
+                         "roc_auc": _auc(*adbench_split(raw, y, seed)[0], seed)})
     return rows
 
 
