@@ -46,6 +46,10 @@ def _vaeanom_command() -> list[str]:
     return [str(installed)] if installed.exists() else [sys.executable, "-m", "vaeanom.cli"]
 
 
+def _not_json(token: str):
+    raise AssertionError(f"the server sent {token}, which is not JSON (RFC 8259)")
+
+
 class Server:
     """`vaeanom serve REPO` in a subprocess; stopped with SIGTERM."""
 
@@ -78,7 +82,7 @@ class Server:
         except urllib.error.HTTPError as err:
             status, text = err.code, err.read().decode()
         try:
-            return status, json.loads(text)
+            return status, json.loads(text, parse_constant=_not_json)
         except json.JSONDecodeError:
             return status, text
 
@@ -167,6 +171,23 @@ def test_a_table_model_is_served_with_numbers_codes_and_mask(server, repo):
             inputs.append(tensor)
         scores = server.client.infer("table", inputs).as_numpy("score")
         np.testing.assert_array_equal(scores.astype(np.float64), model.score_samples(frame))
+
+
+def test_json_outputs_are_strict_json_with_null_for_a_holes_contribution(server, repo):
+    frame = table_frame(20, 3)
+    frame.loc[0, "a"] = np.nan
+    model = OnnxModel(repo / "table" / "1" / "model.onnx")
+    feeds = model._feeds(frame)
+    body = {"inputs": [{"name": name, "shape": list(array.shape),
+                        "datatype": {"f": "FP32", "i": "INT64", "b": "BOOL"}[array.dtype.kind],
+                        "data": array.reshape(-1).tolist()} for name, array in feeds.items()]}
+    status, answer = server.request("POST", "/v2/models/table/infer", json.dumps(body).encode())
+    assert status == 200, answer      # Server.request parses strictly: NaN would fail here
+    outputs = {out["name"]: out for out in answer["outputs"]}
+    shape = outputs["contributions"]["shape"]
+    sent = np.array(outputs["contributions"]["data"], dtype=float).reshape(shape)  # null -> nan
+    np.testing.assert_array_equal(sent, model.explain(frame).to_numpy(np.float32))
+    assert np.isnan(sent[0, 0]) and np.isfinite(outputs["score"]["data"]).all()
 
 
 def test_records_endpoint_scores_a_table_by_column_name(server, repo, cancer):
@@ -329,11 +350,18 @@ def test_infer_paths_are_matched_like_the_routes_they_bypass(server):
     assert server.request("POST", "/v2/models/cancer/x/infer", _json_body([ROW]))[0] == 404
 
 
-def test_serve_refuses_a_chunk_of_no_rows_before_starting(repo):
+@pytest.mark.parametrize("limit, flag", [
+    ({"chunk_rows": 0}, "--chunk-rows"), ({"max_body_bytes": -1}, "--max-body-bytes"),
+    ({"request_timeout_s": 0}, "--request-timeout"), ({"workers": 0}, "--workers"),
+    ({"request_timeout_s": float("nan")}, "--request-timeout"),
+    ({"graceful_timeout_s": -1.0}, "--graceful-timeout"),
+    ({"intra_op_num_threads": 0}, "--threads"), ({"chunk_rows": 2.5}, "--chunk-rows")])
+def test_serve_refuses_a_limit_that_would_refuse_every_request_before_starting(repo, limit,
+                                                                                flag):
     from vaeanom.serving import serve
 
-    with pytest.raises(ValueError, match="--chunk-rows"):
-        serve(repo, chunk_rows=0)
+    with pytest.raises(ValueError, match=flag):
+        serve(repo, **limit)
 
 
 def test_a_body_over_the_limit_is_refused_with_413(repo):

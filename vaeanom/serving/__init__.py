@@ -7,7 +7,10 @@ imported. Needs the ``serve`` extra: ``pip install "vaeanom[serve]"``.
 from __future__ import annotations
 
 import logging
+import math
 import os
+
+import numpy as np
 
 from .app import Settings, create_app
 
@@ -26,8 +29,9 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
     """
     import uvicorn
 
-    if int(chunk_rows) < 1:
-        raise ValueError(f"chunk_rows (--chunk-rows) must be >= 1; got {chunk_rows}.")
+    _check_limits(workers=workers, max_body_bytes=max_body_bytes,
+                  request_timeout_s=request_timeout_s, graceful_timeout_s=graceful_timeout_s,
+                  intra_op_num_threads=intra_op_num_threads, chunk_rows=chunk_rows)
     settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
                         intra_op_num_threads, chunk_rows, freeze_gc=True)
     _configure_logging(log_level)
@@ -39,6 +43,30 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
                     workers=workers, **options)
     else:
         uvicorn.run(create_app(settings), **options)
+
+
+#: serve()'s limits -> (the CLI flag, its type, whether 0 is allowed)
+_LIMITS = {"workers": ("--workers", int, False),
+           "max_body_bytes": ("--max-body-bytes", int, False),
+           "request_timeout_s": ("--request-timeout", float, False),
+           "graceful_timeout_s": ("--graceful-timeout", float, True),
+           "intra_op_num_threads": ("--threads", int, False),
+           "chunk_rows": ("--chunk-rows", int, False)}
+
+
+def _check_limits(**limits) -> None:
+    """Refuse, at start-up and by its flag, a limit under which the server would
+    refuse every request (a body limit of -1, a timeout of 0 s)."""
+    for name, value in limits.items():
+        flag, kind, zero_ok = _LIMITS[name]
+        if value is None and name == "intra_op_num_threads":
+            continue
+        kinds = (int, float) if kind is float else (int, np.integer)
+        if (isinstance(value, bool) or not isinstance(value, kinds)
+                or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok)):
+            what = "a number" if kind is float else "an integer"
+            raise ValueError(f"{name} ({flag}) must be {what} {'>= 0' if zero_ok else '> 0'}; "
+                             f"got {value!r}.")
 
 
 def _configure_logging(level: str) -> None:

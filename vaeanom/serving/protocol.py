@@ -216,13 +216,22 @@ def infer_response(model: str, version: str, request: InferRequest,
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = _json_values(array)
         entries.append(entry)
     document = {"model_name": model, "model_version": version, "outputs": entries}
     if request.id is not None:
         document["id"] = request.id
-    header = json.dumps(document).encode()
+    header = json.dumps(document, allow_nan=False).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     return header + b"".join(blobs), {"content-type": "application/octet-stream",
                                       HEADER_LENGTH: str(len(header))}
+
+
+def _json_values(array: np.ndarray) -> list:
+    """A tensor's values for JSON, row-major. JSON has no NaN or infinity, so those are
+    null (a hole's contribution, a score past float range); binary outputs keep them."""
+    values = array.reshape(-1).tolist()
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return values
+    return [v if math.isfinite(v) else None for v in values]
