@@ -120,7 +120,15 @@ def repo(cancer, tmp_path_factory):
     config.write_text(config.read_text().replace(
         "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 300000 }"))
     VAEDetector(**QUICK).fit(table_frame(300, 0)).export_triton(folder, "table", explain=True)
+    VAEDetector(**QUICK).fit(digit_images()).export_triton(folder, "digits")   # uint8 input
     return folder
+
+
+def digit_images() -> np.ndarray:
+    """load_digits as 8-bit images (n, 8, 8): what a uint8 image model is fitted on."""
+    from sklearn.datasets import load_digits
+
+    return (load_digits().images[:300] * 16).clip(0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +214,21 @@ def test_records_endpoint_scores_a_table_by_column_name(server, repo, cancer):
     explained = pd.DataFrame(body["explanations"], dtype=float)   # null: a missing entry
     pd.testing.assert_frame_equal(explained, model.explain(frame), check_dtype=False)
     assert np.isnan(explained.loc[frame["a"].isna(), "a"]).all()
+
+
+def test_records_endpoint_scores_an_8_bit_image_model(server, repo):
+    images = digit_images()[:4]
+    model = OnnxModel(repo / "digits" / "1" / "model.onnx")
+    assert model.input_dtype == np.uint8
+    records = [dict(zip(model.feature_columns, image.reshape(-1).tolist())) for image in images]
+    status, body = server.request("POST", "/v1/models/digits/score", json.dumps(records).encode())
+    assert status == 200, body
+    np.testing.assert_array_equal(body["score"], model.score_samples(images))
+    for bad in ({**records[0], model.feature_columns[0]: 0.5},
+                {**records[0], model.feature_columns[0]: 256}):
+        status, body = server.request("POST", "/v1/models/digits/score",
+                                      json.dumps([bad]).encode())
+        assert status == 400 and "8-bit pixels" in body["error"], body
 
 
 def test_the_exported_repository_parses_with_tritons_own_model_config(repo):
@@ -295,6 +318,9 @@ BAD_REQUESTS = {
     "a number past float": ("/v2/models/cancer/infer",
                             _json_body([{**ROW, "shape": [1], "data": [10 ** 400]}]), {}, 400,
                             "too large"),
+    "a number past FP32": ("/v2/models/cancer/infer",
+                           _json_body([{**ROW, "data": [1e39] + [1.0] * 29}]), {}, 400,
+                           "too large for FP32"),
     "datatype not a string": ("/v2/models/cancer/infer", _json_body([{**ROW, "datatype": []}]),
                               {}, 400, "datatype"),
     "huge zero-size shape": ("/v2/models/cancer/infer",

@@ -414,9 +414,20 @@ def _frame(model, records: list[dict]):
         raise ValueError(f"unknown column(s) {unknown[:5]}; the model takes {columns[:10]}"
                          + (" ..." if len(columns) > 10 else "") + ".")
     frame = pd.DataFrame.from_records(records, columns=columns)
-    if names is None:
-        return frame.to_numpy(dtype=np.float64, na_value=np.nan)
-    return frame
+    if names is not None:
+        return frame
+    values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    return _pixels(values) if model.input_dtype == np.uint8 else values
+
+
+def _pixels(values: np.ndarray) -> np.ndarray:
+    """Records for a model exported with ``input_dtype="uint8"``: whole numbers in
+    0..255, as uint8 (JSON has one number type, so the dtype cannot come with them)."""
+    if not (np.isfinite(values).all() and (values == np.round(values)).all()
+            and values.min(initial=0) >= 0 and values.max(initial=0) <= 255):
+        raise ValueError("this model takes 8-bit pixels: every value must be a whole number "
+                         "in 0..255, none missing (send the pixels as they are, not / 255).")
+    return values.astype(np.uint8)
 
 
 async def _metrics(state: _State, request: Request) -> Response:

@@ -162,9 +162,15 @@ def _from_json(data: Any, dtype: np.dtype, shape: list[int], name: str) -> np.nd
             raise ProtocolError(f"input {name!r} is {datatype_of(dtype)}: its data must be "
                                 "numbers.")
         try:
-            return np.asarray(flat.tolist(), dtype=np.float64).reshape(shape).astype(dtype)
+            wide = np.asarray(flat.tolist(), dtype=np.float64)
         except OverflowError:
             raise ProtocolError(f"input {name!r}: a value is too large for a float.") from None
+        with np.errstate(over="ignore"):
+            array = wide.astype(dtype)
+        if np.isinf(array).any() and np.isfinite(wide).all():
+            raise ProtocolError(f"input {name!r}: a value is too large for "
+                                f"{datatype_of(dtype)} (at most {np.finfo(dtype).max:.4g}).")
+        return array.reshape(shape)
     if dtype.kind == "b":
         if not all(isinstance(v, bool) for v in flat):
             raise ProtocolError(f"input {name!r} is BOOL: its data must be true or false.")
