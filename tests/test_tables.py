@@ -359,3 +359,27 @@ def test_numeric_tables_with_holes_export_and_complete_ones_say_so(cancer, tmp_p
     model = OnnxModel(complete.export_onnx(tmp_path / "complete.onnx"))
     with pytest.raises(ValueError, match="fitted on complete rows.*impute or drop"):
         model.score_samples(holed)
+
+
+def test_bool_and_nullable_columns_among_numbers_score_alike_in_onnx(tmp_path):
+    """A model fitted on numbers, bools and nullable integers: its export scores the very
+    frame it was fitted on (to_numpy makes such a frame object), as the estimator does;
+    and a bool column that a None turned object is a hole, not text."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "y": rng.normal(size=120)})
+    frame["flag"] = frame["x"] > 0
+    frame["count"] = pd.array(rng.integers(0, 3, 120), dtype="Int64")
+    det = VAEDetector(**QUICK, epochs=5).fit(frame)
+    model = OnnxModel(det.export_onnx(tmp_path / "flags.onnx"))
+    expected = det.score_samples(frame)
+    np.testing.assert_allclose(model.score_samples(frame), expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())
+    holed = frame.head(4).astype({"flag": object})
+    holed.loc[0, "flag"] = None
+    assert np.isfinite(det.score_samples(holed)).all()
+    np.testing.assert_array_equal(det.score_samples(holed.iloc[1:]), expected[1:4])
+    text = frame.head(2).astype({"flag": object})
+    text.loc[0, "flag"] = "yes"
+    for scorer in (det, model):
+        with pytest.raises(ValueError, match="non-numeric column.*'flag'"):
+            scorer.score_samples(text)

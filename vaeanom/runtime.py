@@ -383,7 +383,16 @@ class OnnxModel:
         if not (hasattr(X, "columns") and hasattr(X, "to_numpy")):
             return X
         self._check_columns(X)
-        return X.to_numpy()
+        values = X.to_numpy()
+        if values.dtype == object:   # bool, nullable or object columns among numbers
+            from .tables import non_numeric_columns, numbers_of
+
+            values = numbers_of(X)
+            if values is None:
+                text = non_numeric_columns(X)
+                raise ValueError(f"X has non-numeric column(s) {', '.join(map(repr, text[:8]))}"
+                                 "; this model was fitted on numbers only.")
+        return values
 
     def _check_columns(self, X) -> None:
         from .tables import check_frame_columns   # pandas: imported only for DataFrames

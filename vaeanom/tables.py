@@ -21,6 +21,7 @@ numpy and pandas only: the torch-free runtime imports this module.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,30 @@ def categorical_columns(X) -> list[str]:
     if not isinstance(X, pd.DataFrame):
         return []
     return [str(c) for c, dtype in X.dtypes.items() if is_categorical_dtype(dtype)]
+
+
+def numbers_of(X: pd.DataFrame) -> np.ndarray | None:
+    """A DataFrame of numbers as float64 (n, d), NaN for a missing value, whatever its
+    columns' dtypes: bool, nullable (Int64, Float64, boolean), pyarrow, or object
+    holding only numbers, booleans and holes, which is what pandas makes of a bool or
+    int column that gets a None (and ``read_csv`` of a bool column with an empty
+    field). None when a column holds anything else, such as text."""
+    if non_numeric_columns(X):
+        return None
+    columns = [_numeric(column, name) for name, column in X.items()]
+    return np.column_stack(columns) if columns else np.empty((len(X), 0))
+
+
+def non_numeric_columns(X: pd.DataFrame) -> list[str]:
+    """Names of the columns :func:`numbers_of` cannot read as numbers."""
+    return [str(name) for name, column in X.items()
+            if is_categorical_dtype(column.dtype) and not _holds_numbers(column)]
+
+
+def _holds_numbers(column: pd.Series) -> bool:
+    """An object column whose every observed value is a real number or a boolean."""
+    return column.dtype == object and all(
+        isinstance(v, (bool, np.bool_, numbers.Real)) for v in column[column.notna()])
 
 
 def check_frame_columns(X) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
 from ..checks import check_missing_values, check_observed_columns, check_pixels
-from ..tables import TableSchema, categorical_columns, check_frame_columns
+from ..tables import TableSchema, categorical_columns, check_frame_columns, numbers_of
 
 
 def is_image_input(X) -> bool:
@@ -70,6 +70,8 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
     """
     check_frame_columns(X)
     text = categorical_columns(X)
+    if text and not fitting and (schema is None or not schema.has_categories):
+        X, text = _as_numbers(X, text)
     if text and not allow_missing:
         _refuse_text_columns(text)
     if text or (schema is not None and schema.has_categories):
@@ -86,6 +88,16 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
         if fitting:
             check_observed_columns(rows, names)
     return rows, schema
+
+
+def _as_numbers(X: pd.DataFrame, text: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """For a model fitted on numbers: X with its object columns as numbers when they
+    hold only numbers, booleans and holes (pandas makes a bool column that gets a None
+    object); X and ``text`` as they are otherwise, to be refused by name."""
+    numbers = numbers_of(X)
+    if numbers is None:
+        return X, text
+    return pd.DataFrame(numbers, index=X.index, columns=X.columns), []
 
 
 def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
