@@ -106,6 +106,13 @@ def test_export_then_score_with_onnx_matches_the_saved_model(table):
     pd.testing.assert_index_equal(explained.columns, frame.columns)
     np.testing.assert_allclose(explained, VAEDetector.load(model).explain(frame),
                                rtol=1e-4, atol=1e-4)
+    assert main(["score", str(tmp / "rows.parquet"), "--onnx", str(tmp / "explaining.onnx"),
+                 "--explain", "2", "-o", str(tmp / "top.csv")]) == 0
+    top = pd.read_csv(tmp / "top.csv", index_col=0)
+    assert (top["feature_1"] == explained.idxmax(axis=1).to_numpy()).all()
+    np.testing.assert_allclose(top["contribution_1"], explained.max(axis=1), rtol=1e-6)
+    assert main(["score", str(tmp / "rows.parquet"), "--onnx", str(tmp / "scorer.onnx"),
+                 "--explain", "2"]) == 1    # no contributions in that graph: said, no traceback
 
 
 @pytest.mark.parametrize("argv, message", [

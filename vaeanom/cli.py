@@ -219,7 +219,8 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
               workers: int = 2) -> pd.DataFrame | None:
     """Score a data file with a saved model, or with an exported ONNX scorer (no torch).
 
-    ``explain=k`` adds each row's k most anomalous features (saved VAE models only).
+    ``explain=k`` adds each row's k most anomalous features (a saved VAE model, or a
+    scorer exported with explanations).
     A Parquet file scored by an ONNX scorer into a Parquet file is streamed in
     batches (:func:`vaeanom.distributed.score_parquet`, bounded memory), and
     nothing is returned; ``engine="dask"`` or ``"spark"`` runs that job on a
@@ -249,8 +250,9 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
     else:
         scorer = load_detector(model)
     if explain and not hasattr(scorer, "explain"):
-        raise ValueError("--explain needs a saved VAEDetector (--model); an ONNX scorer or a "
-                         "VQ-VAE has no per-feature explanations.")
+        raise ValueError("--explain needs a VAEDetector (--model) or a scorer exported with "
+                         "`vaeanom export --explain` (--onnx); a VQ-VAE has no per-feature "
+                         "explanations.")
     table = read_data(data, index_col=index_col)
     frame = scorer.score_frame(table, explain=explain) if explain else scorer.score_frame(table)
     if output is not None:

@@ -40,8 +40,8 @@ import numpy as np
 import onnxruntime as ort
 
 from . import digest
-from .checks import (check_missing_values, column_names, finite_decoded, finite_scores,
-                     is_outlier, outlier_labels)
+from .checks import (check_count, check_missing_values, column_names, finite_decoded,
+                     finite_scores, is_outlier, outlier_labels)
 from .codes import check_code_values
 from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, table_inputs
 from .preprocessing import Preprocessing
@@ -178,24 +178,38 @@ class OnnxModel:
         """+1 for inliers, -1 for outliers."""
         return outlier_labels(self.score_samples(X), self.offset_)
 
-    def score_frame(self, X):
-        """A DataFrame with X's index: ``score`` and ``is_outlier``."""
+    def score_frame(self, X, explain: int = 0):
+        """A DataFrame with X's index: ``score`` and ``is_outlier``; ``explain=k`` adds
+        each row's k most anomalous features, ranked as the detector's ``score_frame``
+        ranks them (``feature_i``, ``contribution_i``; rows, explaining scorers only)."""
         import pandas as pd
 
-        score = self.score_samples(X)
+        k = check_count(explain, "explain")
+        if k:
+            self._require_explanations()
+            if self.is_image:
+                raise ValueError("score_frame(explain=k) is for rows; for images, explain(X) "
+                                 "returns per-pixel maps.")
+        self._require("scorer", "score_frame")
+        outputs = self.run(X)
+        score = finite_scores(outputs["score"])
         index = X.index if isinstance(X, (pd.DataFrame, pd.Series)) else pd.RangeIndex(len(score))
-        return pd.DataFrame({"score": score, "is_outlier": is_outlier(score, self.offset_)},
-                            index=index)
+        frame = pd.DataFrame({"score": score, "is_outlier": is_outlier(score, self.offset_)},
+                             index=index)
+        if k:
+            from .explanations import top_features
+
+            top = top_features(pd.DataFrame(outputs["contributions"],
+                                            columns=self.feature_columns), k)
+            frame = frame.assign(**{c: top[c].to_numpy() for c in top})  # X's index may repeat
+        return frame
 
     def explain(self, X):
         """Each feature's contribution to each row's anomaly: what the detector's ``explain``
         gives. Rows: a DataFrame with X's index, one column per feature (NaN where an entry
         is missing); images: an array (n, H, W). Needs a scorer exported with explain=True.
         """
-        self._require("scorer", "explain")
-        if not self.explains:
-            raise ValueError(f"{str(self.path)!r} has no explanations; export the scorer with "
-                             "det.export_onnx(path, explain=True) (vaeanom export --explain).")
+        self._require_explanations()
         contributions = self.run(X)["contributions"]
         if self.is_image:
             return contributions
@@ -203,6 +217,12 @@ class OnnxModel:
 
         index = X.index if isinstance(X, pd.DataFrame) else pd.RangeIndex(len(contributions))
         return pd.DataFrame(contributions, index=index, columns=self.feature_columns)
+
+    def _require_explanations(self) -> None:
+        self._require("scorer", "explain")
+        if not self.explains:
+            raise ValueError(f"{str(self.path)!r} has no explanations; export the scorer with "
+                             "det.export_onnx(path, explain=True) (vaeanom export --explain).")
 
     @property
     def explains(self) -> bool:

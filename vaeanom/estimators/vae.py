@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
 from ..checks import check_count, finite_decoded, finite_scores, is_outlier, outlier_labels
+from ..explanations import top_features
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MixedLikelihood, MLPDecoder, MLPEncoder, TableEncoder, n_decoder_outputs)
 from ..models.hierarchical import HierarchicalVAE
@@ -872,16 +873,3 @@ def _median_observed(values: np.ndarray) -> np.ndarray:
         if (~np.isnan(column)).any():
             medians[j] = np.median(column[~np.isnan(column)])
     return medians
-
-
-def top_features(contributions: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k largest contributions of each row: feature_i and contribution_i columns."""
-    values = contributions.to_numpy()
-    ranked = np.where(np.isnan(values), -np.inf, values)   # a missing entry ranks last
-    order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
-    names = np.asarray(contributions.columns, dtype=object)
-    columns = {}
-    for i in range(order.shape[1]):
-        columns[f"feature_{i + 1}"] = names[order[:, i]]
-        columns[f"contribution_{i + 1}"] = np.take_along_axis(values, order[:, i:i + 1], 1)[:, 0]
-    return pd.DataFrame(columns, index=contributions.index)
