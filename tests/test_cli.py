@@ -78,6 +78,65 @@ def test_score_explain_writes_the_top_features(table):
     assert (scores["feature_1"] == expected).all()
 
 
+def test_index_col_is_a_name_before_a_position_in_csv_and_parquet(tmp_path):
+    from vaeanom.datasets import read_data
+
+    frame = pd.DataFrame({"2024": [10, 11, 12], "id": ["a", "b", "c"], "x": [0.5, 1.5, 2.5]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet", index=False)
+    for name in ("t.csv", "t.parquet"):
+        assert read_data(tmp_path / name, index_col=2024).index.tolist() == [10, 11, 12]
+        by_name = read_data(tmp_path / name, index_col="id")
+        assert by_name.index.tolist() == ["a", "b", "c"] and list(by_name.columns) == ["2024", "x"]
+        assert read_data(tmp_path / name, index_col=2).index.tolist() == [0.5, 1.5, 2.5]
+        with pytest.raises(ValueError, match="no column 'nope' for the index"):
+            read_data(tmp_path / name, index_col="nope")
+    np.save(tmp_path / "t.npy", np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="no columns to take an index from"):
+        read_data(tmp_path / "t.npy", index_col=0)
+
+
+def test_an_output_name_held_by_a_folder_is_refused_and_the_folder_kept(table, capsys):
+    frame, tmp = table
+    (tmp / "out.csv").mkdir()
+    (tmp / "out.csv" / "part-0.parquet").write_bytes(b"kept")
+    main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(tmp / "m.st"),
+          "--set", "epochs=2"])
+    capsys.readouterr()
+    assert main(["score", str(tmp / "rows.csv"), "--index-col", "patient", "--model",
+                 str(tmp / "m.st"), "-o", str(tmp / "out.csv")]) == 1
+    assert "a folder has that name" in capsys.readouterr().err
+    assert (tmp / "out.csv" / "part-0.parquet").read_bytes() == b"kept"
+
+
+def test_extra_and_reordered_columns_are_scored_by_name_on_every_path(table, caplog):
+    frame, tmp = table
+    model = tmp / "m.st"
+    main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(model),
+          "--set", "epochs=2", "--set", "random_state=0"])
+    labelled = frame.iloc[:, ::-1].assign(label=0)
+    labelled.to_csv(tmp / "labelled.csv")
+    assert main(["score", str(tmp / "labelled.csv"), "--index-col", "patient", "--model",
+                 str(model), "-o", str(tmp / "s.csv")]) == 0
+    assert "leaving out column(s) 'label'" in caplog.text
+    scores = pd.read_csv(tmp / "s.csv", index_col="patient")
+    np.testing.assert_array_equal(scores["score"], VAEDetector.load(model).score_samples(frame))
+
+
+def test_the_reader_closing_the_pipe_ends_the_command_quietly(table):
+    frame, tmp = table
+    pd.concat([frame] * 200).to_csv(tmp / "long.csv")      # more than a pipe buffer of scores
+    main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(tmp / "m.st"),
+          "--set", "epochs=1"])
+    command = [_console_script(), "score", str(tmp / "long.csv"), "--index-col", "patient",
+               "--model", str(tmp / "m.st")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"patient,score")
+    process.stdout.close()                                   # what `| head -1` does
+    assert process.wait(timeout=120) == 1
+    assert process.stderr.read() == b""
+
+
 def test_npy_files_are_accepted(table):
     _, tmp = table
     assert main(["fit", str(tmp / "rows.npy"), "--model", str(tmp / "m.st"), "--set", "epochs=2"]) == 0

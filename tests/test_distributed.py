@@ -3,7 +3,10 @@ in local[2] mode. Scores must equal OnnxModel.score_samples bit for bit, row ide
 be kept, and no worker may import torch."""
 
 import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -219,6 +222,12 @@ def test_cli_runs_a_parquet_file_on_a_dask_cluster_keeping_row_numbers(scorer, c
     assert got.index.tolist() == X.index.tolist() and list(got.columns) == ["score", "is_outlier"]
     np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(X))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.parquet", "scores.parquet"]
+    command = shutil.which("vaeanom") or str(Path(sys.executable).with_name("vaeanom"))
+    done = subprocess.run([command, "score", str(tmp_path / "rows.parquet"), "--onnx",
+                           str(named), "-o", str(out), "--engine", "dask", "--workers", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "INFO distributed" not in done.stderr          # dask's start-up lines need -v
 
 
 def test_cli_runs_a_parquet_file_on_spark_keeping_key_columns(spark, scorer, table, cancer,

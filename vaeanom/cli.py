@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import os
 import re
 import sys
 import time
@@ -253,12 +254,31 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         raise ValueError("--explain needs a VAEDetector (--model) or a scorer exported with "
                          "`vaeanom export --explain` (--onnx); a VQ-VAE has no per-feature "
                          "explanations.")
-    table = read_data(data, index_col=index_col)
+    table = _model_columns(scorer, read_data(data, index_col=index_col))
     frame = scorer.score_frame(table, explain=explain) if explain else scorer.score_frame(table)
     if output is not None:
         write_frame(frame, output)
         logger.info("wrote %d scores to %s", len(frame), output)
     return frame
+
+
+def _model_columns(scorer, table):
+    """The table's columns the model was fitted on, by name and in its order, as the
+    streamed and engine paths take them; the others are left out, with a warning.
+    A table without all of them is passed on as it is, for the scorer to name what
+    is missing."""
+    names = getattr(scorer, "feature_names_in_", None)
+    if names is None or not isinstance(table, pd.DataFrame):
+        return table
+    by_name = {str(column): column for column in table.columns}
+    names = [str(name) for name in names]
+    if list(by_name) == names or any(name not in by_name for name in names):
+        return table
+    extra = [name for name in by_name if name not in set(names)]
+    if extra:
+        logger.warning("leaving out column(s) %s, which the model was not fitted on",
+                       ", ".join(map(repr, extra[:8])) + (" ..." if len(extra) > 8 else ""))
+    return table[[by_name[name] for name in names]]
 
 
 #: engines ``vaeanom score --engine`` runs a Parquet job on (besides streaming in-process)
@@ -530,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
             run_compress(args.model, args.source, args.out)
         elif args.command == "decompress":
             run_decompress(args.model, args.source, args.out)
+    except BrokenPipeError:  # the reader left (| head): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 1
     except Exception as err:  # one readable line, no traceback, unless -vv
         logger.debug("traceback", exc_info=True)
         print(f"vaeanom {args.command}: error: {err}", file=sys.stderr)

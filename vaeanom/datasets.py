@@ -52,7 +52,10 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npy")
 def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFrame | np.ndarray:
     """Read a CSV or Parquet file into a DataFrame, or a .npy file into an array.
 
-    .npy files are read with ``allow_pickle=False``: a data file never runs code.
+    ``index_col`` names the column that becomes the index (CSV and Parquet):
+    a column's name, or else its position (``--index-col 2024`` finds a column
+    named "2024" before the 2025th column). .npy files are read with
+    ``allow_pickle=False``: a data file never runs code.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -61,18 +64,32 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
     if not path.is_file():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
     if suffix == ".npy":
+        if index_col is not None:
+            raise ValueError(f"{str(path)!r} is a numpy array, which has no columns to take an "
+                             "index from; drop --index-col (index_col), or use a CSV or Parquet "
+                             "table.")
         return np.load(path, allow_pickle=False)
     if suffix == ".csv":
         if index_col is not None:  # pandas fails obscurely on a missing one in some files
-            columns = list(pd.read_csv(path, nrows=0).columns)
-            if index_col not in columns and not (
-                    isinstance(index_col, int) and 0 <= index_col < len(columns)):
-                raise ValueError(f"{str(path)!r} has no column {index_col!r} for the index; "
-                                 f"its columns are {columns[:8]}.")
+            index_col = _index_column(index_col, list(pd.read_csv(path, nrows=0).columns), path)
         frame = pd.read_csv(path, index_col=index_col)
         _refuse_other_separators(frame, path)
         return frame
-    return pd.read_parquet(path)
+    frame = pd.read_parquet(path)
+    if index_col is None or index_col in frame.index.names:  # the index the file keeps
+        return frame
+    column = _index_column(index_col, list(frame.columns), path)
+    return frame.set_index(frame.columns[column] if isinstance(column, int) else column)
+
+
+def _index_column(index_col: int | str, columns: list, path: Path) -> int | str:
+    """The index column as a name in ``columns``, else as a position; refused by name."""
+    if str(index_col) in map(str, columns):
+        return next(c for c in columns if str(c) == str(index_col))
+    if isinstance(index_col, int) and 0 <= index_col < len(columns):
+        return index_col
+    raise ValueError(f"{str(path)!r} has no column {index_col!r} for the index; "
+                     f"its columns are {columns[:8]}.")
 
 
 def _refuse_other_separators(frame: pd.DataFrame, path: Path) -> None:

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -347,10 +349,29 @@ def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
     names = _file_columns(_schema_of(source), model_path, columns)
     scored = score_dask(parquet_partitions(source, names), model_path, names)
     scored = scored[list(SCORE_COLUMNS)]
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster):
+    with _dask_logs_at_our_level(), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            silence_logs=_our_log_level()) as cluster, Client(cluster):
         atomic_write_dir(output, lambda tmp: scored.to_parquet(tmp, write_index=True))
     return _rows_in(output)
+
+
+def _our_log_level() -> int:
+    """vaeanom's logging level, at least WARNING unless asked for more (``vaeanom -v``)."""
+    return logging.getLogger("vaeanom").getEffectiveLevel()
+
+
+@contextmanager
+def _dask_logs_at_our_level() -> Iterator[None]:
+    """Dask's scheduler logs each start, connection and worker at INFO on a handler of
+    its own; hold it to vaeanom's level while our cluster runs, then restore it."""
+    dask_logger = logging.getLogger("distributed")
+    before = dask_logger.level
+    dask_logger.setLevel(max(before, _our_log_level()))
+    try:
+        yield
+    finally:
+        dask_logger.setLevel(before)
 
 
 def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike,
