@@ -281,6 +281,7 @@ def _model_columns(scorer, table):
     return table[[by_name[name] for name in names]]
 
 
+INDEX_COL_HELP = "the CSV or Parquet column holding the row index: its name, else its position"
 #: engines ``vaeanom score --engine`` runs a Parquet job on (besides streaming in-process)
 ENGINES = ("dask", "spark")
 
@@ -452,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", type=Path, required=True, help="where to save the model")
     fit.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
                      help="an estimator parameter, e.g. --set latent_dim=8 (repeatable)")
-    fit.add_argument("--index-col", default=None, help="CSV column holding the row index")
+    fit.add_argument("--index-col", default=None, help=INDEX_COL_HELP)
 
     score = sub.add_parser("score", help="score a data file with a saved model")
     score.add_argument("data", type=Path)
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an exported scorer (.onnx) instead of --model; runs without torch")
     score.add_argument("--output", "-o", type=Path, default=None,
                        help=".csv or .parquet file (default: CSV on standard output)")
-    score.add_argument("--index-col", default=None, help="CSV column holding the row index")
+    score.add_argument("--index-col", default=None, help=INDEX_COL_HELP)
     score.add_argument("--engine", choices=("stream", *ENGINES), default="stream",
                        help="Parquet in and out with --onnx: stream in this process (default), "
                             "or run on a local Dask cluster or Spark; OUT is then a folder of "
