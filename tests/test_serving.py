@@ -6,6 +6,7 @@ Triton unchanged.
 """
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -388,6 +389,16 @@ def test_serve_refuses_a_limit_that_would_refuse_every_request_before_starting(r
 
     with pytest.raises(ValueError, match=flag):
         serve(repo, **limit)
+
+
+def test_a_model_that_does_not_load_stops_serve_before_it_listens(repo, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(repo / "cancer", broken / "cancer")
+    model = broken / "cancer" / "1" / "model.onnx"
+    model.write_bytes(model.read_bytes()[:1000])                 # a truncated copy
+    done = subprocess.run([*_vaeanom_command(), "serve", str(broken), "--port",
+                           str(_free_port())], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "model.onnx" in done.stderr, done.stderr
 
 
 def test_a_body_over_the_limit_is_refused_with_413(repo):

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from . import repository
 from .app import Settings, create_app
 
 __all__ = ["Settings", "create_app", "serve"]
@@ -26,6 +27,9 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
     On SIGTERM uvicorn stops accepting connections, lets the requests in
     flight finish (up to ``graceful_timeout_s``), then exits. ``chunk_rows`` is
     the rows per onnxruntime call (see :class:`vaeanom.OnnxModel`'s ``batch_size``).
+    A model that does not load stops this before it listens, with the reason (Triton
+    exits on one by default): a server that is live but never ready would only say
+    so to its health checks.
     """
     import uvicorn
 
@@ -34,6 +38,7 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
                   intra_op_num_threads=intra_op_num_threads, chunk_rows=chunk_rows)
     settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
                         intra_op_num_threads, chunk_rows, freeze_gc=True)
+    repository.load(settings.path, batch_size=chunk_rows, intra_op_num_threads=1)  # or raise
     _configure_logging(log_level)
     options = dict(host=host, port=port, log_level=log_level, access_log=False,
                    timeout_graceful_shutdown=graceful_timeout_s, log_config=None)
