@@ -65,6 +65,20 @@ def test_a_huge_value_in_the_training_table_is_refused(cancer):
         VAEDetector(**SMALL).fit(X)
 
 
+@pytest.mark.parametrize("value", [5.0, 1234.56, 98765.4321, -0.1])
+def test_a_constant_column_gets_scale_1_whatever_its_value(value):
+    """The mean of equal floats can be an ulp off them; that ulp must not become the
+    column's spread (it made a change in the 5th digit of 1234.56 score -1e20)."""
+    rows = np.random.default_rng(0).normal(size=(40, 3))
+    rows[:, 1] = value
+    det = VAEDetector(**SMALL).fit(rows)
+    assert det.center_[1] == value and det.scale_[1] == 1.0
+    nudged = rows[:5].copy()
+    nudged[:, 1] += 0.01
+    np.testing.assert_allclose(det.score_samples(nudged), det.score_samples(rows[:5]),
+                               atol=0.1)
+
+
 def test_a_score_that_cannot_be_computed_is_an_outlier(cancer_model, monkeypatch):
     det, X = cancer_model
     scores = det.score_samples(X.iloc[:4])

@@ -159,5 +159,12 @@ def standardisation(rows: np.ndarray,
         raise ValueError(f"features {broken[:5].tolist()} hold values too large to standardise "
                          "(their mean or spread overflows float64). Is a huge number standing "
                          "in for missing values? Replace it or drop those rows.")
-    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+    with np.errstate(invalid="ignore"):     # a column of one value and holes: no warning
+        low, high = np.nanmin(rows, axis=0), np.nanmax(rows, axis=0)
+    constant = (low == high) & ~categorical
+    center[constant] = low[constant]        # the mean of equal values can be an ulp off it
+    # a spread at rounding level is a constant too: else 1234.56 gets a scale of 1e-13
+    # and a change in the 5th digit scores -1e20
+    rounding = 10 * np.finfo(np.float64).eps * np.maximum(np.abs(center), 1.0)
+    scale[constant | (scale < rounding)] = 1.0
     return center, scale
