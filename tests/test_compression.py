@@ -253,6 +253,47 @@ def test_cli_errors_leave_no_output(saved_codec, tmp_path, capsys):
     assert not (tmp_path / "pngs").exists()          # a.png was not written either
 
 
+def test_cli_reads_palette_pngs_as_colours_and_refuses_clashes_before_writing(
+        saved_codec, tmp_path, capsys):
+    model, detector, images = saved_codec
+    grey = Image.fromarray(images[0])
+    grey.save(tmp_path / "grey.png")
+    grey.convert("P").save(tmp_path / "palette.png")       # the same picture, as indices
+    for name in ("grey", "palette"):
+        assert main(["compress", "--model", str(model), str(tmp_path / f"{name}.png"),
+                     str(tmp_path / f"{name}.vq")]) == 0
+    assert (tmp_path / "palette.vq").read_bytes() == (tmp_path / "grey.vq").read_bytes()
+    folder = tmp_path / "clash"
+    folder.mkdir()
+    grey.save(folder / "a.png")
+    grey.save(folder / "a.PNG")
+    assert main(["compress", "--model", str(model), str(folder), str(tmp_path / "out")]) == 1
+    assert "would both write the blob a.vq" in capsys.readouterr().err
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for name in ("a", "b", "c"):
+        (blobs / f"{name}.vq").write_bytes(detector.compress(images[:1]))
+    (tmp_path / "pngs" / "b.png").mkdir(parents=True)          # b's output name is a folder
+    assert main(["decompress", "--model", str(model), str(blobs), str(tmp_path / "pngs")]) == 1
+    assert "a folder has that name" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["b.png"]   # no a.png
+
+
+def test_image_codecs_with_a_channel_axis_or_an_mlp_round_trip(digit_images, tmp_path):
+    images, _ = digit_images
+    channel = VQVAEDetector(conv_channels=(8,), **SMALL).fit(images[:300, None])
+    channel.save(tmp_path / "c1.st")
+    Image.fromarray(images[0]).save(tmp_path / "one.png")       # a grey PNG has no axis
+    assert main(["compress", "--model", str(tmp_path / "c1.st"), str(tmp_path / "one.png"),
+                 str(tmp_path / "one.vq")]) == 0
+    np.testing.assert_array_equal(channel.decompress((tmp_path / "one.vq").read_bytes()),
+                                  channel.decompress(channel.compress(images[:1, None])))
+    mlp = VQVAEDetector(backbone="mlp", hidden_dims=(16,), n_codes=3, **SMALL).fit(images[:300])
+    decoded = mlp.decompress(mlp.compress(images[:4]))
+    np.testing.assert_array_equal(decoded, to_uint8(mlp.decode(mlp.compression_codes(images[:4]))))
+    assert mlp.sample(2).shape == mlp.reconstruct(images[:2]).shape == (2, 8, 8)
+
+
 def test_cli_fits_a_codec_on_npy_images(digit_images, tmp_path):
     from vaeanom import estimators
     from vaeanom.cli import DETECTORS

@@ -312,10 +312,10 @@ def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype
 
 
 # ------------------------------------------------------------ compression
-def read_images(path: Path) -> np.ndarray:
-    """A .npy array or one PNG -> images (n, [C,] H, W)."""
+def read_images(path: Path, channels: int | None = None) -> np.ndarray:
+    """A .npy array or one PNG -> images (n, [C,] H, W); see :func:`_read_png`."""
     if path.suffix.lower() == ".png":
-        return _read_png(path)[None]
+        return _read_png(path, channels)[None]
     if path.suffix.lower() == ".npy":
         return np.load(path, allow_pickle=False)
     raise ValueError(f"{str(path)!r}: give a .png file, a folder of .png files or a .npy array.")
@@ -328,12 +328,22 @@ def _png_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_png(path: Path) -> np.ndarray:
+def _read_png(path: Path, channels: int | None = None) -> np.ndarray:
+    """A PNG's 8-bit pixels, (H, W) or (C, H, W). A palette image becomes its colours
+    (grey for a grey model), not its palette indices; ``channels`` 1 (a model fitted
+    on (n, 1, H, W)) gives a grey image its channel axis."""
     from PIL import Image
 
     with Image.open(path) as image:
+        if image.mode in ("P", "1"):      # palette indices, or bits: their grey or colours
+            image = image.convert("RGB" if channels == 3 else "L")
+        if image.mode not in ("L", "RGB", "LA", "RGBA"):
+            raise ValueError(f"{str(path)!r} is a {image.mode} PNG; vaeanom compresses 8-bit "
+                             "grey or RGB images: save it with 8 bits per channel first.")
         pixels = np.asarray(image)
-    return pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # HWC -> CHW
+    if pixels.ndim == 2:
+        return pixels[None] if channels == 1 else pixels
+    return pixels.transpose(2, 0, 1)  # HWC -> CHW
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -360,13 +370,17 @@ def _load_codec(model: Path):
 def run_compress(model: Path, source: Path, out: Path) -> list[Path]:
     """PNG -> blob, .npy -> one blob, folder of PNGs -> folder of blobs (one per image)."""
     detector = _load_codec(model)
+    channels = _channels(detector)
     if source.is_dir():  # one blob per PNG, so the PNGs may differ in size
-        blobs = {out / f"{file.stem}.vq": detector.compress(_read_png(file)[None])
-                 for file in _png_files(source)}
+        files = _png_files(source)
+        targets = _unique_targets({file: out / f"{file.stem}.vq" for file in files}, "blob")
+        blobs = {targets[file]: detector.compress(_read_png(file, channels)[None])
+                 for file in files}
         n_images = len(blobs)
     else:
-        images = read_images(source)
+        images = read_images(source, channels)
         blobs, n_images = {out: detector.compress(images)}, len(images)
+    _check_targets(blobs, out if source.is_dir() else None)
     for path, blob in blobs.items():  # everything is encoded before anything is written
         atomic_write(path, lambda tmp, blob=blob: Path(tmp).write_bytes(blob))
     logger.info("compressed %d images into %d blobs (%d bytes)", n_images, len(blobs),
@@ -394,14 +408,44 @@ def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
             raise ValueError(f"{str(out)!r}: write {len(decoded)} images to a .npy file "
                              "(a .png holds one image).")
         images = {out: decoded[0]}
+    _check_targets(images, out if source.is_dir() else None)
     for path, image in images.items():  # everything is decoded before anything is written
         _write_png(path, image)
     return list(images)
 
 
+def _channels(detector) -> int | None:
+    """The channel count a codec was fitted with: 1 or 3 for (n, C, H, W), else None."""
+    shape = tuple(getattr(detector, "input_shape_", ()))
+    return shape[0] if len(shape) == 3 else None
+
+
+def _unique_targets(targets: dict[Path, Path], what: str) -> dict[Path, Path]:
+    """Refuse two inputs that would write the same output (a.png and a.PNG)."""
+    seen: dict[Path, Path] = {}
+    for source, target in targets.items():
+        if target in seen:
+            raise ValueError(f"{seen[target].name} and {source.name} would both write the "
+                             f"{what} {target.name}; rename one of them.")
+        seen[target] = source
+    return targets
+
+
+def _check_targets(paths, folder: Path | None) -> None:
+    """Refuse, before anything is written, outputs that cannot be written: the output
+    folder is a file, or an output file's name is a folder's."""
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; a folder of inputs writes a folder of "
+                         "outputs: give a folder name.")
+    for path in paths:
+        if Path(path).is_dir():
+            raise ValueError(f"cannot write {str(path)!r}: a folder has that name; remove it "
+                             "or choose another output.")
+
+
 def _decompress_folder(detector, source: Path, out: Path) -> dict[Path, np.ndarray]:
     """PNG path -> image for every image of every .vq blob in ``source`` (see run_decompress)."""
-    files = sorted(p for p in source.iterdir() if p.suffix == ".vq")
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() == ".vq")
     if not files:
         raise ValueError(f"{str(source)!r} holds no .vq files.")
     images, made_by = {}, {}

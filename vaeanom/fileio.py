@@ -20,8 +20,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"cannot write the file {str(path)!r}: a folder has that name "
-                                "(an --engine run writes one); remove it or choose another name.")
+        raise IsADirectoryError(f"cannot write the file {str(path)!r}: a folder has that name; "
+                                "remove it or choose another name.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temporary(path)
     try:

@@ -415,7 +415,7 @@ class VQVAEDetector(BaseDetector):
     def reconstruct(self, X) -> np.ndarray:
         """decode(encode(X)) at the size of X: floats in [0, 1] for images."""
         size = None
-        if self.is_image_ and inputs.is_image_input(X):
+        if self._any_size() and inputs.is_image_input(X):
             size = tuple(np.shape(X)[-2:])
         return self.decode(self.encode(X), image_size=size)
 
@@ -475,6 +475,11 @@ class VQVAEDetector(BaseDetector):
 
     def _decoded_size(self, grid: tuple[int, ...], image_size) -> tuple[int, int]:
         """(H, W) that decode returns for code grids ``grid``, cropped to ``image_size``."""
+        if not self._any_size():        # an MLP decodes the fitted size only
+            fitted = tuple(self.input_shape_[-2:])
+            if image_size is not None and self._check_image_size(image_size) != fitted:
+                self._check_any_size()  # says why
+            return fitted
         if image_size is None:
             n_stages, fitted = len(self.conv_channels), self.input_shape_[-2:]
             return (decoded_side(fitted[0], n_stages, grid[0]),
@@ -491,7 +496,8 @@ class VQVAEDetector(BaseDetector):
                             ensure_min_samples=0)
         check_code_values(codes, self._latent_range())
         grid = tuple(self.code_grid_)
-        if codes.shape[1:] == (int(np.prod(grid)),):
+        if codes.shape[1:] in ((int(np.prod(grid)),), (1, int(np.prod(grid)))):
+            # flattened, or an MLP's sequence as the one-row grid compression_codes gives
             return codes.reshape(len(codes), *grid).astype(np.int64)
         if codes.shape[1:] != grid and not (self._any_size() and codes.ndim == 3
                                             and min(codes.shape[1:]) >= 1):
