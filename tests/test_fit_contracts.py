@@ -28,6 +28,47 @@ def test_contamination_auto_is_tukeys_lower_fence_of_the_training_scores(cancer)
     np.testing.assert_array_equal(det.decision_function(X) < 0, below)
 
 
+# ------------------------------------------------ parameters set after fit
+def test_a_threshold_is_not_applied_to_a_score_kind_it_was_not_set_for(cancer, tmp_path):
+    """score_samples computes any kind set after fit; predict, score_frame, save and export
+    refuse until the model is refitted or the kind set back (offset_ belongs to the other)."""
+    X, _ = cancer
+    det = VAEDetector(**FAST).fit(X)
+    flagged = det.predict(X)
+    det.set_params(score_kind="elbo")
+    assert np.isfinite(det.score_samples(X)).all()
+    for action in (lambda: det.predict(X), lambda: det.decision_function(X),
+                   lambda: det.score_frame(X), lambda: det.save(tmp_path / "m.st"),
+                   lambda: det.export_onnx(tmp_path / "m.onnx")):
+        with pytest.raises(ValueError, match="score_kind='elbo' was set after fit"):
+            action()
+    assert not any(tmp_path.iterdir())
+    det.set_params(score_kind=det._fitted_params_["score_kind"])   # the kind "auto" resolved to
+    np.testing.assert_array_equal(det.predict(X), flagged)
+    det.set_params(contamination=0.3)
+    with pytest.raises(ValueError, match="contamination"):
+        det.predict(X)
+
+
+def test_an_architecture_set_after_fit_is_refused_by_save_and_partial_fit(cancer, tmp_path):
+    X, _ = cancer
+    det = VAEDetector(**FAST).fit(X)
+    det.set_params(n_score_samples=8)
+    with pytest.raises(ValueError, match="n_score_samples=8 was set after fit"):
+        det.save(tmp_path / "m.st")                      # it wrote a file load called corrupt
+    det.set_params(n_score_samples=FAST.get("n_score_samples", 16), latent_dim=5)
+    with pytest.raises(ValueError, match="latent_dim=5 was set after fit"):
+        det.partial_fit(X)
+    det.set_params(latent_dim=FAST.get("latent_dim", 16), learning_rate=-1.0)
+    with pytest.raises(ValueError, match="learning_rate"):   # validated on every call
+        det.partial_fit(X)
+    det.set_params(learning_rate=1e-3, score_kind="elbo", verbose=0)
+    det.partial_fit(X)                     # training again sets the threshold under the new kind
+    assert (det.predict(X) == -1).mean() == pytest.approx(0.1, abs=0.01)
+    det.save(tmp_path / "m.st")
+    assert VAEDetector.load(tmp_path / "m.st").get_params() == det.get_params()
+
+
 # ------------------------------------------------------------- early stopping
 def test_early_stopping_restores_the_best_epochs_weights(cancer):
     """The val_loss of history_ is a one-sample Monte-Carlo ELBO drawn afresh each epoch,

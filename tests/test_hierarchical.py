@@ -100,21 +100,20 @@ def test_scores_depend_on_the_row_alone(digits, hvae):
     hvae.set_params(score_kind="auto")
 
 
-def test_save_load_and_onnx(tmp_path, digits, hvae):
-    _, test, _ = digits
-    hvae.set_params(score_kind="llr")
-    try:
-        hvae.save(tmp_path / "h.safetensors")
-        loaded = VAEDetector.load(tmp_path / "h.safetensors")
-        np.testing.assert_array_equal(loaded.score_samples(test), hvae.score_samples(test))
-        hvae.export_onnx(tmp_path / "h.onnx")
-        onnx_scores = OnnxModel(tmp_path / "h.onnx").score_samples(test)
-        np.testing.assert_allclose(onnx_scores, hvae.score_samples(test), rtol=1e-4, atol=1e-3)
-        hvae.export_onnx(tmp_path / "decoder.onnx", part="decoder")
-        decoded = OnnxModel(tmp_path / "decoder.onnx").decode(hvae.transform(test[:3]))
-        np.testing.assert_allclose(decoded, hvae.reconstruct(test[:3]), rtol=1e-4, atol=1e-4)
-    finally:
-        hvae.set_params(score_kind="auto")
+def test_save_load_and_onnx(tmp_path, digits):
+    train, test, _ = digits
+    llr = VAEDetector(latent_dim=(8, 4), epochs=10, n_score_samples=32, score_kind="llr",
+                      random_state=0).fit(train)     # fitted for llr: its threshold is llr's
+    llr.save(tmp_path / "h.safetensors")
+    loaded = VAEDetector.load(tmp_path / "h.safetensors")
+    np.testing.assert_array_equal(loaded.score_samples(test), llr.score_samples(test))
+    np.testing.assert_array_equal(loaded.predict(test), llr.predict(test))
+    llr.export_onnx(tmp_path / "h.onnx")
+    onnx_scores = OnnxModel(tmp_path / "h.onnx").score_samples(test)
+    np.testing.assert_allclose(onnx_scores, llr.score_samples(test), rtol=1e-4, atol=1e-3)
+    llr.export_onnx(tmp_path / "decoder.onnx", part="decoder")
+    decoded = OnnxModel(tmp_path / "decoder.onnx").decode(llr.transform(test[:3]))
+    np.testing.assert_allclose(decoded, llr.reconstruct(test[:3]), rtol=1e-4, atol=1e-4)
 
 
 def test_images_score_llr_and_elbo_complexity():

@@ -114,6 +114,13 @@ def _seed_from(random_state: Any) -> int:
     return int(random_state)
 
 
+def _comparable(value: Any) -> Any:
+    """A parameter value for comparison: lists as tuples (hidden_dims=[32] is (32,))."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_comparable(v) for v in value)
+    return value
+
+
 class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     """Validation, preprocessing, training, thresholds and I/O for torch-backed detectors."""
 
@@ -134,6 +141,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     _rules: ClassVar[dict[str, Rule]] = {}
     #: rows per zero-padded scoring chunk (see SCORE_CHUNK)
     _chunk_rows: ClassVar[int] = SCORE_CHUNK
+    #: parameters that shape the fitted network and scoring state, and those the
+    #: threshold ``offset_`` was computed under: set after fit, the model no longer
+    #: matches them (see :meth:`_refuse_changes_since_fit`)
+    _state_params: ClassVar[tuple[str, ...]] = ()
+    _threshold_params: ClassVar[tuple[str, ...]] = ("contamination",)
 
     def _set_params(self, params: dict[str, Any]) -> None:
         """Store the constructor's arguments as they are (``__init__`` passes ``locals()``)."""
@@ -191,6 +203,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                                      self._training_config(len(x)), generator,
                                      self._epoch_statistics)
         self._set_scoring_state(x, generator)
+        self._remember_fitted_params()
         self.__dict__.pop("_stream_", None)   # a later partial_fit starts a new stream
         thresholds = self._thresholds()
         if not np.all(np.isfinite(thresholds)):  # the last steps broke weights the loss never saw
@@ -223,8 +236,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         (or loaded) goes on training it, with a fresh optimiser and reservoir.
         """
         stream = getattr(self, "_stream_", None)
+        validate_params(self, self._rules)
+        if hasattr(self, "model_"):
+            self._refuse_changes_since_fit("partial_fit", self._state_params)
         if stream is None:
-            validate_params(self, self._rules)
             if hasattr(self, "model_"):
                 x = self._preprocess(X)
             else:
@@ -246,7 +261,32 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             self.__dict__.pop(name, None)
         stream.scoring_pending = True
         self._stream_ = stream
+        self._remember_fitted_params()    # the threshold is recomputed under them on use
         return self
+
+    def _remember_fitted_params(self) -> None:
+        names = (*self._state_params, *self._threshold_params)
+        self._fitted_params_ = {name: copy.deepcopy(self._effective_params()[name])
+                                for name in names}
+
+    def _effective_params(self) -> dict[str, Any]:
+        """The parameters as the fitted model uses them ("auto" resolved where it matters)."""
+        return self.get_params(deep=False)
+
+    def _refuse_changes_since_fit(self, action: str, names: tuple[str, ...]) -> None:
+        """Refuse ``action`` when a parameter in ``names`` was set to another value after
+        fit: the network, its scoring state or its threshold would not match it (a saved
+        file would not load; ``predict`` would apply another score's threshold)."""
+        fitted = self.__dict__.get("_fitted_params_", {})
+        params = self._effective_params()
+        changed = [name for name in names
+                   if name in fitted and _comparable(params[name]) != _comparable(fitted[name])]
+        if changed:
+            now = ", ".join(f"{name}={params[name]!r}" for name in changed)
+            then = ", ".join(f"{name}={fitted[name]!r}" for name in changed)
+            raise ValueError(f"{action}: {type(self).__name__} was fitted with {then}, and "
+                             f"{now} was set after fit. Refit it (fit) under the new value, or "
+                             f"set it back: set_params({then}).")
 
     def __getattr__(self, name: str):
         # Reached only when normal lookup fails: the scoring state a partial_fit made stale.
@@ -496,11 +536,18 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""
-        return self.score_samples(X) - self.offset_
+        return self.score_samples(X) - self._threshold("decision_function")
 
     def predict(self, X) -> np.ndarray:
         """+1 for inliers, -1 for outliers (scikit-learn's outlier convention)."""
-        return outlier_labels(self.score_samples(X), self.offset_)
+        return outlier_labels(self.score_samples(X), self._threshold("predict"))
+
+    def _threshold(self, action: str) -> float:
+        """``offset_``, refused when the score kind or contamination it was set under
+        changed after fit (score_samples still computes the new kind)."""
+        check_is_fitted(self)
+        self._refuse_changes_since_fit(action, self._threshold_params)
+        return self.offset_
 
     # ----------------------------------------------------- latent space API
     def encode(self, X) -> np.ndarray:
@@ -555,13 +602,18 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         ``with_label`` (a conditional model's scorer takes the label too).
         """
         from ..export import export_onnx
+        self._refuse_changes_since_fit("export_onnx", self._saved_params())
         return export_onnx(self, path, part, fp16=fp16, input_dtype=input_dtype,
                            explain=explain, with_label=with_label)
 
     def export_triton(self, repo_dir, name: str = "vaeanom", part: str = "scorer", **kwargs):
         """Write ``repo_dir/<name>/config.pbtxt`` and ``<name>/1/model.onnx`` for Triton."""
         from ..export import export_triton
+        self._refuse_changes_since_fit("export_triton", self._saved_params())
         return export_triton(self, repo_dir, name, part, **kwargs)
+
+    def _saved_params(self) -> tuple[str, ...]:
+        return (*self._state_params, *self._threshold_params)
 
     # ----------------------------------------------------------- persistence
     #: fitted numpy arrays and JSON-able values that ``save`` writes besides the weights
@@ -578,6 +630,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         The write is atomic: on any error the previous file at ``path`` is untouched.
         """
         check_is_fitted(self)
+        self._refuse_changes_since_fit("save", self._saved_params())
         persistence.save(self, path)
 
     @classmethod
@@ -625,6 +678,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             model = detector._build_model(detector._model_shape(), detector.is_image_)
         model.load_state_dict(weights, strict=True)
         detector.model_ = model.to(training.resolve_device(device)).eval()
+        detector._remember_fitted_params()
         return detector
 
     def _required_arrays(self) -> tuple[str, ...]:

@@ -222,6 +222,9 @@ class VAEDetector(BaseDetector):
     [-1, -1, -1]
     """
 
+    _state_params: ClassVar = ("backbone", "hidden_dims", "conv_channels", "latent_dim",
+                               "likelihood", "sigma", "conditional", "n_score_samples")
+    _threshold_params: ClassVar = ("contamination", "score_kind")
     _rules: ClassVar = {
         "latent_dim": AnyOf((Number(1, integer=True), IntTuple(min_length=2))),
         "hidden_dims": IntTuple(),
@@ -485,6 +488,9 @@ class VAEDetector(BaseDetector):
         steps_per_epoch = -(-n_rows // self.batch_size)
         return max(1, round(ROW_STEPS / steps_per_epoch))
 
+    def _effective_params(self) -> dict:
+        return {**self.get_params(deep=False), "score_kind": self._resolved_score_kind()}
+
     def _resolved_score_kind(self) -> str:
         """``score_kind`` with "auto" resolved; refuses image-only kinds on rows."""
         if self.conditional and self.score_kind not in ("auto", *CONDITIONAL_SCORE_KINDS):
@@ -633,22 +639,22 @@ class VAEDetector(BaseDetector):
         """``score_samples(X) - offset_``: negative for outliers. With labels ``y``
         (conditional models): ``score_samples(X, y) - label_offset_``, negative for
         rows unusual for their label."""
-        return self.score_samples(X, y) - self._offset_for(y)
+        return self.score_samples(X, y) - self._offset_for(y, "decision_function")
 
     def predict(self, X, y=None) -> np.ndarray:
         """+1 for inliers, -1 for outliers; with labels ``y`` (conditional models),
         outliers for their label."""
-        return outlier_labels(self.score_samples(X, y), self._offset_for(y))
+        return outlier_labels(self.score_samples(X, y), self._offset_for(y, "predict"))
 
     def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
         """fit(X, y) then predict: the training rows' +1/-1 labels. A conditional model
         learns p(x | y) and flags the rows unusual for their label, predict(X, y)."""
         return self.fit(X, y, **kwargs).predict(X, y if self.conditional else None)
 
-    def _offset_for(self, y) -> float:
+    def _offset_for(self, y, action: str) -> float:
         """The threshold of the score ``score_samples(X, y)`` computes."""
-        check_is_fitted(self)
-        return self.offset_ if y is None or not self.conditional else self._label_offset()
+        offset = self._threshold(action)
+        return offset if y is None or not self.conditional else self._label_offset()
 
     def _label_offset(self) -> float:
         if not hasattr(self, "label_offset_"):
@@ -811,7 +817,7 @@ class VAEDetector(BaseDetector):
             "reconstruction_error": terms.reconstruction_error,
             "kl": terms.kl,
             "elbo": terms.elbo,
-            "is_outlier": is_outlier(score, self.offset_),
+            "is_outlier": is_outlier(score, self._threshold("score_frame")),
         }, index=self._index_of(X))
         if k:
             if self.is_image_:

@@ -161,6 +161,8 @@ class VQVAEDetector(BaseDetector):
         the training set: the unit of ``rate_weight``.
     """
 
+    _state_params: ClassVar = ("backbone", "hidden_dims", "conv_channels", "codebook_size",
+                               "code_dim", "n_codes")
     _rules: ClassVar = {
         "codebook_size": AnyOf((OneOf(("auto",)), Number(2, integer=True))),
         "code_dim": Number(1, integer=True),
@@ -525,7 +527,8 @@ class VQVAEDetector(BaseDetector):
         """One row per input row, same index: score, reconstruction_error, is_outlier."""
         score = self.score_samples(X)
         return pd.DataFrame({"score": score, "reconstruction_error": -score,
-                             "is_outlier": is_outlier(score, self.offset_)}, index=self._index_of(X))
+                             "is_outlier": is_outlier(score, self._threshold("score_frame"))},
+                            index=self._index_of(X))
 
     # ----------------------------------------------------------- compression
     def compression_codes(self, images) -> np.ndarray:
