@@ -12,6 +12,7 @@ import copy
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from scipy.special import logsumexp
 from sklearn.datasets import load_digits, load_wine
@@ -91,7 +92,7 @@ def test_latent_api_takes_labels(digits, cvae):
     assert codes.shape == (6, cvae.latent_dim)
     np.testing.assert_array_equal(cvae.decode(codes, labels), cvae.reconstruct(x_test[:6], labels))
     drawn = cvae.sample(30, random_state=0)          # labels drawn from the training shares
-    assert drawn.shape == (30, 64)
+    assert drawn.shape == (30, 64) and cvae.sample(0).shape == (0, 64)
 
 
 def test_save_load_keeps_classes_and_scores(tmp_path, digits, cvae):
@@ -226,6 +227,10 @@ def test_contextual_anomaly_on_a_table():
     (lambda x, y: VAEDetector(conditional=True, score_kind="elbo_kl_knn", epochs=1).fit(x, y),
      "not defined for conditional=True"),
     (lambda x, y: VAEDetector(conditional="yes").fit(x, y), "True or False"),
+    (lambda x, y: VAEDetector(conditional=True, epochs=1).fit(   # it could not be saved
+        x, pd.to_datetime(y, unit="D")), "datetime64 labels.*astype\\(str\\)"),
+    (lambda x, y: VAEDetector(conditional=True, epochs=1).fit(x, y.astype(bytes)),
+     "bytes_ labels"),
 ])
 def test_bad_conditional_fits_say_what_to_do(digits, call, match):
     x, y, _, _ = digits

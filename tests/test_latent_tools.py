@@ -1,6 +1,7 @@
 """Latent-space tools: interpolation between two inputs and posterior samples of one."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vaeanom import VAEDetector
@@ -62,3 +63,24 @@ def test_latent_tools_name_what_is_wrong(digits_model):
         det.interpolate(images[:1], images[2:3], method="cubic")
     with pytest.raises(ValueError, match="x must be one row or one image; got 3"):
         det.sample_posterior(images[:3])
+    with pytest.raises(ValueError, match="n_steps must be at least 2"):
+        det.interpolate(images[:1], images[2:3], n_steps=1)
+
+
+def test_no_rows_asked_for_is_an_empty_answer(digits_model):
+    det, images = digits_model
+    assert det.sample_posterior(images[:1], n_samples=0).shape == (0, 8, 8)
+    assert det.decode(np.zeros((0, 8))).shape == (0, 8, 8)
+    assert det.sample(0).shape == (0, 8, 8)
+
+
+def test_a_tables_reconstruction_keeps_the_callers_index():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=90), "kind": rng.choice(["a", "b", "c"], 90)},
+                         index=pd.RangeIndex(100, 190, name="id"))
+    det = VAEDetector(**FAST).fit(frame)
+    part = frame.iloc[5:8]
+    back = det.reconstruct(part)
+    assert back.index.equals(part.index) and list(back.columns) == ["x", "kind"]
+    codes = pd.DataFrame(det.encode(part), index=part.index)
+    assert det.decode(codes).index.equals(part.index)

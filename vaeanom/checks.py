@@ -141,7 +141,8 @@ def check_pixels(images: np.ndarray, what: str = "X") -> None:
 
 def finite_decoded(decoded: np.ndarray, what: str = "Z") -> np.ndarray:
     """``decoded`` unchanged, or ValueError naming the latent rows whose decoding overflowed."""
-    bad = np.flatnonzero(~np.isfinite(decoded.reshape(len(decoded), -1)).all(axis=1))
+    per_row = np.isfinite(decoded).reshape(len(decoded), int(np.prod(decoded.shape[1:])))
+    bad = np.flatnonzero(~per_row.all(axis=1))
     if len(bad):
         raise ValueError(f"{what} row(s) {bad[:5].tolist()} decode to values beyond the model's "
                          "float range: those latents lie far outside the prior (the decoder "

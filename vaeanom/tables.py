@@ -153,8 +153,9 @@ class TableSchema:
                          else _codes(column, known))
         return out
 
-    def decode(self, values: np.ndarray, columns) -> pd.DataFrame:
-        """Numbers and codes (n, d) -> a DataFrame with the categories' names restored.
+    def decode(self, values: np.ndarray, columns, index=None) -> pd.DataFrame:
+        """Numbers and codes (n, d) -> a DataFrame with the categories' names restored
+        (and ``index``, the rows' labels, when given).
 
         A code is rounded and clipped to the categories seen in fit (the
         decoder's means of categorical columns are already the most likely
@@ -168,7 +169,7 @@ class TableSchema:
             else:
                 codes = np.clip(np.rint(values[:, j]), 0, len(known) - 1).astype(np.int64)
                 frame[name] = pd.Categorical.from_codes(codes, categories=list(known))
-        return pd.DataFrame(frame)
+        return pd.DataFrame(frame, index=index)
 
     def to_json(self) -> list[list[str] | None]:
         return [None if c is None else list(c) for c in self.categories]

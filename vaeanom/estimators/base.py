@@ -453,13 +453,13 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         categories = getattr(self, "categories_", None)
         return None if categories is None else TableSchema.from_json(categories)
 
-    def _as_table(self, values: np.ndarray):
+    def _as_table(self, values: np.ndarray, index: pd.Index | None = None):
         """Rows in user units as they should be returned: a DataFrame with the category
-        names for a table with categorical columns, else the array as it is."""
+        names (and ``index``) for a table with categorical columns, else the array."""
         schema = self._table_schema()
         if schema is None or not schema.has_categories:
             return values
-        return schema.decode(values, self._feature_columns())
+        return schema.decode(values, self._feature_columns(), index)
 
     def _feature_columns(self) -> list[str]:
         """Labels for per-feature output: the fitted feature names, else x0, x1, ..."""

@@ -8,6 +8,8 @@ scoring with a label outside them is refused, naming it.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import pandas as pd
 
@@ -39,8 +41,23 @@ def fit_labels(y, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if y is None:
         raise ValueError("conditional=True learns p(x | y): pass the labels, fit(X, y).")
     labels = _label_array(y, n_rows)
+    _check_savable(labels)
     classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     return classes, codes.astype(np.int64), np.log(counts / n_rows).astype(np.float32)
+
+
+def _check_savable(labels: np.ndarray) -> None:
+    """Refuse, at fit, labels a saved model or an export cannot hold (they are stored as
+    JSON): only strings, numbers and booleans are."""
+    kind = labels.dtype.kind
+    if kind in "biufU":
+        return
+    if kind == "O" and all(isinstance(v, (str, bool, np.bool_, numbers.Real)) for v in labels):
+        return
+    example = labels[0]
+    raise ValueError(f"y holds {type(example).__name__} labels (e.g. {example!r}); a "
+                     "conditional model takes strings, numbers or booleans, which it can save "
+                     "and export: convert them first, e.g. y.astype(str).")
 
 
 def label_codes(y, classes: np.ndarray, n_rows: int, name: str = "y") -> np.ndarray:

@@ -716,13 +716,15 @@ class VAEDetector(BaseDetector):
         """Mean of p(x|z) (a conditional model: p(x|z, y)) in the user's units
         (standardisation undone; images in [0, 1])."""
         check_is_fitted(self)
-        Z = check_array(Z, dtype=np.float32, order="C", input_name="Z")  # torch: no neg. strides
+        index = Z.index if isinstance(Z, pd.DataFrame) else None
+        Z = check_array(Z, dtype=np.float32, order="C", input_name="Z",  # torch: no neg. strides
+                        ensure_min_samples=0)
         if Z.shape[1] != self._code_size():
             raise ValueError(f"Z has {Z.shape[1]} columns, but {type(self).__name__} has "
                              f"latent_dim={self.latent_dim} (codes of {self._code_size()}).")
         codes = self._label_codes(y, len(Z))
         decoded = self._decode_codes(torch.from_numpy(Z), codes)
-        return self._as_table(finite_decoded(self._to_user_units(decoded)))
+        return self._as_table(finite_decoded(self._to_user_units(decoded)), index)
 
     def _decode_codes(self, z: Tensor, codes: Tensor | None) -> np.ndarray:
         if codes is None:
@@ -730,8 +732,12 @@ class VAEDetector(BaseDetector):
         return self._map_chunks(lambda z, c: self.model_.decode(z, self._one_hot(c)), z, codes)
 
     def reconstruct(self, X, y=None) -> np.ndarray:
-        """decode(encode(X)): what the model makes of X, in the user's units."""
-        return self.decode(self.encode(X, y), y)
+        """decode(encode(X)): what the model makes of X, in the user's units (a table
+        with categorical columns: a DataFrame with X's index)."""
+        decoded = self.decode(self.encode(X, y), y)
+        if isinstance(decoded, pd.DataFrame):
+            decoded.index = self._index_of(X)
+        return decoded
 
     def sample(self, n_samples: int = 1, random_state=None, y=None) -> np.ndarray:
         """Draw z ~ N(0, I) and decode it: n_samples synthetic rows or images.
@@ -745,7 +751,9 @@ class VAEDetector(BaseDetector):
         z = torch.randn((n_samples, self._code_size()), generator=generator)
         if self._hierarchical():   # top layer from N(0, I), each one below from p(z_t | z_t+1)
             z = torch.from_numpy(self._map_chunks(self.model_.prior_codes, z)).float()
-        if self.conditional and y is None:
+        if self.conditional and y is None and n_samples == 0:
+            codes = torch.zeros(0, dtype=torch.int64)
+        elif self.conditional and y is None:
             shares = torch.from_numpy(np.exp(self.class_log_prior_))
             codes = torch.multinomial(shares, n_samples, replacement=True, generator=generator)
         else:
@@ -762,11 +770,12 @@ class VAEDetector(BaseDetector):
         lies near a shell, and the chord's midpoints fall inside it.
         """
         self._refuse_conditional("interpolate")
-        check_count(n_steps, "n_steps")
+        if check_count(n_steps, "n_steps") < 2:
+            raise ValueError(f"n_steps must be at least 2, the path's two ends; got {n_steps}.")
         if method not in ("linear", "spherical"):
             raise ValueError(f"method must be 'linear' or 'spherical'; got {method!r}.")
         z_a, z_b = (self._one_code(x, name) for x, name in ((x_a, "x_a"), (x_b, "x_b")))
-        t = np.linspace(0.0, 1.0, max(int(n_steps), 2))[:, None]
+        t = np.linspace(0.0, 1.0, int(n_steps))[:, None]
         if method == "linear":
             path = (1.0 - t) * z_a + t * z_b
         else:
