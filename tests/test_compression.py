@@ -279,6 +279,15 @@ def test_cli_reads_palette_pngs_as_colours_and_refuses_clashes_before_writing(
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["b.png"]   # no a.png
 
 
+def test_a_wide_image_whose_grid_is_one_row_of_the_fitted_size_round_trips(codecs):
+    detector, images = codecs["square"]
+    wide = _tiled(images[:2], (4, 16))
+    grid = detector.code_grid_for((4, 16))
+    assert grid == (1, int(np.prod(detector.code_grid_)))     # (1, 4) against a 2x2 fit
+    np.testing.assert_array_equal(detector.decompress(detector.compress(wide)),
+                                  _coded(detector, wide))
+
+
 def test_image_codecs_with_a_channel_axis_or_an_mlp_round_trip(digit_images, tmp_path):
     images, _ = digit_images
     channel = VQVAEDetector(conv_channels=(8,), **SMALL).fit(images[:300, None])
@@ -503,7 +512,7 @@ def test_cli_refuses_two_blobs_that_would_write_the_same_png(saved_codec, tmp_pa
     (blobs / "a.vq").write_bytes(compress(detector, images[:2]))     # a_0.png, a_1.png
     (blobs / "a_0.vq").write_bytes(compress(detector, images[2:3]))  # a_0.png again
     assert main(["decompress", "--model", str(model), str(blobs), str(tmp_path / "back")]) == 1
-    assert "a.vq and a_0.vq both decompress to a_0.png" in capsys.readouterr().err
+    assert "a.vq and a_0.vq would both write the image a_0.png" in capsys.readouterr().err
     assert not (tmp_path / "back").exists()
 
 

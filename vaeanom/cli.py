@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .fileio import atomic_write
+from .fileio import atomic_write, refuse_folder_name
 
 #: the estimators ``vaeanom fit`` can fit (kept in step with vaeanom.estimators.DETECTORS,
 #: which a test checks, so that ``--help`` does not import torch)
@@ -335,9 +335,12 @@ def _read_png(path: Path, channels: int | None = None) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        if image.mode in ("P", "1"):      # palette indices, or bits: their grey or colours
-            image = image.convert("RGB" if channels == 3 else "L")
-        if image.mode not in ("L", "RGB", "LA", "RGBA"):
+        if image.mode in ("LA", "RGBA", "PA"):
+            raise ValueError(f"{str(path)!r} has an alpha channel; vaeanom compresses grey or "
+                             "RGB images: flatten it onto a background first.")
+        if image.mode in ("P", "1") or (image.mode == "L" and channels == 3):
+            image = image.convert("RGB" if channels == 3 else "L")  # colours, not indices
+        if image.mode not in ("L", "RGB"):
             raise ValueError(f"{str(path)!r} is a {image.mode} PNG; vaeanom compresses 8-bit "
                              "grey or RGB images: save it with 8 bits per channel first.")
         pixels = np.asarray(image)
@@ -438,9 +441,7 @@ def _check_targets(paths, folder: Path | None) -> None:
         raise ValueError(f"{str(folder)!r} is a file; a folder of inputs writes a folder of "
                          "outputs: give a folder name.")
     for path in paths:
-        if Path(path).is_dir():
-            raise ValueError(f"cannot write {str(path)!r}: a folder has that name; remove it "
-                             "or choose another output.")
+        refuse_folder_name(path)
 
 
 def _decompress_folder(detector, source: Path, out: Path) -> dict[Path, np.ndarray]:
@@ -453,8 +454,8 @@ def _decompress_folder(detector, source: Path, out: Path) -> dict[Path, np.ndarr
         for path, image in _png_names(out, file.stem,
                                       detector.decompress(file.read_bytes())).items():
             if path in images:
-                raise ValueError(f"{made_by[path].name} and {file.name} both decompress to "
-                                 f"{path.name}; rename one of them.")
+                raise ValueError(f"{made_by[path].name} and {file.name} would both write the "
+                                 f"image {path.name}; rename one of them.")
             images[path], made_by[path] = image, file
     return images
 
@@ -559,6 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _to_stdout(frame: pd.DataFrame) -> int:
+    """Write the scores as CSV to standard output; a reader that leaves early (``| head``)
+    ends the command quietly with status 1, as Unix tools do."""
+    try:
+        frame.to_csv(sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
+    return 0
+
+
 def _index_col(value):
     return int(value) if isinstance(value, str) and value.isdigit() else value
 
@@ -581,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                               onnx=args.onnx, explain=args.explain, engine=args.engine,
                               workers=args.workers)
             if args.output is None:
-                frame.to_csv(sys.stdout)
+                return _to_stdout(frame)
         elif args.command == "export":
             run_export(args.model, args.out, args.part, args.fp16, args.input_dtype, args.triton,
                        args.name, args.max_batch_size, args.explain)
@@ -595,9 +608,6 @@ def main(argv: list[str] | None = None) -> int:
             run_compress(args.model, args.source, args.out)
         elif args.command == "decompress":
             run_decompress(args.model, args.source, args.out)
-    except BrokenPipeError:  # the reader left (| head): stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
-        return 1
     except Exception as err:  # one readable line, no traceback, unless -vv
         logger.debug("traceback", exc_info=True)
         print(f"vaeanom {args.command}: error: {err}", file=sys.stderr)

@@ -76,8 +76,10 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
         _refuse_other_separators(frame, path)
         return frame
     frame = pd.read_parquet(path)
-    if index_col is None or index_col in frame.index.names:  # the index the file keeps
+    if index_col is None or str(index_col) in map(str, frame.index.names):  # the file's own
         return frame
+    if any(name is not None for name in frame.index.names):
+        frame = frame.reset_index()      # a named index the file keeps stays, as a column
     column = _index_column(index_col, list(frame.columns), path)
     return frame.set_index(frame.columns[column] if isinstance(column, int) else column)
 

@@ -363,8 +363,9 @@ def _our_log_level() -> int:
 
 @contextmanager
 def _dask_logs_at_our_level() -> Iterator[None]:
-    """Dask's scheduler logs each start, connection and worker at INFO on a handler of
-    its own; hold it to vaeanom's level while our cluster runs, then restore it."""
+    """Dask's scheduler logs each start, connection and worker at INFO (its config sets
+    the "distributed" logger's level); hold it to vaeanom's level while our cluster runs,
+    then restore it. The workers get the same level through ``silence_logs``."""
     dask_logger = logging.getLogger("distributed")
     before = dask_logger.level
     dask_logger.setLevel(max(before, _our_log_level()))

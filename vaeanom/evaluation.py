@@ -41,10 +41,11 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     are saved there.
     """
     labels = _anomaly_labels(y)
+    offset = _threshold_of(detector)
     scores = np.asarray(detector.score_samples(X), dtype=np.float64)
     check_consistent_length(scores, labels)
     anomaly_score = -_rankable(scores)
-    flagged = is_outlier(scores, detector.offset_).astype(int)
+    flagged = is_outlier(scores, offset).astype(int)
     n_true = int(labels.sum())
     top_n = np.argsort(-anomaly_score, kind="stable")[:n_true]
     metrics = {
@@ -63,8 +64,15 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
 
         folder = Path(plots_to)
         save_roc_curve(labels, anomaly_score, folder / "roc.png")
-        save_score_histograms(_rankable(scores), labels, detector.offset_, folder / "scores.png")
+        save_score_histograms(_rankable(scores), labels, offset, folder / "scores.png")
     return pd.DataFrame({"value": metrics}).rename_axis("metric")
+
+
+def _threshold_of(detector) -> float:
+    """The threshold ``predict`` applies: a vaeanom estimator refuses one set under
+    another score kind than it now computes; an ``OnnxModel`` keeps its own."""
+    threshold = getattr(detector, "_threshold", None)
+    return threshold("evaluate") if threshold is not None else detector.offset_
 
 
 def _rankable(scores: np.ndarray) -> np.ndarray:

@@ -19,9 +19,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     read by setting it, a race with every other thread creating files).
     """
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write the file {str(path)!r}: a folder has that name; "
-                                "remove it or choose another name.")
+    refuse_folder_name(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temporary(path)
     try:
@@ -30,6 +28,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def refuse_folder_name(path: str | os.PathLike) -> None:
+    """IsADirectoryError when a folder holds the name a file is to be written under."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"cannot write the file {str(path)!r}: a folder has that name; "
+                                "remove it or choose another name.")
 
 
 def _create_temporary(path: Path) -> str:

@@ -220,6 +220,8 @@ class OnnxModel:
 
     def _require_explanations(self) -> None:
         self._require("scorer", "explain")
+        if self.metadata["estimator"] == "VQVAEDetector":
+            raise ValueError("a VQ-VAE scorer has no per-feature explanations.")
         if not self.explains:
             raise ValueError(f"{str(self.path)!r} has no explanations; export the scorer with "
                              "det.export_onnx(path, explain=True) (vaeanom export --explain).")

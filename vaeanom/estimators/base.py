@@ -264,6 +264,12 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         self._remember_fitted_params()    # the threshold is recomputed under them on use
         return self
 
+    def _check_fitted_state(self) -> None:
+        """Fitted, and under the architecture it was fitted with (what scoring, encoding
+        and decoding read: a changed one fails obscurely or scores garbage)."""
+        check_is_fitted(self)
+        self._refuse_changes_since_fit("this call", self._state_params)
+
     def _remember_fitted_params(self) -> None:
         names = (*self._state_params, *self._threshold_params)
         self._fitted_params_ = {name: copy.deepcopy(self._effective_params()[name])
@@ -277,7 +283,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """Refuse ``action`` when a parameter in ``names`` was set to another value after
         fit: the network, its scoring state or its threshold would not match it (a saved
         file would not load; ``predict`` would apply another score's threshold)."""
-        fitted = self.__dict__.get("_fitted_params_", {})
+        fitted = self.__dict__.get("_fitted_params_")
+        if fitted is None:              # not fitted (callers check), or pickled before this
+            return
         params = self._effective_params()
         changed = [name for name in names
                    if name in fitted and _comparable(params[name]) != _comparable(fitted[name])]
@@ -391,7 +399,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """Validate X and map it to model units: a float32 tensor (n, *model shape)."""
         if fitting:
             return self._preprocess_fit(X)
-        check_is_fitted(self)
+        self._check_fitted_state()
         if self.is_image_:
             if not inputs.is_image_input(X):  # flattened pixels are fine too
                 X = inputs.unflatten_images(self, X, self.input_shape_)
@@ -536,11 +544,13 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""
-        return self.score_samples(X) - self._threshold("decision_function")
+        offset = self._threshold("decision_function")
+        return self.score_samples(X) - offset
 
     def predict(self, X) -> np.ndarray:
         """+1 for inliers, -1 for outliers (scikit-learn's outlier convention)."""
-        return outlier_labels(self.score_samples(X), self._threshold("predict"))
+        offset = self._threshold("predict")
+        return outlier_labels(self.score_samples(X), offset)
 
     def _threshold(self, action: str) -> float:
         """``offset_``, refused when the score kind or contamination it was set under
@@ -602,6 +612,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         ``with_label`` (a conditional model's scorer takes the label too).
         """
         from ..export import export_onnx
+        check_is_fitted(self)
         self._refuse_changes_since_fit("export_onnx", self._saved_params())
         return export_onnx(self, path, part, fp16=fp16, input_dtype=input_dtype,
                            explain=explain, with_label=with_label)
@@ -609,6 +620,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def export_triton(self, repo_dir, name: str = "vaeanom", part: str = "scorer", **kwargs):
         """Write ``repo_dir/<name>/config.pbtxt`` and ``<name>/1/model.onnx`` for Triton."""
         from ..export import export_triton
+        check_is_fitted(self)
         self._refuse_changes_since_fit("export_triton", self._saved_params())
         return export_triton(self, repo_dir, name, part, **kwargs)
 

@@ -52,9 +52,11 @@ def _check_savable(labels: np.ndarray) -> None:
     kind = labels.dtype.kind
     if kind in "biufU":
         return
-    if kind == "O" and all(isinstance(v, (str, bool, np.bool_, numbers.Real)) for v in labels):
+    savable = (str, bool, np.bool_, numbers.Real)
+    unsavable = [v for v in labels if kind != "O" or not isinstance(v, savable)][:1]
+    if not unsavable:
         return
-    example = labels[0]
+    example = unsavable[0]
     raise ValueError(f"y holds {type(example).__name__} labels (e.g. {example!r}); a "
                      "conditional model takes strings, numbers or booleans, which it can save "
                      "and export: convert them first, e.g. y.astype(str).")

@@ -639,12 +639,14 @@ class VAEDetector(BaseDetector):
         """``score_samples(X) - offset_``: negative for outliers. With labels ``y``
         (conditional models): ``score_samples(X, y) - label_offset_``, negative for
         rows unusual for their label."""
-        return self.score_samples(X, y) - self._offset_for(y, "decision_function")
+        offset = self._offset_for(y, "decision_function")
+        return self.score_samples(X, y) - offset
 
     def predict(self, X, y=None) -> np.ndarray:
         """+1 for inliers, -1 for outliers; with labels ``y`` (conditional models),
         outliers for their label."""
-        return outlier_labels(self.score_samples(X, y), self._offset_for(y, "predict"))
+        offset = self._offset_for(y, "predict")
+        return outlier_labels(self.score_samples(X, y), offset)
 
     def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
         """fit(X, y) then predict: the training rows' +1/-1 labels. A conditional model
@@ -715,7 +717,7 @@ class VAEDetector(BaseDetector):
     def decode(self, Z, y=None) -> np.ndarray:
         """Mean of p(x|z) (a conditional model: p(x|z, y)) in the user's units
         (standardisation undone; images in [0, 1])."""
-        check_is_fitted(self)
+        self._check_fitted_state()
         index = Z.index if isinstance(Z, pd.DataFrame) else None
         Z = check_array(Z, dtype=np.float32, order="C", input_name="Z",  # torch: no neg. strides
                         ensure_min_samples=0)
@@ -745,7 +747,7 @@ class VAEDetector(BaseDetector):
         A conditional model decodes each z with a label: ``y`` (one label for
         all, or one per sample), or labels drawn from the training shares.
         """
-        check_is_fitted(self)
+        self._check_fitted_state()
         n_samples = check_count(n_samples)
         generator = torch.Generator().manual_seed(_seed_from(random_state))
         z = torch.randn((n_samples, self._code_size()), generator=generator)
@@ -819,6 +821,7 @@ class VAEDetector(BaseDetector):
         self._refuse_bounds_only("score_frame")
         k = check_count(explain, "explain")
         x = self._preprocess(X)
+        offset = self._threshold("score_frame")
         terms = self._map_chunks(self._make_scorer().terms, x)
         score = finite_scores(terms.score)
         frame = pd.DataFrame({
@@ -826,7 +829,7 @@ class VAEDetector(BaseDetector):
             "reconstruction_error": terms.reconstruction_error,
             "kl": terms.kl,
             "elbo": terms.elbo,
-            "is_outlier": is_outlier(score, self._threshold("score_frame")),
+            "is_outlier": is_outlier(score, offset),
         }, index=self._index_of(X))
         if k:
             if self.is_image_:

@@ -498,8 +498,10 @@ class VQVAEDetector(BaseDetector):
                             ensure_min_samples=0)
         check_code_values(codes, self._latent_range())
         grid = tuple(self.code_grid_)
-        if codes.shape[1:] in ((int(np.prod(grid)),), (1, int(np.prod(grid)))):
-            # flattened, or an MLP's sequence as the one-row grid compression_codes gives
+        flat = int(np.prod(grid))
+        if codes.shape[1:] == (flat,) or (not self._any_size() and codes.shape[1:] == (1, flat)):
+            # flattened, or an MLP's sequence as the one-row grid compression_codes gives (a
+            # conv model's (1, k) grid is a wide image's, kept as it is)
             return codes.reshape(len(codes), *grid).astype(np.int64)
         if codes.shape[1:] != grid and not (self._any_size() and codes.ndim == 3
                                             and min(codes.shape[1:]) >= 1):
@@ -525,9 +527,10 @@ class VQVAEDetector(BaseDetector):
 
     def score_frame(self, X) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, is_outlier."""
+        offset = self._threshold("score_frame")
         score = self.score_samples(X)
         return pd.DataFrame({"score": score, "reconstruction_error": -score,
-                             "is_outlier": is_outlier(score, self._threshold("score_frame"))},
+                             "is_outlier": is_outlier(score, offset)},
                             index=self._index_of(X))
 
     # ----------------------------------------------------------- compression

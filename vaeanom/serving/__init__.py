@@ -38,7 +38,8 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
                   intra_op_num_threads=intra_op_num_threads, chunk_rows=chunk_rows)
     settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
                         intra_op_num_threads, chunk_rows, freeze_gc=True)
-    repository.load(settings.path, batch_size=chunk_rows, intra_op_num_threads=1)  # or raise
+    repository.load(settings.path, batch_size=chunk_rows, intra_op_num_threads=1,
+                    providers=["CPUExecutionProvider"])  # or raise; no GPU context kept here
     _configure_logging(log_level)
     options = dict(host=host, port=port, log_level=log_level, access_log=False,
                    timeout_graceful_shutdown=graceful_timeout_s, log_config=None)

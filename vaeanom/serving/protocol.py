@@ -167,7 +167,7 @@ def _from_json(data: Any, dtype: np.dtype, shape: list[int], name: str) -> np.nd
             raise ProtocolError(f"input {name!r}: a value is too large for a float.") from None
         with np.errstate(over="ignore"):
             array = wide.astype(dtype)
-        if np.isinf(array).any() and np.isfinite(wide).all():
+        if (np.isinf(array) & np.isfinite(wide)).any():
             raise ProtocolError(f"input {name!r}: a value is too large for "
                                 f"{datatype_of(dtype)} (at most {np.finfo(dtype).max:.4g}).")
         return array.reshape(shape)
