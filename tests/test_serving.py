@@ -464,6 +464,14 @@ def test_requests_built_by_tritonclient_parse_to_the_same_arrays(case, binary):
     assert parsed.inputs["x"].dtype == array.dtype
 
 
+def test_a_request_over_the_row_limit_is_refused_before_its_data_is_read():
+    body = _json_body([{**ROW, "shape": [5000, 30], "data": [1.0]}])   # data never looked at
+    with pytest.raises(ProtocolError, match="5000 rows; this model takes at most 4096"):
+        parse_infer(body, None, max_rows=4096)
+    with pytest.raises(ProtocolError, match="values for shape"):
+        parse_infer(body, None)
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.binary(max_size=200), st.one_of(st.none(), st.integers(-5, 300).map(str)))
 def test_any_bytes_are_parsed_or_refused_with_a_protocol_error(body, header_length):

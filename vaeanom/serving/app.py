@@ -349,7 +349,8 @@ async def _model_ready(state: _State, request: Request) -> Response:
 async def _infer(state: _State, request: Request) -> Response:
     served = _served(state, request)
     body = await _body(state, request)
-    parsed = parse_infer(body, request.headers.get("inference-header-content-length"))
+    parsed = parse_infer(body, request.headers.get("inference-header-content-length"),
+                         served.max_batch_size)
     try:
         feeds = served.model.check_feeds(parsed.inputs)
     except (ValueError, TypeError, OverflowError) as err:

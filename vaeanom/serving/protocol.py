@@ -60,8 +60,13 @@ def datatype_of(dtype) -> str:
     return DATATYPE_OF[np.dtype(dtype)]
 
 
-def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
-    """An ``/infer`` body (JSON, or JSON then binary tensors) -> :class:`InferRequest`."""
+def parse_infer(body: bytes, header_length: str | None,
+                max_rows: int | None = None) -> InferRequest:
+    """An ``/infer`` body (JSON, or JSON then binary tensors) -> :class:`InferRequest`.
+
+    ``max_rows`` (the model's ``max_batch_size``) refuses a tensor that declares more
+    rows before its data is converted, the costly part of a large request.
+    """
     json_part, binary = _split(body, header_length)
     document = read_json(json_part)
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
@@ -70,7 +75,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         raise ProtocolError("the request's 'inputs' list is empty.")
     inputs, offset = {}, 0
     for entry in document["inputs"]:
-        name, array, offset = _read_input(entry, binary, offset)
+        name, array, offset = _read_input(entry, binary, offset, max_rows)
         if name in inputs:
             raise ProtocolError(f"input {name!r} is given twice.")
         inputs[name] = array
@@ -120,7 +125,8 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _read_input(entry: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+def _read_input(entry: Any, binary: bytes, offset: int,
+                max_rows: int | None) -> tuple[str, np.ndarray, int]:
     name = _name(entry, "input")
     datatype = entry.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
@@ -131,6 +137,9 @@ def _read_input(entry: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray
             or not all(type(d) is int and 0 <= d <= MAX_DIMENSION for d in shape)):
         raise ProtocolError(f"input {name!r} needs a shape: a list of 1 to {MAX_RANK} "
                             f"integers in [0, {MAX_DIMENSION}]; got {str(shape)[:80]}.")
+    if max_rows is not None and shape[0] > max_rows:
+        raise ProtocolError(f"input {name!r} has {shape[0]} rows; this model takes at most "
+                            f"{max_rows} per request (max_batch_size).")
     dtype, count = DATATYPES[datatype], math.prod(shape)
     size = _parameters(entry, f"input {name!r}").get("binary_data_size")
     if size is not None:
