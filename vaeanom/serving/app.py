@@ -23,7 +23,6 @@ import asyncio
 import gc
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,8 +40,8 @@ from ..checks import finite_scores, is_outlier
 from . import repository
 from .batching import DynamicBatcher
 from .metrics import Metrics
-from .protocol import (InferRequest, ProtocolError, datatype_of, infer_response, parse_infer,
-                       read_json)
+from .protocol import (InferRequest, ProtocolError, datatype_of, infer_response, json_values,
+                       parse_infer, read_json)
 
 access_log = logging.getLogger("vaeanom.serving.access")
 logger = logging.getLogger("vaeanom.serving")
@@ -400,8 +399,9 @@ async def _score(state: _State, request: Request) -> Response:
 
 def _by_column(contributions: np.ndarray, columns: list[str]) -> list[dict]:
     """(n, d) contributions -> one {column: value} per row; a missing entry is null."""
-    return [{name: (v if math.isfinite(v) else None) for name, v in zip(columns, row)}
-            for row in contributions.tolist()]
+    values, width = json_values(contributions), len(columns)
+    return [dict(zip(columns, values[start:start + width]))
+            for start in range(0, len(values), width)]
 
 
 def _frame(model, records: list[dict]):

@@ -231,7 +231,7 @@ def infer_response(model: str, version: str, request: InferRequest,
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = _json_values(array)
+            entry["data"] = json_values(array)
         entries.append(entry)
     document = {"model_name": model, "model_version": version, "outputs": entries}
     if request.id is not None:
@@ -243,7 +243,7 @@ def infer_response(model: str, version: str, request: InferRequest,
                                       HEADER_LENGTH: str(len(header))}
 
 
-def _json_values(array: np.ndarray) -> list:
+def json_values(array: np.ndarray) -> list:
     """A tensor's values for JSON, row-major. JSON has no NaN or infinity, so those are
     null (a hole's contribution, a score past float range); binary outputs keep them."""
     values = array.reshape(-1).tolist()
