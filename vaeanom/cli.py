@@ -375,10 +375,10 @@ def run_compress(model: Path, source: Path, out: Path) -> list[Path]:
     detector = _load_codec(model)
     channels = _channels(detector)
     if source.is_dir():  # one blob per PNG, so the PNGs may differ in size
-        files = _png_files(source)
-        targets = _unique_targets({file: out / f"{file.stem}.vq" for file in files}, "blob")
-        blobs = {targets[file]: detector.compress(_read_png(file, channels)[None])
-                 for file in files}
+        targets = _unique_targets(((file, out / f"{file.stem}.vq")
+                                   for file in _png_files(source)), "blob")
+        blobs = {target: detector.compress(_read_png(file, channels)[None])
+                 for target, file in targets.items()}
         n_images = len(blobs)
     else:
         images = read_images(source, channels)
@@ -423,15 +423,16 @@ def _channels(detector) -> int | None:
     return shape[0] if len(shape) == 3 else None
 
 
-def _unique_targets(targets: dict[Path, Path], what: str) -> dict[Path, Path]:
-    """Refuse two inputs that would write the same output (a.png and a.PNG)."""
-    seen: dict[Path, Path] = {}
-    for source, target in targets.items():
-        if target in seen:
-            raise ValueError(f"{seen[target].name} and {source.name} would both write the "
+def _unique_targets(pairs, what: str) -> dict[Path, Path]:
+    """(input, output) pairs -> {output: input}, refusing two inputs that would write the
+    same output (a.png and a.PNG; a.vq of 2 images and a_0.vq)."""
+    made_by: dict[Path, Path] = {}
+    for source, target in pairs:
+        if target in made_by:
+            raise ValueError(f"{made_by[target].name} and {source.name} would both write the "
                              f"{what} {target.name}; rename one of them.")
-        seen[target] = source
-    return targets
+        made_by[target] = source
+    return made_by
 
 
 def _check_targets(paths, folder: Path | None) -> None:
@@ -449,15 +450,11 @@ def _decompress_folder(detector, source: Path, out: Path) -> dict[Path, np.ndarr
     files = sorted(p for p in source.iterdir() if p.suffix.lower() == ".vq")
     if not files:
         raise ValueError(f"{str(source)!r} holds no .vq files.")
-    images, made_by = {}, {}
-    for file in files:
-        for path, image in _png_names(out, file.stem,
-                                      detector.decompress(file.read_bytes())).items():
-            if path in images:
-                raise ValueError(f"{made_by[path].name} and {file.name} would both write the "
-                                 f"image {path.name}; rename one of them.")
-            images[path], made_by[path] = image, file
-    return images
+    images = {file: _png_names(out, file.stem, detector.decompress(file.read_bytes()))
+              for file in files}
+    _unique_targets(((file, path) for file, named in images.items() for path in named),
+                    "image")
+    return {path: image for named in images.values() for path, image in named.items()}
 
 
 def _png_names(folder: Path, stem: str, decoded: np.ndarray) -> dict[Path, np.ndarray]:

@@ -271,13 +271,13 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         self._refuse_changes_since_fit("this call", self._state_params)
 
     def _remember_fitted_params(self) -> None:
-        names = (*self._state_params, *self._threshold_params)
-        self._fitted_params_ = {name: copy.deepcopy(self._effective_params()[name])
-                                for name in names}
+        self._fitted_params_ = copy.deepcopy(self._param_values(self._saved_params()))
 
-    def _effective_params(self) -> dict[str, Any]:
-        """The parameters as the fitted model uses them ("auto" resolved where it matters)."""
-        return self.get_params(deep=False)
+    def _param_values(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """The parameters ``names`` as the fitted model uses them ("auto" resolved where
+        it matters)."""
+        params = self.get_params(deep=False)
+        return {name: params[name] for name in names}
 
     def _refuse_changes_since_fit(self, action: str, names: tuple[str, ...]) -> None:
         """Refuse ``action`` when a parameter in ``names`` was set to another value after
@@ -286,7 +286,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         fitted = self.__dict__.get("_fitted_params_")
         if fitted is None:              # not fitted (callers check), or pickled before this
             return
-        params = self._effective_params()
+        params = self._param_values(names)
         changed = [name for name in names
                    if name in fitted and _comparable(params[name]) != _comparable(fitted[name])]
         if changed:

@@ -53,10 +53,9 @@ def _check_savable(labels: np.ndarray) -> None:
     if kind in "biufU":
         return
     savable = (str, bool, np.bool_, numbers.Real)
-    unsavable = [v for v in labels if kind != "O" or not isinstance(v, savable)][:1]
-    if not unsavable:
+    example = next((v for v in labels if kind != "O" or not isinstance(v, savable)), None)
+    if example is None:
         return
-    example = unsavable[0]
     raise ValueError(f"y holds {type(example).__name__} labels (e.g. {example!r}); a "
                      "conditional model takes strings, numbers or booleans, which it can save "
                      "and export: convert them first, e.g. y.astype(str).")

@@ -488,8 +488,11 @@ class VAEDetector(BaseDetector):
         steps_per_epoch = -(-n_rows // self.batch_size)
         return max(1, round(ROW_STEPS / steps_per_epoch))
 
-    def _effective_params(self) -> dict:
-        return {**self.get_params(deep=False), "score_kind": self._resolved_score_kind()}
+    def _param_values(self, names: tuple[str, ...]) -> dict:
+        values = super()._param_values(names)
+        if "score_kind" in values:
+            values["score_kind"] = self._resolved_score_kind()
+        return values
 
     def _resolved_score_kind(self) -> str:
         """``score_kind`` with "auto" resolved; refuses image-only kinds on rows."""
