@@ -91,3 +91,18 @@ def test_a_model_saved_before_explanations_loads_and_says_to_refit(planted, tmp_
         old.explain(test)
     old.save(tmp_path / "again.safetensors")
     assert not hasattr(VAEDetector.load(tmp_path / "again.safetensors"), "explain_reference_")
+
+
+def test_a_frame_with_integer_column_labels_gets_them_back(planted, tmp_path):
+    """scikit-learn keeps feature_names_in_ for string names only; a frame labelled 0..7
+    should still be explained by 0..7, not x0..x7, by the detector and the runtime alike."""
+    from vaeanom import OnnxModel
+
+    _, train, test, _ = planted
+    numbered = VAEDetector(epochs=2, random_state=0).fit(train.set_axis(range(8), axis=1))
+    rows = test.set_axis(range(8), axis=1)
+    runtime = OnnxModel(numbered.export_onnx(tmp_path / "numbered.onnx", explain=True))
+    for model in (numbered, runtime):
+        assert list(model.explain(rows).columns) == list(range(8))
+        assert set(model.score_frame(rows, explain=1)["feature_1"]) <= set(range(8))
+        assert list(model.explain(rows.to_numpy()).columns) == [f"x{i}" for i in range(8)]

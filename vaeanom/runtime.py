@@ -200,7 +200,7 @@ class OnnxModel:
             from .explanations import top_features
 
             top = top_features(pd.DataFrame(outputs["contributions"],
-                                            columns=self.feature_columns), k)
+                                            columns=self._explanation_columns(X)), k)
             frame = frame.assign(**{c: top[c].to_numpy() for c in top})  # X's index may repeat
         return frame
 
@@ -216,7 +216,13 @@ class OnnxModel:
         import pandas as pd
 
         index = X.index if isinstance(X, pd.DataFrame) else pd.RangeIndex(len(contributions))
-        return pd.DataFrame(contributions, index=index, columns=self.feature_columns)
+        return pd.DataFrame(contributions, index=index, columns=self._explanation_columns(X))
+
+    def _explanation_columns(self, X) -> list:
+        from .explanations import explanation_columns
+
+        return explanation_columns(X, getattr(self, "feature_names_in_", None),
+                                   self.n_features_in_)
 
     def _require_explanations(self) -> None:
         self._require("scorer", "explain")

@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
 from ..checks import check_count, finite_decoded, finite_scores, is_outlier, outlier_labels
-from ..explanations import top_features
+from ..explanations import explanation_columns, top_features
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MixedLikelihood, MLPDecoder, MLPEncoder, TableEncoder, n_decoder_outputs)
 from ..models.hierarchical import HierarchicalVAE
@@ -838,7 +838,7 @@ class VAEDetector(BaseDetector):
             if self.is_image_:
                 raise ValueError("score_frame(explain=k) is for rows; for images, "
                                  "explain(X) returns per-pixel maps.")
-            top = top_features(self._explanation_frame(x, pd.RangeIndex(len(x))), k)
+            top = top_features(self._explanation_frame(x, pd.RangeIndex(len(x)), X), k)
             frame = frame.assign(**{c: top[c].to_numpy() for c in top})  # X's index may repeat
         return frame
 
@@ -857,11 +857,12 @@ class VAEDetector(BaseDetector):
         if self.is_image_:
             maps = self._map_chunks(self._contributions(), x)
             return maps.reshape(len(maps), -1, *maps.shape[-2:]).sum(axis=1)
-        return self._explanation_frame(x, self._index_of(X))
+        return self._explanation_frame(x, self._index_of(X), X)
 
-    def _explanation_frame(self, x: Tensor, index: pd.Index) -> pd.DataFrame:
+    def _explanation_frame(self, x: Tensor, index: pd.Index, X) -> pd.DataFrame:
         return pd.DataFrame(self._map_chunks(self._contributions(), x), index=index,
-                            columns=self._feature_columns())
+                            columns=explanation_columns(
+                                X, getattr(self, "feature_names_in_", None), self.n_features_in_))
 
 
 def _as_batch(x):
