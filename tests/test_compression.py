@@ -4,10 +4,12 @@ import copy
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
 import tracemalloc
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -277,6 +279,32 @@ def test_cli_reads_palette_pngs_as_colours_and_refuses_clashes_before_writing(
     assert main(["decompress", "--model", str(model), str(blobs), str(tmp_path / "pngs")]) == 1
     assert "a folder has that name" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["b.png"]   # no a.png
+
+
+def _png_16_bit_rgb(path: Path, height: int = 8, width: int = 8) -> None:
+    """A 16-bit RGB PNG, written by hand: Pillow cannot write one."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    rows = b"".join(b"\x00" + bytes(range(width * 6)) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_cli_refuses_pngs_it_would_misread_by_name(saved_codec, tmp_path, capsys):
+    """Alpha and 16-bit PNGs are refused, not cut down: Pillow reads a 16-bit RGB PNG as
+    8-bit RGB, so only the file's header tells."""
+    model, _, images = saved_codec
+    Image.fromarray(images[0]).convert("RGBA").save(tmp_path / "alpha.png")
+    Image.fromarray(images[0].astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    _png_16_bit_rgb(tmp_path / "rgb16.png")
+    for name, said in (("alpha", "has an alpha channel"), ("grey16", "PNG; vaeanom compresses"),
+                       ("rgb16", "is a 16-bit RGB PNG")):
+        assert main(["compress", "--model", str(model), str(tmp_path / f"{name}.png"),
+                     str(tmp_path / f"{name}.vq")]) == 1
+        assert said in capsys.readouterr().err, name
+        assert not (tmp_path / f"{name}.vq").exists()
 
 
 def test_a_wide_image_whose_grid_is_one_row_of_the_fitted_size_round_trips(codecs):

@@ -340,13 +340,22 @@ def _read_png(path: Path, channels: int | None = None) -> np.ndarray:
                              "RGB images: flatten it onto a background first.")
         if image.mode in ("P", "1") or (image.mode == "L" and channels == 3):
             image = image.convert("RGB" if channels == 3 else "L")  # colours, not indices
-        if image.mode not in ("L", "RGB"):
-            raise ValueError(f"{str(path)!r} is a {image.mode} PNG; vaeanom compresses 8-bit "
+        if image.mode not in ("L", "RGB") or _png_bit_depth(path) == 16:
+            mode = "16-bit RGB" if image.mode == "RGB" else image.mode
+            raise ValueError(f"{str(path)!r} is a {mode} PNG; vaeanom compresses 8-bit "
                              "grey or RGB images: save it with 8 bits per channel first.")
         pixels = np.asarray(image)
     if pixels.ndim == 2:
         return pixels[None] if channels == 1 else pixels
     return pixels.transpose(2, 0, 1)  # HWC -> CHW
+
+
+def _png_bit_depth(path: Path) -> int:
+    """The bits per channel in a PNG's header (IHDR). Pillow opens a 16-bit RGB PNG as
+    8-bit "RGB", keeping the high byte of each value, so its mode cannot tell."""
+    with open(path, "rb") as handle:
+        header = handle.read(25)
+    return header[24] if len(header) == 25 and header[12:16] == b"IHDR" else 8
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
