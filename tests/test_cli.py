@@ -13,6 +13,7 @@ import pytest
 
 from vaeanom import OnnxModel, VAEDetector, cli
 from vaeanom.cli import main, parse_params
+from vaeanom.datasets import read_data
 
 
 @pytest.fixture()
@@ -63,6 +64,8 @@ def test_a_semicolon_csv_is_named_instead_of_fitted_as_one_text_column(tmp_path,
     error = capsys.readouterr().err
     assert "one column named 'a;b'" in error and "sep=';'" in error
     assert not (tmp_path / "m.st").exists()
+    (tmp_path / "one.csv").write_text("pressure|kPa\n" + "".join(f"{i}.5\n" for i in range(30)))
+    assert read_data(tmp_path / "one.csv").columns.tolist() == ["pressure|kPa"]  # one column
 
 
 def test_score_explain_writes_the_top_features(table):
@@ -79,7 +82,6 @@ def test_score_explain_writes_the_top_features(table):
 
 
 def test_index_col_is_a_name_before_a_position_in_csv_and_parquet(tmp_path):
-    from vaeanom.datasets import read_data
 
     frame = pd.DataFrame({"2024": [10, 11, 12], "id": ["a", "b", "c"], "x": [0.5, 1.5, 2.5]})
     frame.to_csv(tmp_path / "t.csv", index=False)

@@ -95,14 +95,16 @@ def _index_column(index_col: int | str, columns: list, path: Path) -> int | str:
 
 
 def _refuse_other_separators(frame: pd.DataFrame, path: Path) -> None:
-    """A CSV that reads as one column whose name holds ';', a tab or '|' was written with
-    that separator (common where the comma is the decimal mark): say so instead of fitting
-    one text column."""
+    """A CSV that reads as one column whose name holds ';', a tab or '|', as its first
+    values do (or it has none), was written with that separator (common where the comma
+    is the decimal mark): say so instead of fitting one text column. A one-column file
+    whose name merely holds the character, over values that do not, is read as it is."""
     if frame.shape[1] != 1:
         return
     name = str(frame.columns[0])
+    first = frame.iloc[:5, 0].dropna().astype(str)
     for separator, shown in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
-        if separator in name:
+        if separator in name and (first.empty or first.str.contains(separator, regex=False).any()):
             raise ValueError(
                 f"{str(path)!r} reads as one column named {name!r}: its fields look separated "
                 f"by {shown}, and vaeanom reads comma-separated files. Rewrite it with commas: "
