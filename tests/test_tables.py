@@ -381,5 +381,6 @@ def test_bool_and_nullable_columns_among_numbers_score_alike_in_onnx(tmp_path):
     text = frame.head(2).astype({"flag": object})
     text.loc[0, "flag"] = "yes"
     for scorer in (det, model):
-        with pytest.raises(ValueError, match="non-numeric column.*'flag'"):
+        with pytest.raises(ValueError,
+                           match="non-numeric column.*'flag'.*fitted on numbers only.*Refit"):
             scorer.score_samples(text)

@@ -413,13 +413,11 @@ class OnnxModel:
         self._check_columns(X)
         values = X.to_numpy()
         if values.dtype == object:   # bool, nullable or object columns among numbers
-            from .tables import non_numeric_columns, numbers_of
+            from .tables import non_numeric_columns, numbers_of, text_for_a_numbers_model
 
             values = numbers_of(X)
             if values is None:
-                text = non_numeric_columns(X)
-                raise ValueError(f"X has non-numeric column(s) {', '.join(map(repr, text[:8]))}"
-                                 "; this model was fitted on numbers only.")
+                raise text_for_a_numbers_model(non_numeric_columns(X))
         return values
 
     def _check_columns(self, X) -> None:

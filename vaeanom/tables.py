@@ -66,6 +66,15 @@ def non_numeric_columns(X: pd.DataFrame) -> list[str]:
             if is_categorical_dtype(column.dtype) and not _holds_numbers(column)]
 
 
+def text_for_a_numbers_model(text: list[str]) -> ValueError:
+    """The error for a numbers-only model given the non-numeric columns ``text``: the
+    estimator and the torch-free runtime say the same."""
+    shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
+    return ValueError(f"X has non-numeric column(s) {shown}, but this model was fitted on "
+                      "numbers only. Refit it on a DataFrame holding those columns (vaeanom "
+                      "models them as categories), or pass the numbers it was fitted on.")
+
+
 def _holds_numbers(column: pd.Series) -> bool:
     """An object column whose every observed value is a real number or a boolean."""
     return column.dtype == object and all(

@@ -15,7 +15,8 @@ import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
 from ..checks import check_missing_values, check_observed_columns, check_pixels
-from ..tables import TableSchema, categorical_columns, check_frame_columns, numbers_of
+from ..tables import (TableSchema, categorical_columns, check_frame_columns, numbers_of,
+                      text_for_a_numbers_model)
 
 
 def is_image_input(X) -> bool:
@@ -111,10 +112,7 @@ def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
                          "columns; pass a DataFrame with the same columns (numpy arrays hold "
                          "numbers only).")
     if not fitting and (schema is None or not schema.has_categories):
-        shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
-        raise ValueError(f"X has non-numeric column(s) {shown}, but this model was fitted on "
-                         "numbers only. Refit it on a DataFrame holding those columns (vaeanom "
-                         "models them as categories), or pass the numbers it was fitted on.")
+        raise text_for_a_numbers_model(text)
     validate_data(estimator, X, reset=fitting, skip_check_array=True)
     if len(X) < (2 if fitting else 1):
         raise ValueError(f"Found array with {len(X)} sample(s) (shape={X.shape}) while a "
