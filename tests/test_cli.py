@@ -68,6 +68,20 @@ def test_a_semicolon_csv_is_named_instead_of_fitted_as_one_text_column(tmp_path,
     assert read_data(tmp_path / "one.csv").columns.tolist() == ["pressure|kPa"]  # one column
 
 
+def test_score_takes_a_hierarchical_model(table):
+    """A model that scores by its bound alone writes score and is_outlier, as its ONNX
+    scorer does (score_frame used to refuse it, so `vaeanom score --model` failed)."""
+    frame, tmp = table
+    assert main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model",
+                 str(tmp / "h.st"), "--set", "latent_dim=(4, 2)", "--set", "epochs=2"]) == 0
+    assert main(["score", str(tmp / "rows.csv"), "--index-col", "patient", "--model",
+                 str(tmp / "h.st"), "-o", str(tmp / "s.csv")]) == 0
+    scores = pd.read_csv(tmp / "s.csv", index_col="patient")
+    assert list(scores.columns) == ["score", "is_outlier"] and scores.index.equals(frame.index)
+    expected = VAEDetector.load(tmp / "h.st").score_samples(frame)
+    np.testing.assert_allclose(scores["score"], expected, rtol=1e-6)
+
+
 def test_score_explain_writes_the_top_features(table):
     frame, tmp = table
     main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(tmp / "m.st"),

@@ -270,8 +270,30 @@ def test_unconditional_models_refuse_labels(digits):
         vq.export_onnx("never.onnx", with_label=True)
 
 
-@pytest.mark.parametrize("method", ["explain", "score_frame", "partial_fit"])
+@pytest.mark.parametrize("method", ["explain", "partial_fit"])
 def test_what_is_not_there_yet_is_refused(digits, cvae, method):
     _, _, x_test, _ = digits
     with pytest.raises(ValueError, match="conditional"):
         getattr(cvae, method)(x_test[:3])
+
+
+def test_score_frame_gives_the_bound_with_or_without_labels(digits, cvae):
+    """score and is_outlier: the label-marginal score against offset_, or given y against
+    label_offset_, as predict(X) and predict(X, y) flag them."""
+    _, _, x_test, y_test = digits
+    for y in (None, NAMES[y_test[:20]]):
+        frame = cvae.score_frame(x_test[:20], y=y)
+        assert list(frame.columns) == ["score", "is_outlier"]
+        np.testing.assert_array_equal(frame["score"], cvae.score_samples(x_test[:20], y))
+        np.testing.assert_array_equal(frame["is_outlier"], cvae.predict(x_test[:20], y) == -1)
+    with pytest.raises(ValueError, match="conditional"):
+        cvae.score_frame(x_test[:3], explain=1)
+
+
+def test_a_nan_among_string_labels_is_missing_not_a_class(digits):
+    """numpy turns a list's NaN among strings into the string 'nan'; it is a missing label."""
+    x, _, _, _ = digits
+    names = ["even", "odd"] * 30
+    names[3] = float("nan")
+    with pytest.raises(ValueError, match="1 missing labels.*row 3"):
+        VAEDetector(conditional=True, epochs=1).fit(x[:60], names)

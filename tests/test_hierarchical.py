@@ -9,6 +9,7 @@ refuses what it cannot do yet with errors that say so.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -149,11 +150,21 @@ def test_tables_with_holes_and_conditional_are_refused(digits):
             train[:50], np.arange(50) % 2)
 
 
-@pytest.mark.parametrize("method", ["explain", "score_frame"])
-def test_what_is_not_there_yet_is_refused(digits, hvae, method):
+def test_what_is_not_there_yet_is_refused(digits, hvae):
     _, test, _ = digits
-    with pytest.raises(ValueError, match="hierarchical"):
-        getattr(hvae, method)(test[:3])
+    for method in (hvae.explain, lambda rows: hvae.score_frame(rows, explain=1)):
+        with pytest.raises(ValueError, match="hierarchical"):
+            method(test[:3])
+
+
+def test_score_frame_gives_the_bound_and_its_verdict(digits, hvae):
+    """Like its ONNX scorer: score and is_outlier, with the caller's index."""
+    _, test, _ = digits
+    rows = pd.DataFrame(test[:6], index=list("abcdef"))
+    frame = hvae.score_frame(rows)
+    assert list(frame.columns) == ["score", "is_outlier"] and list(frame.index) == list("abcdef")
+    np.testing.assert_array_equal(frame["score"], hvae.score_samples(test[:6]))
+    np.testing.assert_array_equal(frame["is_outlier"], hvae.predict(test[:6]) == -1)
 
 
 def test_partial_fit_streams_a_hierarchy(digits):

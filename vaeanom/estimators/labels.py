@@ -16,14 +16,16 @@ import pandas as pd
 
 def _label_array(y, n_rows: int, name: str = "y") -> np.ndarray:
     """``y`` as a 1-D array of ``n_rows`` labels, none missing."""
-    labels = np.asarray(y.to_numpy() if isinstance(y, (pd.Series, pd.Index)) else y)
+    values = y.to_numpy() if isinstance(y, (pd.Series, pd.Index)) else y
+    labels = np.asarray(values)
+    as_given = np.asarray(values, dtype=object)   # numpy makes a NaN among strings 'nan'
     if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
+        labels, as_given = labels[:, 0], as_given[:, 0]
     if labels.ndim != 1:
         raise ValueError(f"{name} must be one label per row (1-D); got shape {labels.shape}.")
     if len(labels) != n_rows:
         raise ValueError(f"{name} has {len(labels)} labels for {n_rows} rows; give one per row.")
-    missing = pd.isna(labels)
+    missing = pd.isna(as_given)
     if missing.any():
         raise ValueError(f"{name} has {int(missing.sum())} missing labels (first at row "
                          f"{int(np.argmax(missing))}); drop those rows or give them a label.")

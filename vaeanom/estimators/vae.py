@@ -814,15 +814,21 @@ class VAEDetector(BaseDetector):
         """The posterior mean of one input, as float64 (1, latent_dim)."""
         return self._posterior(x, name)[0]
 
-    def score_frame(self, X, explain: int = 0) -> pd.DataFrame:
+    def score_frame(self, X, explain: int = 0, y=None) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier.
 
         ``explain=k`` (rows only) adds the k features that contributed most to
         each row's anomaly (see :meth:`explain`): columns ``feature_1``,
         ``contribution_1``, ..., ``feature_k``, ``contribution_k``.
+        Conditional and hierarchical models, which score by their bounds alone,
+        give ``score`` and ``is_outlier`` (as their ONNX scorers do); ``y``, for a
+        conditional model, scores each row given its label, as in :meth:`predict`.
         """
-        self._refuse_bounds_only("score_frame")
+        check_is_fitted(self)
         k = check_count(explain, "explain")
+        if self._bounds_only():
+            return self._bound_frame(X, y, k)
+        self._label_codes(y, 0)   # refuses y, which is for conditional models
         x = self._preprocess(X)
         offset = self._threshold("score_frame")
         terms = self._map_chunks(self._make_scorer().terms, x)
@@ -841,6 +847,15 @@ class VAEDetector(BaseDetector):
             top = top_features(self._explanation_frame(x, pd.RangeIndex(len(x)), X), k)
             frame = frame.assign(**{c: top[c].to_numpy() for c in top})  # X's index may repeat
         return frame
+
+    def _bound_frame(self, X, y, k: int) -> pd.DataFrame:
+        """score_frame of a conditional or hierarchical model: score and is_outlier."""
+        if k:
+            self._refuse_bounds_only("score_frame(explain=k)")
+        offset = self._offset_for(y, "score_frame")
+        score = self.score_samples(X, y)
+        return pd.DataFrame({"score": score, "is_outlier": is_outlier(score, offset)},
+                            index=self._index_of(X))
 
     def explain(self, X):
         """Each feature's contribution to each row's anomaly, in nats (higher = more unusual).
