@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 
 from vaeanom import OnnxModel, VAEDetector
@@ -138,6 +139,9 @@ def test_encoder_and_decoder_match_torch(rows, images, exported):
         _close(encoder.encode(X), det.encode(X))
         z = det.encode(X)
         _close(OnnxModel(exported[name, "decoder"]).decode(z), det.decode(z))
+    det, X = rows     # a frame of latents, as transform gives under set_output, is not X
+    latents = pd.DataFrame(det.encode(X), columns=det.get_feature_names_out())
+    _close(OnnxModel(exported["rows", "decoder"]).decode(latents), det.decode(latents))
 
 
 @pytest.mark.parametrize("data", ["rows", "images"])

@@ -448,7 +448,9 @@ class OnnxModel:
         return array.astype(self.input_dtype, copy=False)
 
     def _check_latents(self, Z) -> np.ndarray:
-        array = _numeric_array(self._frame_values(Z), "Z")
+        # a frame of latents (transform's z0, z1, ... under set_output) is read by position:
+        # its columns are not the input's, so they are not checked against them
+        array = _numeric_array(Z.to_numpy() if hasattr(Z, "to_numpy") else Z, "Z")
         if array.ndim == 2 and len(self.input_shape) > 1:
             array = _reshape_rows(array, self.input_shape, "Z")
         if tuple(array.shape[1:]) != self.input_shape:
