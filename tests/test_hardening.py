@@ -136,6 +136,26 @@ def test_text_columns_are_named_with_the_fix(cancer):
         det.score_samples(X.drop(columns=X.columns[0]))
 
 
+@pytest.mark.parametrize("params, who", [
+    ({"conditional": True}, "A VAEDetector with conditional=True"),
+    ({"latent_dim": (4, 2)}, r"A hierarchical VAEDetector \(a tuple latent_dim\)"),
+])
+def test_families_without_the_table_model_say_which_setting_refuses_tables(cancer, params, who):
+    """Not "VAEDetector models them as categories" from a VAEDetector: the setting that
+    keeps it from the table model, and the setting that gets it."""
+    X, _ = cancer
+    X = X.iloc[:40].copy()
+    labels = np.arange(40) % 2
+    text, holes = X.assign(grade=["a", "b"] * 20), X.copy()
+    holes.iloc[0, 0] = np.nan
+    for data, said in ((text, "non-numeric column.*takes numbers only"),
+                       (holes, r"contains NaN \(missing values\)")):
+        with pytest.raises(ValueError, match=f"{said}.*conditional=False\\) with an int latent_dim"):
+            VAEDetector(**params, epochs=1).fit(data, labels)
+        with pytest.raises(ValueError, match=who):
+            VAEDetector(**params, epochs=1).fit(data, labels)
+
+
 # ------------------------------------------------------ argument checks
 @pytest.mark.parametrize("make", ["vae", "vq"])
 def test_sample_takes_a_non_negative_int(make, cancer_model):

@@ -411,7 +411,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 return self._standardise(images)
             return torch.from_numpy(images)
         rows, _ = inputs.check_rows(self, X, fitting=False, schema=self._table_schema(),
-                                    allow_missing=self._allows_missing)
+                                    allow_missing=self._allows_missing,
+                                    refused_by=self._tables_refused_by())
         self._check_range(rows)  # a Bernoulli model scores values past 1 as *more* normal
         return self._standardise(rows)
 
@@ -433,7 +434,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             self.scale_ = np.ones(images.shape[1:])
             return torch.from_numpy(images)
         rows, schema = inputs.check_rows(self, X, fitting=True,
-                                         allow_missing=self._allows_missing)
+                                         allow_missing=self._allows_missing,
+                                         refused_by=self._tables_refused_by())
         self.input_shape_ = (rows.shape[1],)
         for stale in ("pixel_dtype_", "categories_"):
             if hasattr(self, stale):
@@ -455,6 +457,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     #: whether rows may hold missing values and categorical columns (the VAE's table model)
     _allows_missing: ClassVar[bool] = False
+
+    def _tables_refused_by(self) -> str:
+        """Who refuses holes and categorical columns, as the errors name it."""
+        return f"A {type(self).__name__}"
 
     def _table_schema(self) -> TableSchema | None:
         """The fitted table's columns when fit saw categories or holes (the table model), else None."""

@@ -61,26 +61,33 @@ def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None,
-               allow_missing: bool = False) -> tuple[np.ndarray, TableSchema]:
+               allow_missing: bool = False,
+               refused_by: str = "This model") -> tuple[np.ndarray, TableSchema]:
     """Validate tabular rows; return float64 (n, d) and the table's :class:`TableSchema`.
 
     Numbers stay numbers; with ``allow_missing``, missing entries become NaN and
     categorical (object, string, ``category``) DataFrame columns become codes
     (see :mod:`vaeanom.tables`). ``schema`` is what fit learned (None at fit,
     or for a model fitted on complete numbers). Infinities are always refused.
+    Without ``allow_missing``, text and holes are refused, and the errors say who
+    refuses them: ``refused_by``, e.g. "A VAEDetector with conditional=True".
     """
     check_frame_columns(X)
     text = categorical_columns(X)
     if text and not fitting and (schema is None or not schema.has_categories):
         X, text = _as_numbers(X, text)
     if text and not allow_missing:
-        _refuse_text_columns(text)
+        _refuse_text_columns(text, refused_by)
     if text or (schema is not None and schema.has_categories):
         rows, schema = _check_mixed(estimator, X, fitting=fitting, schema=schema, text=text)
     else:
         rows = validate_data(estimator, X, reset=fitting, dtype=[np.float64, np.float32],
                              ensure_min_samples=2 if fitting else 1,
-                             ensure_all_finite="allow-nan" if allow_missing else True)
+                             ensure_all_finite="allow-nan")
+        if not allow_missing and np.isnan(rows).any():
+            raise ValueError(f"X contains NaN (missing values). {refused_by} models complete "
+                             f"numeric rows only: impute or drop them, or fit {TABLE_MODEL}, "
+                             "which takes holes.")
         schema = TableSchema.learn(rows) if fitting else schema
     if allow_missing:
         names = getattr(estimator, "feature_names_in_", None)
@@ -124,13 +131,17 @@ def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
     return schema.encode(X), schema
 
 
-def _refuse_text_columns(text: list[str]) -> None:
+#: the estimator that models holes and categorical columns, as the errors name it
+TABLE_MODEL = "VAEDetector(conditional=False) with an int latent_dim"
+
+
+def _refuse_text_columns(text: list[str], refused_by: str = "This model") -> None:
     """Name the DataFrame columns that hold text or categories, and say what to do."""
     shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
     raise ValueError(
-        f"X has {len(text)} non-numeric column(s): {shown}. This model takes numbers only: "
-        "one-hot encode them, e.g. pd.get_dummies(X, columns=[...], dtype=float), map them "
-        "to numbers, or drop them (VAEDetector models them as categories).")
+        f"X has {len(text)} non-numeric column(s): {shown}. {refused_by} takes numbers "
+        "only: one-hot encode them, e.g. pd.get_dummies(X, columns=[...], dtype=float), map "
+        f"them to numbers, or drop them; {TABLE_MODEL} models them as categories.")
 
 
 def standardisation(rows: np.ndarray,

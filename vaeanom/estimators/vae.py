@@ -254,6 +254,11 @@ class VAEDetector(BaseDetector):
         models have none, so they refuse them as the estimators of scikit-learn do."""
         return not self._bounds_only()
 
+    def _tables_refused_by(self) -> str:
+        if self.conditional:
+            return "A VAEDetector with conditional=True"
+        return "A hierarchical VAEDetector (a tuple latent_dim)"
+
     def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),
                  backbone="auto", likelihood="gaussian", sigma="learned", beta="auto",
                  kl_warmup="auto", score_kind="auto", n_score_samples=16, conditional=False,
