@@ -274,13 +274,17 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, table, cancer):
+def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, table, cancer, tmp_path):
+    """As the README does it: read_parquet on a 2-CPU cluster with 2 workers. A fixed
+    pool of 2 actors took both CPUs and the read tasks waited forever."""
     from vaeanom.distributed import _RayScorer, score_ray
 
     named, _ = scorer
     rows = table.reset_index()
-    ds = ray_local.data.from_pandas([rows[:200], rows[200:400], rows[400:]])   # 3 blocks
-    out = score_ray(ds, named, workers=2).to_pandas().set_index("row").loc[table.index]
+    for i, part in enumerate((rows[:200], rows[200:400], rows[400:])):
+        part.to_parquet(tmp_path / f"{i}.parquet")
+    out = score_ray(ray_local.data.read_parquet(str(tmp_path)), named, workers=2).to_pandas()
+    out = out.set_index("row").loc[table.index]
     assert list(out.columns) == [*table.columns, "score", "is_outlier"]
     np.testing.assert_array_equal(out["key"], table["key"])
     np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
@@ -289,6 +293,7 @@ def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, table, canc
         def __call__(self, batch):
             return super().__call__(batch).assign(torch="torch" in sys.modules)
 
+    ds = ray_local.data.from_pandas([rows[:200], rows[200:400], rows[400:]])   # 3 blocks
     seen = ds.map_batches(Probe, batch_format="pandas",
                           compute=ray_local.data.ActorPoolStrategy(size=2),
                           fn_constructor_args=(str(named), None, 1)).to_pandas()

@@ -264,18 +264,25 @@ class _RayScorer:
 
 
 def score_ray(ds, model_path: str | os.PathLike, columns: Sequence[str] | None = None,
-              threads: int | None = 1, workers: int = 2):
+              threads: int | None = 1, workers: int = 2, cpus_per_worker: float = 1.0):
     """A Ray Dataset: ``ds`` with ``score`` and ``is_outlier`` appended, lazily.
 
-    ``map_batches`` over pandas batches with ``workers`` actors, each holding
-    its onnxruntime session (a callable class: the session is opened once per
-    actor, never pickled). Ray Data has no index: key columns carry the rows'
-    identity. ``model_path`` must be readable by every actor.
+    ``map_batches`` over pandas batches with up to ``workers`` actors, each
+    holding its onnxruntime session (a callable class: the session is opened
+    once per actor, never pickled). Ray Data has no index: key columns carry
+    the rows' identity. ``model_path`` must be readable by every actor.
+
+    The pool starts with one actor and grows to ``workers`` as CPUs allow, so
+    the tasks that read ``ds`` are never starved: a fixed pool that takes
+    every CPU waits forever for its input (``ray.init(num_cpus=2)`` and
+    ``read_parquet`` with ``workers=2`` did). Each actor reserves
+    ``cpus_per_worker`` CPUs; on a one-CPU cluster give 0, so that the reads,
+    which take a whole CPU each, can run beside the actor.
     """
     data = _engine("ray.data", "ray")
     path = _check_model(model_path, columns, ds.columns())
-    return ds.map_batches(_RayScorer, batch_format="pandas",
-                          compute=data.ActorPoolStrategy(size=workers),
+    return ds.map_batches(_RayScorer, batch_format="pandas", num_cpus=cpus_per_worker,
+                          compute=data.ActorPoolStrategy(min_size=1, max_size=workers),
                           fn_constructor_args=(str(path), None if columns is None
                                                else list(columns), threads))
 
