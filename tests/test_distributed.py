@@ -56,22 +56,39 @@ def test_a_partition_keeps_its_rows_and_columns(scorer, table, cancer):
                                   OnnxModel(bare).score_samples(cancer[0].to_numpy()))
 
 
+def test_integer_column_labels_are_found_by_label_or_as_strings(scorer, cancer):
+    """pd.DataFrame(array) and dd.from_array label columns 0, 1, ...: an array model takes
+    them as columns=[0, 1, ...] or ["0", "1", ...] (they were looked up as strings)."""
+    _, bare = scorer
+    numbered = pd.DataFrame(cancer[0].to_numpy())
+    expected = OnnxModel(bare).score_samples(cancer[0].to_numpy())
+    for columns in (list(range(30)), [str(i) for i in range(30)]):
+        np.testing.assert_array_equal(score_partition(numbered, bare, columns)["score"], expected)
+
+
 @pytest.mark.parametrize("case, message", [
     ("array model without columns", "pass columns="),
     ("a column missing", "has no column"),
     ("a score column already there", "already has column"),
     ("the encoder", "needs the scorer"),
+    ("no model file", "no ONNX model at"),
+    ("the model's names reordered", "own column names in another order"),
+    ("a column named twice", "more than once"),
 ])
 def test_bad_calls_are_named(case, message, scorer, table, cancer, tmp_path):
     named, bare = scorer
+    names = list(cancer[0].columns)
     calls = {
         "array model without columns": lambda: score_partition(table, bare),
         "a column missing": lambda: score_partition(table.drop(columns="mean radius"), named),
         "a score column already there": lambda: score_partition(table.assign(score=1.0), named),
         "the encoder": lambda: score_partition(table, VAEDetector(**QUICK).fit(
             cancer[0]).export_onnx(tmp_path / "encoder.onnx", "encoder")),
+        "no model file": lambda: score_partition(table, tmp_path / "nope.onnx"),
+        "the model's names reordered": lambda: score_partition(table, named, names[::-1]),
+        "a column named twice": lambda: score_partition(table, named, [names[0], *names[:-1]]),
     }
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         calls[case]()
 
 
@@ -127,6 +144,8 @@ def test_spark_local_scores_arrow_batches_like_onnx_model(spark, scorer, table, 
     # the job scores, then the same (reused) Python workers report what they imported
     seen = scored.mapInPandas(torch_in_worker, "torch boolean").toPandas()
     assert len(seen) and not seen["torch"].any()
+    with pytest.raises(ValueError, match=r"already has column\(s\) \['Score'\].*ignores case"):
+        score_spark(sdf.withColumnRenamed("key", "Score"), named)   # Spark: `score` ambiguous
 
 
 # -------------------------------------------------------------- streaming

@@ -52,6 +52,8 @@ def cached_model(path: str, threads: int | None = 1) -> OnnxModel:
     ``threads`` is onnxruntime's intra-op thread count: one per worker process
     is what an engine with a worker per core wants.
     """
+    if not os.path.isfile(path):   # said as OnnxModel says it, not as a data file's errno
+        raise FileNotFoundError(f"no ONNX model at {path!r}.")
     stat = os.stat(path)
     return _open_model(path, stat.st_size, stat.st_mtime_ns, threads)
 
@@ -82,30 +84,56 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
     return frame.assign(score=score, is_outlier=is_outlier(score, model.offset_))
 
 
-def input_columns(model: OnnxModel, columns: Sequence[str] | None,
-                  available: Sequence[str]) -> list[str]:
-    """The columns to score, checked against the model and the data; errors say what to pass."""
+def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequence,
+                  fold_case: bool = False) -> list:
+    """The data's labels of the columns to score, in the model's order, checked against
+    the model and the data; errors say what to pass. ``columns`` may give labels as
+    strings (``["0", "1"]`` finds integer labels 0 and 1). ``fold_case``: the clash
+    with the appended columns ignores case, as Spark's column names do by default."""
     if model.part != "scorer":
         raise ValueError(f"{model.path} is the model's {model.part}; scoring needs the scorer "
                          "(det.export_onnx(path), part='scorer').")
-    clash = [name for name in SCORE_COLUMNS if name in available]
-    if clash:
-        raise ValueError(f"the data already has column(s) {clash}, which scoring appends; "
-                         "rename or drop them first.")
+    _refuse_clashes(available, fold_case)
     if columns is None:
         if getattr(model, "feature_names_in_", None) is None:
             raise ValueError("this model was fitted on an array, so it has no column names; "
                              f"pass columns=[...] ({model.n_features_in_} names, in order).")
         columns = model.feature_columns
     columns = [str(c) for c in columns]
-    if len(columns) != model.n_features_in_:
-        raise ValueError(f"{len(columns)} columns given; the model takes "
-                         f"{model.n_features_in_}.")
-    missing = [c for c in columns if c not in set(map(str, available))]
+    _refuse_ambiguous(model, columns)
+    by_label = {str(label): label for label in available}
+    missing = [c for c in columns if c not in by_label]
     if missing:
         raise ValueError(f"the data has no column(s) {missing[:5]}; it has "
                          f"{list(available)[:10]}.")
-    return columns
+    return [by_label[c] for c in columns]
+
+
+def _refuse_clashes(available: Sequence, fold_case: bool) -> None:
+    fold = (lambda name: str(name).lower()) if fold_case else str
+    clash = [name for name in available if fold(name) in {fold(c) for c in SCORE_COLUMNS}]
+    if clash:
+        raise ValueError(f"the data already has column(s) {clash}, which scoring appends"
+                         f"{' (Spark ignores case)' if fold_case else ''}; rename or drop "
+                         "them first.")
+
+
+def _refuse_ambiguous(model: OnnxModel, columns: list[str]) -> None:
+    """Columns that cannot be the model's inputs: the wrong count, one named twice, or the
+    model's own names in another order (``columns`` is positional, so that would score
+    each feature as another, without a word)."""
+    if len(columns) != model.n_features_in_:
+        raise ValueError(f"{len(columns)} columns given; the model takes "
+                         f"{model.n_features_in_}.")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ValueError(f"columns names {twice} more than once; name each input column once.")
+    own = getattr(model, "feature_names_in_", None)
+    own = None if own is None else [str(name) for name in own]
+    if own is not None and set(columns) == set(own) and columns != own:
+        raise ValueError("columns holds the model's own column names in another order; "
+                         "columns is positional, so each feature would be scored as another. "
+                         f"Give them in the model's order, {own[:10]}, or leave columns out.")
 
 
 # ------------------------------------------------------------- streaming
@@ -200,10 +228,10 @@ def _engine(module: str, extra: str):
         raise ImportError(f"{module} is not installed; pip install \"vaeanom[{extra}]\"") from err
 
 
-def _check_model(model_path, columns, available) -> Path:
+def _check_model(model_path, columns, available, fold_case: bool = False) -> Path:
     """Open the model here once, so that a wrong path or column fails before any work is sent."""
     path = Path(model_path).resolve()
-    input_columns(cached_model(str(path), 1), columns, list(available))
+    input_columns(cached_model(str(path), 1), columns, list(available), fold_case)
     return path
 
 
@@ -234,7 +262,8 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence[str] | Non
     _engine("pyspark", "spark")
     from pyspark.sql.types import BooleanType, DoubleType, StructField, StructType
 
-    path = _check_model(model_path, columns, sdf.columns)
+    case_sensitive = sdf.sparkSession.conf.get("spark.sql.caseSensitive", "false")
+    path = _check_model(model_path, columns, sdf.columns, case_sensitive.lower() != "true")
     shipped = _content_named_copy(path)
     sdf.sparkSession.sparkContext.addFile(str(shipped))
     schema = StructType([*sdf.schema.fields, StructField("score", DoubleType(), False),
