@@ -249,6 +249,29 @@ def test_cli_runs_a_parquet_file_on_a_dask_cluster_keeping_row_numbers(scorer, c
     assert "distributed." not in done.stderr     # dask's start-up and worker lines need -v
 
 
+def test_dask_and_streaming_write_the_same_index(scorer, cancer, tmp_path):
+    """An unnamed stored index, a categorical one and an empty file with a named index:
+    Dask's to_parquet named the first '__null_dask_index__', failed on the second, and
+    the stream dropped the third's index."""
+    from vaeanom.distributed import score_parquet_dask
+
+    named, _ = scorer
+    X = cancer[0].iloc[:120]
+    cases = {"unnamed": X.set_axis(pd.Index(np.arange(120) * 2 + 7)),
+             "categorical": X.set_axis(pd.CategoricalIndex(["u", "v"] * 60, name="site")),
+             "empty": X.set_axis(pd.Index([f"r{i}" for i in range(120)], name="rid")).iloc[:0]}
+    for case, frame in cases.items():
+        frame.to_parquet(tmp_path / f"{case}.parquet", row_group_size=50)
+        score_parquet(tmp_path / f"{case}.parquet", named, tmp_path / f"{case}-stream.parquet")
+        score_parquet_dask(tmp_path / f"{case}.parquet", named, tmp_path / f"{case}-dask",
+                           workers=1)
+        streamed = pd.read_parquet(tmp_path / f"{case}-stream.parquet")
+        assert streamed.index.names == frame.index.names, case
+        assert streamed.index.tolist() == frame.index.tolist(), case
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{case}-dask"), streamed,
+                                      obj=case)
+
+
 def test_cli_runs_a_parquet_file_on_spark_keeping_key_columns(spark, scorer, table, cancer,
                                                               tmp_path):
     from vaeanom.cli import main

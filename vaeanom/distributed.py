@@ -174,9 +174,11 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
                 counted += len(frame)
-            if writer is None:   # no rows: still a valid, empty file
-                empty = score_partition(pd.DataFrame(columns=names), model_path, names, threads)
-                pq.write_table(pa.Table.from_pandas(empty[list(SCORE_COLUMNS)]), tmp)
+            if writer is None:   # no rows: still a valid, empty file, with the file's index
+                rows = _with_index(reader.schema_arrow.empty_table().select(
+                    [*index_columns, *names]).to_pandas(), index_columns, index_range, 0)
+                empty = score_partition(rows, model_path, names, threads)
+                empty[list(SCORE_COLUMNS)].to_parquet(tmp)
         finally:
             if writer is not None:
                 writer.close()
@@ -388,8 +390,26 @@ def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
     with _dask_logs_at_our_level(), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
             silence_logs=_our_log_level()) as cluster, Client(cluster):
-        atomic_write_dir(output, lambda tmp: scored.to_parquet(tmp, write_index=True))
+        atomic_write_dir(output, lambda tmp: _write_parts(scored, tmp))
     return _rows_in(output)
+
+
+def _write_parts(scored, folder: str) -> None:
+    """Each partition as a Parquet file of its own, written by pandas as
+    :func:`score_parquet` writes: the index kept as it is. Dask's ``to_parquet``
+    names an unnamed index ``__null_dask_index__`` and fails on a categorical index
+    whose ``meta`` has no categories."""
+    import dask
+
+    os.makedirs(folder)
+    parts = scored.to_delayed()
+    writes = [dask.delayed(_write_part)(part, os.path.join(folder, f"part.{i}.parquet"))
+              for i, part in enumerate(parts)]
+    dask.compute(*writes)
+
+
+def _write_part(frame: pd.DataFrame, path: str) -> None:
+    frame.to_parquet(path)
 
 
 def _our_log_level() -> int:
