@@ -74,6 +74,7 @@ def test_integer_column_labels_are_found_by_label_or_as_strings(scorer, cancer):
     ("no model file", "no ONNX model at"),
     ("the model's names reordered", "own column names in another order"),
     ("a column named twice", "more than once"),
+    ("a stream into a .csv name", "scores stream out as Parquet"),
 ])
 def test_bad_calls_are_named(case, message, scorer, table, cancer, tmp_path):
     named, bare = scorer
@@ -87,6 +88,8 @@ def test_bad_calls_are_named(case, message, scorer, table, cancer, tmp_path):
         "no model file": lambda: score_partition(table, tmp_path / "nope.onnx"),
         "the model's names reordered": lambda: score_partition(table, named, names[::-1]),
         "a column named twice": lambda: score_partition(table, named, [names[0], *names[:-1]]),
+        "a stream into a .csv name": lambda: score_parquet(tmp_path / "in.parquet", named,
+                                                           tmp_path / "scores.csv"),
     }
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         calls[case]()

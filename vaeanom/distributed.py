@@ -158,6 +158,7 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
 
     from .fileio import atomic_write
 
+    _refuse_other_formats(output)
     reader = pq.ParquetFile(source)
     index_columns, index_range = _stored_index(reader.schema_arrow)
     names = _file_columns(reader.schema_arrow, model_path, columns)
@@ -185,6 +186,15 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
 
     atomic_write(output, write)
     return counted
+
+
+def _refuse_other_formats(output: str | os.PathLike) -> None:
+    """An output named for another format would get Parquet bytes under that name."""
+    suffix = Path(output).suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt", ".json", ".npy", ".xlsx"):
+        raise ValueError(f"{os.fspath(output)!r} names a {suffix} file, but scores stream out "
+                         "as Parquet: name it .parquet (or score in memory with "
+                         "OnnxModel.score_frame and write the format you need).")
 
 
 def _batches(reader, columns: list[str], batch_rows: int) -> Iterator:
