@@ -11,7 +11,8 @@ and ``tabular_sets.py``, seeds 0-2, mean ROC-AUC.
   category) against the default, per seed.
 - load_breast_cancer (core protocol): plain distances (from the standardised
   training mean, Ledoit-Wolf Mahalanobis, PCA reconstruction) against the
-  default's terms.
+  default's terms, and terms that measure a row's size in the model's own
+  space (decoded distance, Mahalanobis of the codes) alone and in the vote.
 
     python benchmarks/categorical_diagnostics.py --data-dir ../shared/data
 """
@@ -127,9 +128,37 @@ def breast_cancer_diagnostics() -> dict[tuple[str, str], list[float]]:
         det = VAEDetector(random_state=seed).fit(X_train)
         for kind in KINDS:
             out[f"kind {kind}"] = -det.set_params(score_kind=kind).score_samples(X_test)
+        out.update(latent_size_terms(det.set_params(score_kind="auto"), X_train, X_test))
         for method, scores in out.items():
             found.setdefault(("breast_cancer", method), []).append(roc_auc_score(y_test, scores))
     return found
+
+
+def latent_size_terms(det: VAEDetector, X_train: np.ndarray,
+                      X_test: np.ndarray) -> dict[str, np.ndarray]:
+    """Terms that measure a row's size in the model's own space (session 21): the
+    distance of its decoded posterior mean from the training rows' mean decoding (in
+    standardised units: what the distance from the mean does, through the decoder),
+    the Mahalanobis distance of its code under the training codes, and the default's
+    vote with the decoded distance added or put in place of the KL."""
+    def decoded(X):
+        return det.decode(det.encode(X)) / det.scale_
+    centre = decoded(X_train).mean(0)
+    size_train, size_test = (np.sqrt(((decoded(X) - centre) ** 2).sum(1))
+                             for X in (X_train, X_test))
+    codes = det.encode(X_train)
+    mahalanobis = LedoitWolf().fit(codes).mahalanobis(det.encode(X_test))
+    frame = det.score_frame(X_test)
+    distance = -det.set_params(score_kind="latent_knn").score_samples(X_test)
+    det.set_params(score_kind="auto")
+    (elbo_m, elbo_s), (kl_m, kl_s), (knn_m, knn_s) = det.score_reference_
+    nelbo, kl = (-frame["elbo"] - elbo_m) / elbo_s, (frame["kl"] - kl_m) / kl_s
+    knn, size = (distance - knn_m) / knn_s, robust(size_test, size_train)
+    return {"decoded distance from the mean decoding": size_test,
+            "Ledoit-Wolf Mahalanobis of the codes": mahalanobis,
+            "vote + decoded distance": (nelbo + kl + knn + size).to_numpy(),
+            "vote, decoded distance for the KL": (nelbo + size + knn).to_numpy(),
+            "ELBO + KL + decoded distance": (nelbo + kl + size).to_numpy()}
 
 
 def main() -> None:
