@@ -77,11 +77,11 @@ pd.concat({"as recorded": det.score_frame(row, explain=2),
            "called small": det.score_frame(liar, explain=2)})[
     ["score", "is_outlier", "feature_1", "contribution_1"]]"""),
     ("code", """det.explain(liar).T.sort_values(liar.index[0], ascending=False).head(5)"""),
-    ("markdown", """The lie costs the row about 8 nats in `size_band`, and its score falls, but
-not past the threshold: the score weighs all 31 columns and the row's place in
-the latent space, and one category out of line is a small part of that. A row
-need not be flagged for `explain` to say which of its columns is out of line;
-rank by a column's contribution to hunt for such rows."""),
+    ("markdown", """The lie costs the row several nats in `size_band`, and its score falls,
+though here not past the threshold: the score weighs every column and the
+row's place in the latent space, and one category out of line is a small part
+of that. A row need not be flagged for `explain` to say which of its columns is
+out of line; rank by a column's contribution to hunt for such rows."""),
     ("markdown", """## Training curves
 
 `history_` holds one record per epoch: loss, ELBO, reconstruction and KL."""),

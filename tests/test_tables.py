@@ -284,6 +284,9 @@ def test_onnx_table_parts_match_the_estimator(table_model, table_exports):
     expected_rows = det.decode(codes)
     assert isinstance(decoded, pd.DataFrame) and list(decoded.columns) == list(train.columns)
     pd.testing.assert_frame_equal(decoded, expected_rows, rtol=1e-4, atol=1e-4, check_dtype=False)
+    latents = pd.DataFrame(codes, index=rows.index, columns=det.get_feature_names_out())
+    assert OnnxModel(table_exports["decoder"]).decode(latents).index.equals(rows.index)
+    assert det.decode(latents).index.equals(rows.index)
 
 
 def test_an_explaining_table_scorer_gives_explain_with_its_holes(table_model, tmp_path):
@@ -381,6 +384,6 @@ def test_bool_and_nullable_columns_among_numbers_score_alike_in_onnx(tmp_path):
     text = frame.head(2).astype({"flag": object})
     text.loc[0, "flag"] = "yes"
     for scorer in (det, model):
-        with pytest.raises(ValueError,
-                           match="non-numeric column.*'flag'.*fitted on numbers only.*Refit"):
+        with pytest.raises(ValueError, match="non-numeric column.*'flag'.*fitted on numbers "
+                                             "only.*refit.*conditional=False"):
             scorer.score_samples(text)

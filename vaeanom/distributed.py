@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -64,7 +65,7 @@ def _open_model(path: str, size: int, mtime_ns: int, threads: int | None) -> Onn
 
 
 def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
-                    columns: Sequence[str] | None = None, threads: int | None = 1) -> pd.DataFrame:
+                    columns: Sequence | None = None, threads: int | None = 1) -> pd.DataFrame:
     """``frame`` with ``score`` and ``is_outlier`` appended (same index, same rows).
 
     ``columns`` names the model's input columns in order; None takes the
@@ -125,9 +126,9 @@ def _refuse_ambiguous(model: OnnxModel, columns: list[str]) -> None:
     if len(columns) != model.n_features_in_:
         raise ValueError(f"{len(columns)} columns given; the model takes "
                          f"{model.n_features_in_}.")
-    twice = sorted({c for c in columns if columns.count(c) > 1})
+    twice = sorted(name for name, count in Counter(columns).items() if count > 1)
     if twice:
-        raise ValueError(f"columns names {twice} more than once; name each input column once.")
+        raise ValueError(f"`columns` lists {twice} more than once; name each input column once.")
     own = getattr(model, "feature_names_in_", None)
     own = None if own is None else [str(name) for name in own]
     if own is not None and set(columns) == set(own) and columns != own:
@@ -142,7 +143,7 @@ STREAM_BATCH_ROWS = 65_536
 
 
 def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
-                  output: str | os.PathLike, columns: Sequence[str] | None = None,
+                  output: str | os.PathLike, columns: Sequence | None = None,
                   batch_rows: int = STREAM_BATCH_ROWS, threads: int | None = None) -> int:
     """Score a Parquet file into another, one batch at a time; returns the rows scored.
 
@@ -248,7 +249,7 @@ def _check_model(model_path, columns, available, fold_case: bool = False) -> Pat
 
 
 # ------------------------------------------------------------------ Dask
-def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence[str] | None = None,
+def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence | None = None,
                threads: int | None = 1):
     """A dask DataFrame: ``ddf`` with ``score`` and ``is_outlier`` appended, lazily.
 
@@ -263,7 +264,7 @@ def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence[str] | None
 
 
 # ----------------------------------------------------------------- Spark
-def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence[str] | None = None,
+def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = None,
                 threads: int | None = 1):
     """A Spark DataFrame: ``sdf``'s columns, then ``score`` (double) and ``is_outlier``.
 
@@ -304,7 +305,7 @@ class _RayScorer:
         return score_partition(batch, self.model_path, self.columns, self.threads)
 
 
-def score_ray(ds, model_path: str | os.PathLike, columns: Sequence[str] | None = None,
+def score_ray(ds, model_path: str | os.PathLike, columns: Sequence | None = None,
               threads: int | None = 1, workers: int = 2, cpus_per_worker: float = 1.0):
     """A Ray Dataset: ``ds`` with ``score`` and ``is_outlier`` appended, lazily.
 
@@ -385,7 +386,7 @@ class _RowGroupReader:
 
 def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
                        output: str | os.PathLike, workers: int = 2,
-                       columns: Sequence[str] | None = None) -> int:
+                       columns: Sequence | None = None) -> int:
     """Score a Parquet file on a local Dask cluster of ``workers`` processes (one
     thread each) into a folder of Parquet parts: the file's index, ``score`` and
     ``is_outlier``, as :func:`score_parquet` writes. Returns the rows scored."""
@@ -413,7 +414,7 @@ def _write_parts(scored, folder: str) -> None:
 
     os.makedirs(folder)
     parts = scored.to_delayed()
-    writes = [dask.delayed(_write_part)(part, os.path.join(folder, f"part.{i}.parquet"))
+    writes = [dask.delayed(_write_part)(part, os.path.join(folder, f"part.{i:05d}.parquet"))
               for i, part in enumerate(parts)]
     dask.compute(*writes)
 
@@ -443,7 +444,7 @@ def _dask_logs_at_our_level() -> Iterator[None]:
 
 def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike,
                         output: str | os.PathLike, workers: int = 2,
-                        columns: Sequence[str] | None = None) -> int:
+                        columns: Sequence | None = None) -> int:
     """Score a Parquet file with Spark in ``local[workers]`` mode (or the session
     already running) into a folder of Parquet parts: every column that is not a
     model input (Spark has no index: keys carry the rows' identity), ``score``

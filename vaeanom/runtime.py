@@ -255,7 +255,7 @@ class OnnxModel:
         schema = self.table_schema
         if schema is None or not schema.has_categories:
             return decoded
-        return schema.decode(decoded, self.feature_columns)
+        return schema.decode(decoded, self.feature_columns, getattr(Z, "index", None))
 
     def _require(self, part: str, method: str) -> None:
         if self.part != part:
@@ -413,11 +413,11 @@ class OnnxModel:
         self._check_columns(X)
         values = X.to_numpy()
         if values.dtype == object:   # bool, nullable or object columns among numbers
-            from .tables import non_numeric_columns, numbers_of, text_for_a_numbers_model
+            from .tables import non_numeric_columns, numbers_of, numbers_only_error
 
             values = numbers_of(X)
             if values is None:
-                raise text_for_a_numbers_model(non_numeric_columns(X))
+                raise numbers_only_error(non_numeric_columns(X))
         return values
 
     def _check_columns(self, X) -> None:

@@ -66,13 +66,22 @@ def non_numeric_columns(X: pd.DataFrame) -> list[str]:
             if is_categorical_dtype(column.dtype) and not _holds_numbers(column)]
 
 
-def text_for_a_numbers_model(text: list[str]) -> ValueError:
-    """The error for a numbers-only model given the non-numeric columns ``text``: the
-    estimator and the torch-free runtime say the same."""
-    shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
-    return ValueError(f"X has non-numeric column(s) {shown}, but this model was fitted on "
-                      "numbers only. Refit it on a DataFrame holding those columns (vaeanom "
-                      "models them as categories), or pass the numbers it was fitted on.")
+#: the estimator that models holes and categorical columns, as the errors name it
+TABLE_MODEL = "VAEDetector(conditional=False) with an int latent_dim"
+
+
+def shown_columns(names: list[str], limit: int = 8) -> str:
+    """Column names for an error message: the first ``limit``, quoted, then "..."."""
+    return ", ".join(repr(c) for c in names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def numbers_only_error(text: list[str]) -> ValueError:
+    """The error for a model fitted on numbers given the non-numeric columns ``text``:
+    the estimator and the torch-free runtime say the same."""
+    return ValueError(f"X has non-numeric column(s) {shown_columns(text)}, but this model "
+                      f"was fitted on numbers only. Pass the numbers it was fitted on, or "
+                      f"refit on a DataFrame holding those columns with {TABLE_MODEL}, "
+                      "which models them as categories.")
 
 
 def _holds_numbers(column: pd.Series) -> bool:

@@ -15,8 +15,8 @@ import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
 from ..checks import check_missing_values, check_observed_columns, check_pixels
-from ..tables import (TableSchema, categorical_columns, check_frame_columns, numbers_of,
-                      text_for_a_numbers_model)
+from ..tables import (TABLE_MODEL, TableSchema, categorical_columns, check_frame_columns,
+                      numbers_of, numbers_only_error, shown_columns)
 
 
 def is_image_input(X) -> bool:
@@ -119,7 +119,7 @@ def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
                          "columns; pass a DataFrame with the same columns (numpy arrays hold "
                          "numbers only).")
     if not fitting and (schema is None or not schema.has_categories):
-        raise text_for_a_numbers_model(text)
+        raise numbers_only_error(text)
     validate_data(estimator, X, reset=fitting, skip_check_array=True)
     if len(X) < (2 if fitting else 1):
         raise ValueError(f"Found array with {len(X)} sample(s) (shape={X.shape}) while a "
@@ -131,17 +131,13 @@ def _check_mixed(estimator, X, *, fitting: bool, schema: TableSchema | None,
     return schema.encode(X), schema
 
 
-#: the estimator that models holes and categorical columns, as the errors name it
-TABLE_MODEL = "VAEDetector(conditional=False) with an int latent_dim"
-
-
 def _refuse_text_columns(text: list[str], refused_by: str = "This model") -> None:
     """Name the DataFrame columns that hold text or categories, and say what to do."""
-    shown = ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else "")
     raise ValueError(
-        f"X has {len(text)} non-numeric column(s): {shown}. {refused_by} takes numbers "
-        "only: one-hot encode them, e.g. pd.get_dummies(X, columns=[...], dtype=float), map "
-        f"them to numbers, or drop them; {TABLE_MODEL} models them as categories.")
+        f"X has {len(text)} non-numeric column(s): {shown_columns(text)}. {refused_by} takes "
+        "numbers only: one-hot encode them, e.g. pd.get_dummies(X, columns=[...], "
+        f"dtype=float), map them to numbers, or drop them; {TABLE_MODEL} models them as "
+        "categories.")
 
 
 def standardisation(rows: np.ndarray,

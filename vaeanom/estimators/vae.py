@@ -93,7 +93,7 @@ class VAEDetector(BaseDetector):
         the "elbo", "iwae" and "llr" (Havtorn et al. 2021) scores, and codes
         (``encode``, ``transform``) of ``sum(latent_dim)`` columns, every
         layer side by side. MLP backbone and complete numeric rows or images;
-        no ``explain`` or ``score_frame`` yet.
+        ``score_frame`` gives score and is_outlier; no ``explain`` yet.
     hidden_dims : tuple of int, default=(256, 128)
         Widths of the MLP encoder's hidden layers (the decoder mirrors them).
     conv_channels : tuple of int, default=(32, 64)
@@ -148,8 +148,9 @@ class VAEDetector(BaseDetector):
         = logsumexp_y [log p(x|y) + log p(y)] with p(y) the training shares;
         ``sample(n, y=c)`` generates class c. Scores with "elbo", "iwae" or
         (images) "elbo_complexity"; "auto" is "elbo" for rows. MLP backbone and
-        complete numeric rows or images only; no ``partial_fit``, ``explain``,
-        ``score_frame`` or latent interpolation yet.
+        complete numeric rows or images only; ``score_frame`` gives score and
+        is_outlier (given labels with ``y=...``); no ``partial_fit``,
+        ``explain`` or latent interpolation yet.
     contamination : float in (0, 0.5] or "auto", default=0.1
         Share of training rows flagged as outliers; sets ``offset_`` (and
         ``label_offset_``). "auto" uses
@@ -257,7 +258,9 @@ class VAEDetector(BaseDetector):
     def _tables_refused_by(self) -> str:
         if self.conditional:
             return "A VAEDetector with conditional=True"
-        return "A hierarchical VAEDetector (a tuple latent_dim)"
+        if self._hierarchical():
+            return "A hierarchical VAEDetector (a tuple latent_dim)"
+        return super()._tables_refused_by()
 
     def __init__(self, latent_dim=16, hidden_dims=(256, 128), conv_channels=(32, 64),
                  backbone="auto", likelihood="gaussian", sigma="learned", beta="auto",
@@ -819,7 +822,7 @@ class VAEDetector(BaseDetector):
         """The posterior mean of one input, as float64 (1, latent_dim)."""
         return self._posterior(x, name)[0]
 
-    def score_frame(self, X, explain: int = 0, y=None) -> pd.DataFrame:
+    def score_frame(self, X, explain: int = 0, *, y=None) -> pd.DataFrame:
         """One row per input row, same index: score, reconstruction_error, kl, elbo, is_outlier.
 
         ``explain=k`` (rows only) adds the k features that contributed most to
