@@ -67,8 +67,13 @@ class Reservoir:
     def distinct_rows(self) -> Tensor:
         """The rows kept, each once (in sorted order): a stream read in several passes
         offers every row several times, and a row next to its own copy would look
-        closer to the training data than it is."""
-        return torch.unique(self.rows, dim=0)
+        closer to the training data than it is. A hole (NaN) equals a hole here, so a
+        row with holes is kept once too (NaN != NaN kept every copy of it)."""
+        flat = self.rows.reshape(len(self.rows), -1).cpu()
+        holes = torch.isnan(flat)
+        key = torch.cat([torch.nan_to_num(flat, nan=0.0), holes.to(flat.dtype)], dim=1)
+        _, first = np.unique(key.numpy(), axis=0, return_index=True)
+        return self.rows[torch.from_numpy(first).to(self.rows.device)]
 
 
 @dataclass
@@ -247,7 +252,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 self._resolved_score_kind()
             stream = self._start_stream(x)
         else:
-            x = self._preprocess(X)
+            x = self._unseen_as_holes(self._preprocess(X))
         generator = _generator_at(stream.generator_state)
         device = next(self.model_.parameters()).device
         config = replace(self._training_config(len(x)), epochs=stream.epochs)
@@ -263,6 +268,16 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         self._stream_ = stream
         self._remember_fitted_params()    # the threshold is recomputed under them on use
         return self
+
+    def _unseen_as_holes(self, x: Tensor) -> Tensor:
+        """A later chunk's categories the first chunk did not have, as holes: trained as
+        the "unknown" slot, they would teach it mass, and a category never seen at all
+        would then score as typical. Scoring still gives them the unknown slot."""
+        schema = self._table_schema()
+        if schema is None or not schema.has_categories:
+            return x
+        unknown = torch.tensor([float(k) if k else float("nan") for k in schema.cardinalities])
+        return x.masked_fill(x == unknown.to(x.device, x.dtype), float("nan"))
 
     def _check_fitted_state(self) -> None:
         """Fitted, and under the architecture it was fitted with (what scoring, encoding
