@@ -45,6 +45,21 @@ def test_bad_labels_are_named(case):
         evaluate(det, split.X_test, np.zeros(len(split.y_test)))
     with pytest.raises(ValueError, match="mark anomalies"):
         evaluate(det, split.X_test, np.arange(len(split.y_test)))
+    holed = split.y_test.astype(object)
+    holed[4] = None
+    with pytest.raises(ValueError, match="1 missing labels.*row 4"):
+        evaluate(det, split.X_test, holed)
+
+
+def test_a_pipeline_ending_in_the_detector_is_evaluated_as_the_detector(case):
+    """A Pipeline has no offset_; its threshold is score_samples - decision_function."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    det, split = case
+    pipe = make_pipeline(FunctionTransformer(), det)     # fitted: identity, then det
+    expected = evaluate(det, split.X_test, split.y_test)
+    assert evaluate(pipe, split.X_test, split.y_test).equals(expected)
 
 
 def test_plots_are_written(case, tmp_path):

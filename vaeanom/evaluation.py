@@ -16,7 +16,11 @@ from .checks import is_outlier
 
 def _anomaly_labels(y) -> np.ndarray:
     """y as 0/1 with 1 = anomaly; accepts bool, 0/1 and scikit-learn's +1/-1."""
-    y = column_or_1d(y)
+    y = column_or_1d(np.asarray(y, dtype=object) if isinstance(y, list) else y)
+    missing = pd.isna(y)
+    if missing.any():
+        raise ValueError(f"y has {int(missing.sum())} missing labels (first at row "
+                         f"{int(np.argmax(missing))}); label every row, or leave those out.")
     values = set(np.unique(y).tolist())
     if values <= {0, 1}:
         labels = y.astype(int)
@@ -41,9 +45,9 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     are saved there.
     """
     labels = _anomaly_labels(y)
-    offset = _threshold_of(detector)
     scores = np.asarray(detector.score_samples(X), dtype=np.float64)
     check_consistent_length(scores, labels)
+    offset = _threshold_of(detector, X, scores)
     anomaly_score = -_rankable(scores)
     flagged = is_outlier(scores, offset).astype(int)
     n_true = int(labels.sum())
@@ -68,11 +72,22 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     return pd.DataFrame({"value": metrics}).rename_axis("metric")
 
 
-def _threshold_of(detector) -> float:
+def _threshold_of(detector, X, scores: np.ndarray) -> float:
     """The threshold ``predict`` applies: a vaeanom estimator refuses one set under
-    another score kind than it now computes; an ``OnnxModel`` keeps its own."""
+    another score kind than it now computes; an ``OnnxModel`` keeps its own; a
+    Pipeline or a search ending in a detector shows it as ``score_samples(X) -
+    decision_function(X)``, as scikit-learn's outlier detectors define it."""
     threshold = getattr(detector, "_threshold", None)
-    return threshold("evaluate") if threshold is not None else detector.offset_
+    if threshold is not None:
+        return threshold("evaluate")
+    if hasattr(detector, "offset_"):
+        return detector.offset_
+    if not hasattr(detector, "decision_function"):
+        raise TypeError(f"evaluate needs a fitted outlier detector with score_samples and "
+                        f"decision_function; {type(detector).__name__} has no threshold.")
+    gap = scores - np.asarray(detector.decision_function(X), dtype=np.float64)
+    finite = np.isfinite(gap)
+    return float(np.median(gap[finite])) if finite.any() else float("-inf")
 
 
 def _rankable(scores: np.ndarray) -> np.ndarray:
