@@ -106,3 +106,12 @@ def test_a_frame_with_integer_column_labels_gets_them_back(planted, tmp_path):
         assert list(model.explain(rows).columns) == list(range(8))
         assert set(model.score_frame(rows, explain=1)["feature_1"]) <= set(range(8))
         assert list(model.explain(rows.to_numpy()).columns) == [f"x{i}" for i in range(8)]
+
+
+def test_a_table_with_integer_column_labels_reconstructs_with_them():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({0: rng.normal(size=120), 1: rng.choice(["a", "b"], 120)},
+                         index=[f"r{i}" for i in range(120)])
+    det = VAEDetector(epochs=2, random_state=0).fit(table)
+    rebuilt = det.reconstruct(table.iloc[:5])
+    assert list(rebuilt.columns) == [0, 1] and rebuilt.index.equals(table.index[:5])

@@ -20,6 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: the estimator that models holes and categorical columns, as the errors name it
+TABLE_MODEL = "VAEDetector(conditional=False) with an int latent_dim"
+
 #: the largest magnitude each float type of a graph can hold
 FLOAT_LIMITS = {"float32": float(np.finfo(np.float32).max),
                 "float16": float(np.finfo(np.float16).max)}
@@ -112,6 +115,16 @@ def column_names(feature_names: Sequence | None, n_features: int) -> list[str]:
     if feature_names is not None:
         return [str(name) for name in feature_names]
     return [f"x{i}" for i in range(n_features)]
+
+
+def feature_labels(X, feature_names: Sequence | None, n_features: int) -> list:
+    """The columns of per-feature output for input X (explanations, reconstructions):
+    the fitted feature names; else, for a DataFrame X, its own column labels
+    (scikit-learn keeps ``feature_names_in_`` only for string names, and a frame
+    with columns 0, 1, ... should get 0, 1, ... back); else x0, x1, ..."""
+    if feature_names is None and hasattr(X, "columns") and len(X.columns) == n_features:
+        return list(X.columns)
+    return column_names(feature_names, n_features)
 
 
 def _feature_label(index: int, feature_names: Sequence[str] | None) -> str:

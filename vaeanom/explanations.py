@@ -5,22 +5,8 @@ numpy and pandas only, so the detector and the torch-free runtime rank alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
-
-from .checks import column_names
-
-
-def explanation_columns(X, feature_names: Sequence | None, n_features: int) -> list:
-    """The labels of an explanation's columns: the fitted feature names; else, for a
-    DataFrame X, X's own column labels (scikit-learn keeps ``feature_names_in_`` only
-    for string names, and a frame with columns 0, 1, ... should get 0, 1, ... back);
-    else x0, x1, ..."""
-    if feature_names is None and isinstance(X, pd.DataFrame) and X.shape[1] == n_features:
-        return list(X.columns)
-    return column_names(feature_names, n_features)
 
 
 def top_features(contributions: pd.DataFrame, k: int) -> pd.DataFrame:

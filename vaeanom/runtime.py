@@ -40,8 +40,8 @@ import numpy as np
 import onnxruntime as ort
 
 from . import digest
-from .checks import (check_count, check_missing_values, column_names, finite_decoded,
-                     finite_scores, is_outlier, outlier_labels)
+from .checks import (TABLE_MODEL, check_count, check_missing_values, column_names,
+                     feature_labels, finite_decoded, finite_scores, is_outlier, outlier_labels)
 from .codes import check_code_values
 from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, table_inputs
 from .preprocessing import Preprocessing
@@ -200,7 +200,7 @@ class OnnxModel:
             from .explanations import top_features
 
             top = top_features(pd.DataFrame(outputs["contributions"],
-                                            columns=self._explanation_columns(X)), k)
+                                            columns=self._feature_labels(X)), k)
             frame = frame.assign(**{c: top[c].to_numpy() for c in top})  # X's index may repeat
         return frame
 
@@ -216,13 +216,10 @@ class OnnxModel:
         import pandas as pd
 
         index = X.index if isinstance(X, pd.DataFrame) else pd.RangeIndex(len(contributions))
-        return pd.DataFrame(contributions, index=index, columns=self._explanation_columns(X))
+        return pd.DataFrame(contributions, index=index, columns=self._feature_labels(X))
 
-    def _explanation_columns(self, X) -> list:
-        from .explanations import explanation_columns
-
-        return explanation_columns(X, getattr(self, "feature_names_in_", None),
-                                   self.n_features_in_)
+    def _feature_labels(self, X) -> list:
+        return feature_labels(X, getattr(self, "feature_names_in_", None), self.n_features_in_)
 
     def _require_explanations(self) -> None:
         self._require("scorer", "explain")
@@ -639,9 +636,9 @@ def _numeric_array(values, name: str, allow_nan: bool = False) -> np.ndarray:
         raise ValueError(f"{name} has 0 rows; pass at least one.")
     if array.dtype.kind == "f" and not allow_nan and not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinity. This model was fitted on complete "
-                         "rows and its export takes complete rows (a VAEDetector fitted on rows "
-                         "with holes takes them, and so does its export): impute or drop those "
-                         "rows first.")
+                         f"rows and its export takes complete rows (a {TABLE_MODEL} fitted on "
+                         "rows with holes takes them, and so does its export): impute or drop "
+                         "those rows first.")
     return array
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .checks import TABLE_MODEL
+
 #: a categorical column with at least this many categories, one for at least
 #: half of its observed rows, looks like an identifier (see TableSchema.learn)
 IDENTIFIER_MIN_CATEGORIES = 20
@@ -64,10 +66,6 @@ def non_numeric_columns(X: pd.DataFrame) -> list[str]:
     """Names of the columns :func:`numbers_of` cannot read as numbers."""
     return [str(name) for name, column in X.items()
             if is_categorical_dtype(column.dtype) and not _holds_numbers(column)]
-
-
-#: the estimator that models holes and categorical columns, as the errors name it
-TABLE_MODEL = "VAEDetector(conditional=False) with an int latent_dim"
 
 
 def shown_columns(names: list[str], limit: int = 8) -> str:

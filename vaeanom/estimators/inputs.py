@@ -15,8 +15,9 @@ import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
 from ..checks import check_missing_values, check_observed_columns, check_pixels
-from ..tables import (TABLE_MODEL, TableSchema, categorical_columns, check_frame_columns,
-                      numbers_of, numbers_only_error, shown_columns)
+from ..checks import TABLE_MODEL
+from ..tables import (TableSchema, categorical_columns, check_frame_columns, numbers_of,
+                      numbers_only_error, shown_columns)
 
 
 def is_image_input(X) -> bool:

@@ -10,8 +10,9 @@ import torch
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
-from ..checks import check_count, finite_decoded, finite_scores, is_outlier, outlier_labels
-from ..explanations import explanation_columns, top_features
+from ..checks import (check_count, feature_labels, finite_decoded, finite_scores, is_outlier,
+                      outlier_labels)
+from ..explanations import top_features
 from ..models import (VAE, BernoulliLikelihood, ConvDecoder, ConvEncoder, GaussianLikelihood,
                       MixedLikelihood, MLPDecoder, MLPEncoder, TableEncoder, n_decoder_outputs)
 from ..models.hierarchical import HierarchicalVAE
@@ -750,6 +751,7 @@ class VAEDetector(BaseDetector):
         decoded = self.decode(self.encode(X, y), y)
         if isinstance(decoded, pd.DataFrame):
             decoded.index = self._index_of(X)
+            decoded.columns = self._feature_labels(X)
         return decoded
 
     def sample(self, n_samples: int = 1, random_state=None, y=None) -> np.ndarray:
@@ -884,8 +886,10 @@ class VAEDetector(BaseDetector):
 
     def _explanation_frame(self, x: Tensor, index: pd.Index, X) -> pd.DataFrame:
         return pd.DataFrame(self._map_chunks(self._contributions(), x), index=index,
-                            columns=explanation_columns(
-                                X, getattr(self, "feature_names_in_", None), self.n_features_in_))
+                            columns=self._feature_labels(X))
+
+    def _feature_labels(self, X) -> list:
+        return feature_labels(X, getattr(self, "feature_names_in_", None), self.n_features_in_)
 
 
 def _as_batch(x):
