@@ -57,9 +57,35 @@ def test_a_pipeline_ending_in_the_detector_is_evaluated_as_the_detector(case):
     from sklearn.preprocessing import FunctionTransformer
 
     det, split = case
-    pipe = make_pipeline(FunctionTransformer(), det)     # fitted: identity, then det
+    passes = []
+    counted = FunctionTransformer(lambda X: passes.append(1) or X)   # fitted identity, counting
+    pipe = make_pipeline(counted, det)
     expected = evaluate(det, split.X_test, split.y_test)
     assert evaluate(pipe, split.X_test, split.y_test).equals(expected)
+    assert len(passes) == 1            # the threshold is read off the detector: one pass over X
+
+
+def test_a_pipeline_ending_in_another_detector_uses_its_decision_function():
+    """No offset_ anywhere: the threshold is score_samples - decision_function."""
+    from sklearn.base import BaseEstimator, OutlierMixin
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    class Detector(OutlierMixin, BaseEstimator):         # scores and a threshold of 1
+        def fit(self, X, y=None):
+            self.fitted_ = True
+            return self
+
+        def score_samples(self, X):
+            return -np.abs(X[:, 0])
+
+        def decision_function(self, X):
+            return self.score_samples(X) + 1.0
+
+    X = np.arange(20.0).reshape(10, 2)
+    pipe = make_pipeline(StandardScaler(), Detector()).fit(X)
+    y = np.r_[np.ones(2), np.zeros(6), np.ones(2)]
+    assert evaluate(pipe, X, y)["value"]["n_flagged"] == 4     # |z| > 1: two rows at each end
 
 
 def test_plots_are_written(case, tmp_path):

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .fileio import atomic_write, refuse_folder_name
+from .tables import shown_columns
 
 #: the estimators ``vaeanom fit`` can fit (kept in step with vaeanom.estimators.DETECTORS,
 #: which a test checks, so that ``--help`` does not import torch)
@@ -277,7 +278,7 @@ def _model_columns(scorer, table):
     extra = [name for name in by_name if name not in set(names)]
     if extra:
         logger.warning("leaving out column(s) %s, which the model was not fitted on",
-                       ", ".join(map(repr, extra[:8])) + (" ..." if len(extra) > 8 else ""))
+                       shown_columns(extra))
     return table[[by_name[name] for name in names]]
 
 

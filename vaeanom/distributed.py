@@ -112,7 +112,8 @@ def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequenc
 
 def _refuse_clashes(available: Sequence, fold_case: bool) -> None:
     fold = (lambda name: str(name).lower()) if fold_case else str
-    clash = [name for name in available if fold(name) in {fold(c) for c in SCORE_COLUMNS}]
+    appended = {fold(column) for column in SCORE_COLUMNS}
+    clash = [name for name in available if fold(name) in appended]
     if clash:
         raise ValueError(f"the data already has column(s) {clash}, which scoring appends"
                          f"{' (Spark ignores case)' if fold_case else ''}; rename or drop "

@@ -77,17 +77,30 @@ def _threshold_of(detector, X, scores: np.ndarray) -> float:
     another score kind than it now computes; an ``OnnxModel`` keeps its own; a
     Pipeline or a search ending in a detector shows it as ``score_samples(X) -
     decision_function(X)``, as scikit-learn's outlier detectors define it."""
-    threshold = getattr(detector, "_threshold", None)
+    final = _final_detector(detector)
+    threshold = getattr(final, "_threshold", None)
     if threshold is not None:
         return threshold("evaluate")
-    if hasattr(detector, "offset_"):
-        return detector.offset_
+    if hasattr(final, "offset_"):
+        return final.offset_
     if not hasattr(detector, "decision_function"):
         raise TypeError(f"evaluate needs a fitted outlier detector with score_samples and "
                         f"decision_function; {type(detector).__name__} has no threshold.")
     gap = scores - np.asarray(detector.decision_function(X), dtype=np.float64)
     finite = np.isfinite(gap)
     return float(np.median(gap[finite])) if finite.any() else float("-inf")
+
+
+def _final_detector(detector):
+    """The detector at the end of a Pipeline or a fitted search, whose threshold is the
+    whole's: read there, it costs no second pass over X."""
+    while True:
+        if hasattr(detector, "best_estimator_"):
+            detector = detector.best_estimator_
+        elif hasattr(detector, "steps") and detector.steps:
+            detector = detector.steps[-1][1]
+        else:
+            return detector
 
 
 def _rankable(scores: np.ndarray) -> np.ndarray:

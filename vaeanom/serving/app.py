@@ -408,12 +408,14 @@ def _frame(model, records: list[dict]):
     """Records -> a DataFrame in the fitted column order (missing keys are missing values)."""
     import pandas as pd
 
+    from ..tables import shown_columns
+
     names = getattr(model, "feature_names_in_", None)
     columns = model.feature_columns
     unknown = sorted({key for record in records for key in record} - set(columns))
     if unknown:
-        raise ValueError(f"unknown column(s) {unknown[:5]}; the model takes {columns[:10]}"
-                         + (" ..." if len(columns) > 10 else "") + ".")
+        raise ValueError(f"unknown column(s) {shown_columns(unknown, 5)}; the model takes "
+                         f"{shown_columns(columns, 10)}.")
     frame = pd.DataFrame.from_records(records, columns=columns)
     if names is not None:
         return frame
