@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from vaeanom import VAEDetector, evaluate
+from vaeanom.evaluation import precision_at_n
 from vaeanom.datasets import breast_cancer_one_class
 
 from .conftest import FAST
@@ -93,3 +96,23 @@ def test_plots_are_written(case, tmp_path):
     evaluate(det, split.X_test, split.y_test, plots_to=tmp_path / "plots")
     for name in ("roc.png", "scores.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=2, max_size=40)
+       .filter(lambda rows: 0 < sum(flag for _, flag in rows) < len(rows)),
+       st.randoms(use_true_random=False))
+def test_precision_at_n_ignores_row_order_among_ties(rows, rng):
+    """Tied scores share the places at the cut: the figure is the same in any row order,
+    lies in [0, 1], and is the plain top-n share when the n-th score is not tied."""
+    score = np.array([s for s, _ in rows], dtype=float)
+    labels = np.array([flag for _, flag in rows], dtype=int)
+    value = precision_at_n(labels, score)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    assert value == pytest.approx(precision_at_n(labels[order], score[order]), abs=1e-12)
+    assert 0.0 <= value <= 1.0
+    n = labels.sum()
+    ranked = np.sort(score)[::-1]
+    if n == len(rows) or ranked[n - 1] != ranked[n]:
+        assert value == pytest.approx(labels[np.argsort(-score, kind="stable")[:n]].mean())

@@ -51,11 +51,10 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     anomaly_score = -_rankable(scores)
     flagged = is_outlier(scores, offset).astype(int)
     n_true = int(labels.sum())
-    top_n = np.argsort(-anomaly_score, kind="stable")[:n_true]
     metrics = {
         "roc_auc": roc_auc_score(labels, anomaly_score),
         "average_precision": average_precision_score(labels, anomaly_score),
-        "precision_at_n": float(labels[top_n].mean()),
+        "precision_at_n": precision_at_n(labels, anomaly_score),
         "precision": precision_score(labels, flagged, zero_division=0.0),
         "recall": recall_score(labels, flagged, zero_division=0.0),
         "f1": f1_score(labels, flagged, zero_division=0.0),
@@ -70,6 +69,20 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
         save_roc_curve(labels, anomaly_score, folder / "roc.png")
         save_score_histograms(_rankable(scores), labels, offset, folder / "scores.png")
     return pd.DataFrame({"value": metrics}).rename_axis("metric")
+
+
+def precision_at_n(labels: np.ndarray, anomaly_score: np.ndarray) -> float:
+    """The share of anomalies among the n highest anomaly scores, n the number of anomalies.
+
+    Rows tied with the n-th score share the places left among them: each counts
+    by the fraction of places left, so the figure does not depend on row order.
+    """
+    n = int(labels.sum())
+    cut = np.sort(anomaly_score)[::-1][n - 1]
+    above, tied = anomaly_score > cut, anomaly_score == cut
+    places_left = n - int(above.sum())
+    hits = labels[above].sum() + places_left * labels[tied].mean()
+    return float(hits / n)
 
 
 def _threshold_of(detector, X, scores: np.ndarray) -> float:
