@@ -342,6 +342,11 @@ BAD_REQUESTS = {
                   _json_body([{**ROW, "shape": [0, 30], "data": []}]), {}, 400, "0 rows"),
     "unknown record column": ("/v1/models/table/score", b'[{"a": 1, "zzz": 2}]', {}, 400,
                               "unknown column"),
+    "ragged data": ("/v2/models/cancer/infer", _json_body([{**ROW, "shape": [2, 30],
+                                                             "data": [[1.0] * 30, [1.0]]}]),
+                    {}, 400, "ragged list"),
+    "text in a numbers record": ("/v1/models/digits/score", b'[{"x0": "a"}]', {}, 400,
+                                 "column 'x0'"),
 }
 
 
@@ -419,6 +424,55 @@ def test_tritonclient_sees_errors_as_exceptions_and_metrics_count_them(server):
     _, text = server.request("GET", "/metrics")
     assert 'vaeanom_request_errors_total{endpoint="infer",model="cancer",status="400"}' in text
     assert "vaeanom_request_seconds_bucket" in text and "vaeanom_queue_seconds" in text
+
+
+def test_a_large_body_is_parsed_off_the_loop_to_the_same_scores(server, repo, cancer):
+    """Over 1 MiB, parsing and checks run in a worker thread; the answers are the same,
+    and "outputs": [] asks for every output, as Triton reads it."""
+    X = np.tile(cancer[0].to_numpy(np.float32), (8, 1))[:4096]
+    body = _json_body([{**ROW, "shape": list(X.shape), "data": X.ravel().tolist()}],
+                      outputs=[])
+    assert len(body) > (1 << 20)
+    status, answer = server.request("POST", "/v2/models/cancer/infer", body)
+    assert status == 200, answer
+    outputs = {out["name"]: out["data"] for out in answer["outputs"]}
+    expected = OnnxModel(repo / "cancer" / "1" / "model.onnx").score_samples(X)
+    assert set(outputs) == set(OnnxModel(repo / "cancer" / "1" / "model.onnx").output_names)
+    np.testing.assert_array_equal(np.float32(outputs["score"]), expected)
+
+
+def test_router_refusals_and_client_hang_ups_are_counted_but_not_as_faults(server):
+    """A 404 from the router is counted (endpoint "unrouted"); a client that closes the
+    connection mid-body is a 499, not a 500 and no traceback."""
+    assert server.request("GET", "/v2/no/such/path")[0] == 404
+    host, port = server.url.split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")
+        time.sleep(0.2)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        _, text = server.request("GET", "/metrics")
+        if 'status="499"' in text:
+            break
+        time.sleep(0.1)
+    assert ('vaeanom_request_errors_total{endpoint="unrouted",model="",status="404"}'
+            in text)
+    assert 'vaeanom_request_errors_total{endpoint="infer",model="cancer",status="499"}' in text
+    assert 'status="500"' not in text
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_worker_processes_log_like_the_parent(repo):
+    """--workers 2: each worker sets up logging as the parent does (access lines, ready)."""
+    running = Server(repo, "--workers", "2")
+    try:
+        assert running.request("POST", "/v2/models/cancer/infer", _json_body([ROW]))[0] == 200
+    finally:
+        assert running.stop()
+    log = running.log.read_text()
+    assert "vaeanom.serving INFO ready:" in log
+    assert '"path": "/v2/models/cancer/infer", "status": 200' in log
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits(repo, cancer):

@@ -271,6 +271,11 @@ class OnnxModel:
         return [{"name": i.name, "dtype": _GRAPH_DTYPES[i.type], "shape": list(i.shape[1:])}
                 for i in self._session.get_inputs()]
 
+    @property
+    def output_names(self) -> list[str]:
+        """The graph's output names, in order: what ``run`` returns."""
+        return list(self._outputs)
+
     def check_feeds(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Tensors named as the graph's inputs (what a server receives) -> checked feeds.
 

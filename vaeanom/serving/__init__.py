@@ -6,14 +6,13 @@ imported. Needs the ``serve`` extra: ``pip install "vaeanom[serve]"``.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 
 import numpy as np
 
 from . import repository
-from .app import Settings, create_app
+from .app import Settings, configure_logging, create_app
 
 __all__ = ["Settings", "create_app", "serve"]
 
@@ -37,10 +36,10 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
                   request_timeout_s=request_timeout_s, graceful_timeout_s=graceful_timeout_s,
                   intra_op_num_threads=intra_op_num_threads, chunk_rows=chunk_rows)
     settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
-                        intra_op_num_threads, chunk_rows, freeze_gc=True)
+                        intra_op_num_threads, chunk_rows, freeze_gc=True, log_level=log_level)
     repository.load(settings.path, batch_size=chunk_rows, intra_op_num_threads=1,
                     providers=["CPUExecutionProvider"])  # or raise; no GPU context kept here
-    _configure_logging(log_level)
+    configure_logging(log_level)
     options = dict(host=host, port=port, log_level=log_level, access_log=False,
                    timeout_graceful_shutdown=graceful_timeout_s, log_config=None)
     if workers > 1:
@@ -75,7 +74,3 @@ def _check_limits(**limits) -> None:
                              f"got {value!r}.")
 
 
-def _configure_logging(level: str) -> None:
-    """One line per event on stderr; access lines are JSON objects."""
-    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("vaeanom.serving").setLevel(level.upper())

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, get_route_path
 
 from .. import __version__
 from ..checks import finite_scores, is_outlier
 from . import repository
-from .batching import DynamicBatcher
+from .batching import DynamicBatcher, ShuttingDown
 from .metrics import Metrics
 from .protocol import (InferRequest, ProtocolError, datatype_of, infer_response, json_values,
                        parse_infer, read_json)
@@ -61,6 +61,8 @@ class Settings:
     #: gc.freeze() once the models are warm (``vaeanom serve``'s own processes): the
     #: collector then skips what loading made, which removed 30-60 ms pauses
     freeze_gc: bool = False
+    #: the level configure_logging sets; worker processes (``--workers N``) set it anew
+    log_level: str = "info"
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -159,10 +161,21 @@ def _infer_path_params(path: str) -> dict[str, str] | None:
 
 
 def app_from_environment() -> InferFirst:
-    """The app for ``uvicorn --factory`` worker processes: settings from VAEANOM_SERVE."""
+    """The app for ``uvicorn --factory`` worker processes: settings from VAEANOM_SERVE.
+
+    A worker is a new process: its logging is set up here, as the parent's was, or it
+    would write no access lines and no formatted errors."""
     import os
 
-    return create_app(Settings.from_json(os.environ["VAEANOM_SERVE"]))
+    settings = Settings.from_json(os.environ["VAEANOM_SERVE"])
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def configure_logging(level: str) -> None:
+    """One line per event on stderr; access lines are JSON objects."""
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("vaeanom.serving").setLevel(level.upper())
 
 
 # ------------------------------------------------------------- lifecycle
@@ -215,21 +228,36 @@ def _handler(state: _State, handle: Handler) -> Callable[[Request], Awaitable[Re
             response = await handle(state, request)
         except (ServerError, ProtocolError) as err:
             response = _error(err.status, str(err))
+        except ClientDisconnect:     # nginx's 499: the client left; no fault of ours
+            response = _error(CLIENT_CLOSED, "the client closed the connection before its "
+                                             "request was read.")
+        except asyncio.CancelledError:   # uvicorn's --graceful-timeout ran out: answer, go
+            response = _error(503, SHUTTING_DOWN)
         except Exception as err:
             logger.exception("internal error on %s", request.scope["path"])
             response = _error(500, f"internal server error: {type(err).__name__}: {err}")
-        seconds = time.perf_counter() - started
-        name = request.path_params.get("name", "")
-        name = name if name in state.models else ""     # labels only for models we serve
-        state.metrics.request(request.scope["path"], name, response.status_code, seconds)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({
-                "method": request.method, "path": request.scope["path"],
-                "status": response.status_code, "ms": round(seconds * 1e3, 3), "model": name,
-                "client": request.client.host if request.client else None}))
+        _record(state, request, response.status_code, time.perf_counter() - started)
         return response
 
     return endpoint
+
+
+def _record(state: _State, request: Request, status: int, seconds: float,
+            endpoint: str | None = None) -> None:
+    """A request's metrics and its access-log line."""
+    name = request.path_params.get("name", "")
+    name = name if name in state.models else ""     # labels only for models we serve
+    state.metrics.request(request.scope["path"], name, status, seconds, endpoint)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(json.dumps({
+            "method": request.method, "path": request.scope["path"], "status": status,
+            "ms": round(seconds * 1e3, 3), "model": name,
+            "client": request.client.host if request.client else None}))
+
+
+#: the status a request gets (in metrics and the access log) when its client hangs up
+CLIENT_CLOSED = 499
+SHUTTING_DOWN = "the server is shutting down; send the request again (to another replica)."
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -237,7 +265,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+    """The router's own refusals (no such route, wrong method), counted and logged."""
+    response = _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+    _record(request.app.state.vaeanom, request, response.status_code, 0.0,
+            "unrouted" if exc.status_code == 404 else None)    # a 405's path is ours
+    return response
 
 
 async def _body(state: _State, request: Request) -> bytes:
@@ -293,6 +325,8 @@ async def _run(state: _State, served: repository.ServedModel, feeds) -> dict[str
     except (TimeoutError, asyncio.TimeoutError):   # distinct classes before Python 3.11
         raise ServerError(503, f"the request timed out after {state.settings.request_timeout_s}"
                                " s (--request-timeout); the server is overloaded.") from None
+    except ShuttingDown:
+        raise ServerError(503, SHUTTING_DOWN) from None
 
 
 # ------------------------------------------------------------ endpoints
@@ -348,25 +382,46 @@ async def _model_ready(state: _State, request: Request) -> Response:
 async def _infer(state: _State, request: Request) -> Response:
     served = _served(state, request)
     body = await _body(state, request)
-    parsed = parse_infer(body, request.headers.get("inference-header-content-length"),
-                         served.max_batch_size)
-    try:
-        feeds = served.model.check_feeds(parsed.inputs)
-    except (ValueError, TypeError, OverflowError) as err:
-        raise ServerError(400, str(err)) from None
+    header = request.headers.get("inference-header-content-length")
+    parsed, feeds, wanted = await _off_loop(len(body), _read_infer, served, body, header)
     outputs = await _run(state, served, feeds)
-    outputs = _requested(outputs, parsed)
+    outputs = outputs if wanted is None else {name: outputs[name] for name in wanted}
     body, headers = infer_response(served.name, served.version, parsed, outputs)
     return Response(body, headers=headers)
 
 
-def _requested(outputs: dict[str, np.ndarray], request: InferRequest) -> dict[str, np.ndarray]:
-    if request.outputs is None:
-        return outputs
-    unknown = [name for name in request.outputs if name not in outputs]
+#: bodies past this many bytes are parsed and checked in a worker thread: a 50 MB
+#: JSON body held the event loop (health checks, other requests, the batchers) for 1 s
+OFF_LOOP_BYTES = 1 << 20
+
+
+async def _off_loop(size: int, work: Callable, *args):
+    """``work(*args)``, in a worker thread when the body is large, else right here (the
+    thread hop costs more than a small body's parsing)."""
+    return await asyncio.to_thread(work, *args) if size > OFF_LOOP_BYTES else work(*args)
+
+
+def _read_infer(served: repository.ServedModel, body: bytes, header: str | None):
+    """An /infer body -> (the parsed request, checked feeds, the outputs it wants)."""
+    parsed = parse_infer(body, header, served.max_batch_size)
+    wanted = _requested(served.model, parsed)
+    try:
+        feeds = served.model.check_feeds(parsed.inputs)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ServerError(400, str(err)) from None
+    return parsed, feeds, wanted
+
+
+def _requested(model, request: InferRequest) -> list[str] | None:
+    """The outputs a request names, checked before the model runs; None: all of them
+    (no "outputs", or an empty list, as Triton reads it)."""
+    if not request.outputs:
+        return None
+    given = list(model.output_names)
+    unknown = [name for name in request.outputs if name not in given]
     if unknown:
-        raise ServerError(400, f"unknown output(s) {unknown}; the model gives {list(outputs)}.")
-    return {name: outputs[name] for name in request.outputs}
+        raise ServerError(400, f"unknown output(s) {unknown}; the model gives {given}.")
+    return list(request.outputs)
 
 
 async def _score(state: _State, request: Request) -> Response:
@@ -376,17 +431,8 @@ async def _score(state: _State, request: Request) -> Response:
     model = served.model
     if model.part != "scorer":
         raise ServerError(400, f"model {served.name!r} is an {model.part}; /score needs a scorer.")
-    records = read_json(await _body(state, request))
-    if isinstance(records, dict):
-        records = records.get("records", records.get("instances"))
-    if not isinstance(records, list) or not records or not all(isinstance(r, dict)
-                                                                for r in records):
-        raise ServerError(400, "the body must be a non-empty list of records (objects mapping "
-                               "column names to values), or {\"records\": [...]}.")
-    try:
-        feeds = model._feeds(_frame(model, records))
-    except (ValueError, TypeError, OverflowError) as err:
-        raise ServerError(400, str(err)) from None
+    body = await _body(state, request)
+    feeds = await _off_loop(len(body), _read_records, model, body)
     outputs = await _run(state, served, feeds)
     score = finite_scores(outputs["score"])
     answer = {"score": [float(s) if np.isfinite(s) else None for s in score],
@@ -395,6 +441,21 @@ async def _score(state: _State, request: Request) -> Response:
     if model.explains and not model.is_image:
         answer["explanations"] = _by_column(outputs["contributions"], model.feature_columns)
     return JSONResponse(answer)
+
+
+def _read_records(model, body: bytes) -> dict[str, np.ndarray]:
+    """A /score body (JSON records) -> checked feeds."""
+    records = read_json(body)
+    if isinstance(records, dict):
+        records = records.get("records", records.get("instances"))
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict)
+                                                                for r in records):
+        raise ServerError(400, "the body must be a non-empty list of records (objects mapping "
+                               "column names to values), or {\"records\": [...]}.")
+    try:
+        return model._feeds(_frame(model, records))
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ServerError(400, str(err)) from None
 
 
 def _by_column(contributions: np.ndarray, columns: list[str]) -> list[dict]:
@@ -419,7 +480,12 @@ def _frame(model, records: list[dict]):
     frame = pd.DataFrame.from_records(records, columns=columns)
     if names is not None:
         return frame
-    values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = np.empty(frame.shape)
+    for i, column in enumerate(frame.columns):
+        try:
+            values[:, i] = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ValueError(f"column {column!r}: {err}; this model takes numbers.") from None
     return _pixels(values) if model.input_dtype == np.uint8 else values
 
 

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
 
 
+class ShuttingDown(RuntimeError):
+    """A queued request's answer when the batcher stops before running it."""
+
+
 @dataclass
 class _Pending:
     feeds: Tensors
@@ -70,7 +74,7 @@ class DynamicBatcher:
             waiting.append(self._queue.get_nowait())
         for pending in waiting:
             if not pending.future.done():
-                pending.future.set_exception(RuntimeError("the server is shutting down"))
+                pending.future.set_exception(ShuttingDown("the server is shutting down"))
 
     async def submit(self, feeds: Tensors) -> Tensors:
         """Queue one request's checked feeds; its own rows of every output."""
@@ -97,19 +101,22 @@ class DynamicBatcher:
                         pending.future.set_exception(err)
 
     async def _collect(self) -> list[_Pending]:
-        """The next batch: at least one request whose caller still waits."""
+        """The next batch: at least one request whose caller still waits, reported to
+        ``on_batch`` as it will run (requests that timed out in the queue are not)."""
         while True:
-            batch = await self._gather()
-            if self._on_batch is not None:
-                try:
-                    now = time.perf_counter()
-                    self._on_batch(sum(p.rows for p in batch),
-                                   [now - p.queued_at for p in batch])
-                except Exception:  # metrics must never stop the batcher
-                    logger.exception("the batch observer failed")
-            live = [p for p in batch if not p.future.cancelled()]
+            live = [p for p in await self._gather() if not p.future.cancelled()]
             if live:
+                self._report(live)
                 return live
+
+    def _report(self, batch: list[_Pending]) -> None:
+        if self._on_batch is None:
+            return
+        try:
+            now = time.perf_counter()
+            self._on_batch(sum(p.rows for p in batch), [now - p.queued_at for p in batch])
+        except Exception:  # metrics must never stop the batcher
+            logger.exception("the batch observer failed")
 
     async def _gather(self) -> list[_Pending]:
         first = self._carry or await self._queue.get()

@@ -35,8 +35,10 @@ class Metrics:
         self.batch_rows = Histogram("vaeanom_batch_rows", "Rows per onnxruntime batch",
                                     ["model"], buckets=ROW_BUCKETS, registry=self.registry)
 
-    def request(self, path: str, model: str, status: int, seconds: float) -> None:
-        endpoint = _endpoint(path)
+    def request(self, path: str, model: str, status: int, seconds: float,
+                endpoint: str | None = None) -> None:
+        """One answered request; ``endpoint`` overrides the label read off ``path``."""
+        endpoint = endpoint or _endpoint(path)
         self.requests.labels(endpoint, model, str(status)).inc()
         if status >= 400:
             self.errors.labels(endpoint, model, str(status)).inc()

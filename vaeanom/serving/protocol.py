@@ -164,10 +164,12 @@ def _from_json(data: Any, dtype: np.dtype, shape: list[int], name: str) -> np.nd
     except (ValueError, TypeError):
         raise ProtocolError(f"input {name!r}: 'data' is a ragged list.") from None
     if flat.size != math.prod(shape):
+        _refuse_ragged(flat, name)
         raise ProtocolError(f"input {name!r} has {flat.size} values for shape {shape} "
                             f"({math.prod(shape)} values).")
     if dtype.kind == "f":
         if not all(type(v) in (int, float) for v in flat):
+            _refuse_ragged(flat, name)
             raise ProtocolError(f"input {name!r} is {datatype_of(dtype)}: its data must be "
                                 "numbers.")
         try:
@@ -182,13 +184,23 @@ def _from_json(data: Any, dtype: np.dtype, shape: list[int], name: str) -> np.nd
         return array.reshape(shape)
     if dtype.kind == "b":
         if not all(isinstance(v, bool) for v in flat):
+            _refuse_ragged(flat, name)
             raise ProtocolError(f"input {name!r} is BOOL: its data must be true or false.")
     elif not all(type(v) is int for v in flat):
+        _refuse_ragged(flat, name)
         raise ProtocolError(f"input {name!r} is an integer type: its data must be integers.")
     info = None if dtype.kind == "b" else np.iinfo(dtype)
     if info is not None and flat.size and not (info.min <= min(flat) and max(flat) <= info.max):
         raise ProtocolError(f"input {name!r}: values outside the range of {dtype}.")
     return np.asarray(flat.tolist(), dtype=dtype).reshape(shape)
+
+
+def _refuse_ragged(flat: np.ndarray, name: str) -> None:
+    """Name a ragged list (numpy 2 keeps its rows as list objects) before another check
+    blames its values; called on the paths that already refuse the data."""
+    if any(isinstance(v, list) for v in flat):
+        raise ProtocolError(f"input {name!r}: 'data' is a ragged list; give every row the "
+                            "same length, or send the values flat.")
 
 
 def _name(entry: Any, what: str) -> str:
