@@ -12,7 +12,10 @@ and ``tabular_sets.py``, seeds 0-2, mean ROC-AUC.
 - load_breast_cancer (core protocol): plain distances (from the standardised
   training mean, Ledoit-Wolf Mahalanobis, PCA reconstruction) against the
   default's terms, and terms that measure a row's size in the model's own
-  space (decoded distance, Mahalanobis of the codes) alone and in the vote.
+  space (decoded distance, Mahalanobis of the codes) alone and in the vote; and
+  the mean of three default fits' votes (session 22: the issue's "a few small
+  VAEs whose scores are averaged"), which asks whether the gap is the model's
+  seed or the split.
 
     python benchmarks/categorical_diagnostics.py --data-dir ../shared/data
 """
@@ -129,6 +132,9 @@ def breast_cancer_diagnostics() -> dict[tuple[str, str], list[float]]:
         for kind in KINDS:
             out[f"kind {kind}"] = -det.set_params(score_kind=kind).score_samples(X_test)
         out.update(latent_size_terms(det.set_params(score_kind="auto"), X_train, X_test))
+        out["mean of 3 models' votes (seeds s, 100s+1, 100s+2)"] = np.mean(
+            [-d.score_samples(X_test) for d in
+             [det] + [VAEDetector(random_state=100 * seed + m).fit(X_train) for m in (1, 2)]], 0)
         for method, scores in out.items():
             found.setdefault(("breast_cancer", method), []).append(roc_auc_score(y_test, scores))
     return found
