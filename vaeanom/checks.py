@@ -34,6 +34,18 @@ def finite_scores(scores: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(scores), scores, -np.inf)
 
 
+def rankable_scores(scores: np.ndarray) -> np.ndarray:
+    """:func:`finite_scores` with each -inf just below the lowest finite score: what
+    rank metrics and plots take (they refuse or drop infinities); such a row stays the
+    least normal. With no finite score at all, every score is 0."""
+    scores = finite_scores(scores)
+    finite = np.isfinite(scores)
+    if finite.all():
+        return scores
+    floor = scores[finite].min() - 1.0 if finite.any() else 0.0
+    return np.where(finite, scores, floor)
+
+
 def is_outlier(scores: np.ndarray, offset: float) -> np.ndarray:
     """The outlier rule: True where ``scores - offset`` is negative or not a number."""
     return ~(np.asarray(scores, dtype=np.float64) - offset >= 0)

@@ -11,7 +11,7 @@ from sklearn.metrics import (average_precision_score, f1_score, precision_score,
                              roc_auc_score)
 from sklearn.utils.validation import check_consistent_length, column_or_1d
 
-from .checks import is_outlier
+from .checks import is_outlier, rankable_scores
 
 
 def _anomaly_labels(y) -> np.ndarray:
@@ -48,7 +48,7 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     scores = np.asarray(detector.score_samples(X), dtype=np.float64)
     check_consistent_length(scores, labels)
     offset = _threshold_of(detector, X, scores)
-    anomaly_score = -_rankable(scores)
+    anomaly_score = -rankable_scores(scores)
     flagged = is_outlier(scores, offset).astype(int)
     n_true = int(labels.sum())
     metrics = {
@@ -67,7 +67,7 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
 
         folder = Path(plots_to)
         save_roc_curve(labels, anomaly_score, folder / "roc.png")
-        save_score_histograms(_rankable(scores), labels, offset, folder / "scores.png")
+        save_score_histograms(rankable_scores(scores), labels, offset, folder / "scores.png")
     return pd.DataFrame({"value": metrics}).rename_axis("metric")
 
 
@@ -116,13 +116,3 @@ def _final_detector(detector):
             return detector
 
 
-def _rankable(scores: np.ndarray) -> np.ndarray:
-    """Scores with -inf (rows that could not be scored) just below the lowest finite score.
-
-    The metrics are rank-based and refuse infinities; a -inf row stays the least normal.
-    """
-    finite = np.isfinite(scores)
-    if finite.all():
-        return scores
-    floor = scores[finite].min() - 1.0 if finite.any() else 0.0
-    return np.where(finite, scores, floor)

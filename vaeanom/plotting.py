@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from .checks import rankable_scores
 from .fileio import atomic_write
 
 
@@ -26,7 +27,9 @@ def _save(figure, path: str | os.PathLike) -> None:
 
 
 def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
-    """ROC curve of ``anomaly_score`` (higher = more anomalous) against 0/1 labels."""
+    """ROC curve of ``anomaly_score`` (higher = more anomalous) against 0/1 labels; a
+    NaN or infinite anomaly score ranks as the most anomalous (the outlier rule)."""
+    anomaly_score = -rankable_scores(-np.asarray(anomaly_score, dtype=np.float64))
     from sklearn.metrics import RocCurveDisplay
 
     figure, ax = _subplots(figsize=(4.5, 4.5))
@@ -37,7 +40,12 @@ def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
 
 
 def save_score_histograms(scores: np.ndarray, labels: np.ndarray, offset: float, path) -> None:
-    """Histograms of ``score_samples`` for normal rows and anomalies, with the threshold."""
+    """Histograms of ``score_samples`` for normal rows and anomalies, with the threshold.
+
+    A row that could not be scored (-inf, NaN) is drawn in the lowest bin, as the
+    least normal; histograms would otherwise drop it, or draw nothing at all."""
+    scores = rankable_scores(scores)
+    labels = np.asarray(labels)
     figure, ax = _subplots(figsize=(6, 3.5))
     low, high = np.percentile(scores, [0.5, 100])
     bins = np.linspace(low, high, 60)
@@ -70,12 +78,17 @@ def save_explanation(contributions, path, top: int = 10) -> None:
 
 
 def save_image_grid(images: np.ndarray, path, nrow: int = 8, scale: int = 4) -> None:
-    """Images (n, H, W) or (n, C, H, W) with values in [0, 1] as one grid PNG,
-    ``nrow`` to a row, each pixel drawn ``scale`` x ``scale`` (torchvision's make_grid)."""
+    """Images (n, H, W) or (n, C, H, W), floats in [0, 1] or uint8 in 0..255 (as the
+    estimators take them), as one grid PNG, ``nrow`` to a row, each pixel drawn
+    ``scale`` x ``scale`` (torchvision's make_grid)."""
     import torch
     from torchvision.utils import save_image
 
-    images = np.asarray(images, dtype=np.float32)
+    images = np.asarray(images)
+    if len(images) == 0:
+        raise ValueError("save_image_grid needs at least one image.")
+    images = images / np.float32(255) if images.dtype == np.uint8 else images
+    images = images.astype(np.float32)
     if images.ndim == 3:
         images = images[:, None]
     grid = torch.from_numpy(np.clip(images, 0.0, 1.0))
@@ -109,12 +122,18 @@ def save_latent_map(codes: np.ndarray, labels, path, title: str = "latent space"
 
 
 def save_training_curves(history: list[dict], path) -> None:
-    """Per-epoch training terms from ``history_`` (loss, reconstruction, kl, val_loss)."""
-    names = [n for n in ("loss", "reconstruction", "kl", "val_loss") if n in history[0]]
+    """Per-epoch training terms from ``history_`` (loss, reconstruction, kl, val_loss).
+
+    A term some epochs lack (``val_loss`` after a ``partial_fit`` without a validation
+    split) is drawn where it was recorded."""
+    if not history:
+        raise ValueError("the history is empty: fit the model first.")
+    names = [n for n in ("loss", "reconstruction", "kl", "val_loss")
+             if any(n in record for record in history)]
     figure, axes = _subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     epochs = [record["epoch"] for record in history]
     for ax, name in zip(axes[0], names):
-        ax.plot(epochs, [record[name] for record in history])
+        ax.plot(epochs, [record.get(name, np.nan) for record in history], marker=".")
         ax.set_title(name)
         ax.set_xlabel("epoch")
     figure.tight_layout()

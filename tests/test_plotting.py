@@ -1,0 +1,58 @@
+"""vaeanom.plotting: figures drawn from real inputs, edge cases included."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaeanom.plotting import (save_image_grid, save_roc_curve, save_score_histograms,
+                              save_training_curves)
+
+
+def _bar_pixels(path) -> int:
+    """Pixels in matplotlib's blue and orange at alpha 0.6 on white: the histogram bars."""
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    blue = (np.abs(image - [120, 172, 209]).sum(-1) < 30).sum()
+    orange = (np.abs(image - [255, 172, 102]).sum(-1) < 40).sum()
+    return int(blue + orange)
+
+
+@pytest.mark.parametrize("bad", [-np.inf, np.nan, np.inf])
+def test_a_row_that_could_not_be_scored_leaves_the_histograms_drawn(tmp_path, bad):
+    """score_samples gives -inf for a row it cannot score; one such row emptied the plot."""
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=50), (rng.random(50) < 0.2).astype(int)
+    save_score_histograms(scores, labels, 0.0, tmp_path / "finite.png")
+    scores[3] = bad
+    save_score_histograms(scores, labels, 0.0, tmp_path / "one_bad.png")
+    assert _bar_pixels(tmp_path / "one_bad.png") > 0.5 * _bar_pixels(tmp_path / "finite.png")
+    save_roc_curve(labels, -scores, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_uint8_images_are_drawn_in_their_grey_levels(tmp_path):
+    """uint8 means 0..255 here as everywhere: it was clipped to [0, 1], leaving 2 levels."""
+    from sklearn.datasets import load_digits
+
+    pixels = (load_digits().images[:16] * 16).clip(0, 255).astype(np.uint8)
+    save_image_grid(pixels, tmp_path / "uint8.png")
+    save_image_grid(pixels / 255.0, tmp_path / "float.png")
+    drawn = np.asarray(Image.open(tmp_path / "uint8.png"))
+    np.testing.assert_array_equal(drawn, np.asarray(Image.open(tmp_path / "float.png")))
+    assert len(np.unique(drawn)) > 10
+    with pytest.raises(ValueError, match="at least one image"):
+        save_image_grid(pixels[:0], tmp_path / "none.png")
+
+
+def test_training_curves_take_a_history_whose_terms_come_and_go(tmp_path):
+    """fit(validation_fraction) then partial_fit: later epochs have no val_loss (KeyError),
+    and a history that gains one later kept it off the plot."""
+    history = [{"epoch": 1, "loss": 3.0, "val_loss": 3.5}, {"epoch": 2, "loss": 2.0},
+               {"epoch": 3, "loss": 1.5}]
+    save_training_curves(history, tmp_path / "curves.png")
+    save_training_curves(history[::-1], tmp_path / "reversed.png")
+    wide = Image.open(tmp_path / "reversed.png").size[0]
+    save_training_curves([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_only.png")
+    assert wide > 1.5 * Image.open(tmp_path / "loss_only.png").size[0]   # a val_loss panel
+    with pytest.raises(ValueError, match="empty"):
+        save_training_curves([], tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
