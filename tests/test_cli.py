@@ -185,6 +185,10 @@ def test_export_then_score_with_onnx_matches_the_saved_model(table):
                  "--part", "encoder"]) == 0
     assert (tmp / "repo" / "cancer" / "config.pbtxt").is_file()
     assert (tmp / "repo" / "cancer" / "1" / "model.onnx").is_file()
+    assert main(["export", "--model", model, "--triton", str(tmp / "repo"), "--name",
+                 "../up"]) == 1                              # named, before anything is written
+    assert main(["export", "--model", model, str(tmp / "x.onnx"), "--name", "x"]) == 1
+    assert not (tmp / "up").exists() and not (tmp / "x.onnx").exists()
     assert main(["export", "--model", model, str(tmp / "explaining.onnx"), "--explain"]) == 0
     explained = OnnxModel(tmp / "explaining.onnx").explain(frame)
     pd.testing.assert_index_equal(explained.columns, frame.columns)

@@ -365,6 +365,16 @@ def test_failed_export_keeps_the_old_file(rows, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------- Triton
+@pytest.mark.parametrize("name", ["", ".", "..", "../outside", "a/b", 'a"b', "a b", 7])
+def test_a_triton_name_that_is_not_one_plain_folder_is_refused(images, tmp_path, name):
+    """"" wrote into the repository's root, "../x" outside it, 'a"b' a config Triton
+    cannot parse; all before any file is written."""
+    det, _ = images
+    with pytest.raises(ValueError, match="Triton model name"):
+        det.export_triton(tmp_path / "repo", name)
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "outside").exists()
+
+
 def test_triton_repository_layout(images, tmp_path):
     det, X = images
     folder = det.export_triton(tmp_path / "repo", "digits", max_batch_size=256,

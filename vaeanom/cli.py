@@ -296,11 +296,16 @@ def _streams(data: Path, output: Path | None, onnx: Path | None, explain: int,
 
 
 def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype: str,
-               triton: Path | None, name: str, max_batch_size: int,
+               triton: Path | None, name: str | None = None, max_batch_size: int | None = None,
                explain: bool = False) -> Path:
     """Export a saved model to one ONNX file, or to a Triton model repository."""
     if (out is None) == (triton is None):
         raise ValueError("give exactly one of OUT.onnx or --triton REPO_DIR.")
+    if triton is None and (name, max_batch_size) != (None, None):
+        raise ValueError("--name and --max-batch-size are for a Triton repository; add "
+                         "--triton REPO_DIR, or drop them.")
+    name = "vaeanom" if name is None else name
+    max_batch_size = 4096 if max_batch_size is None else max_batch_size
     detector = load_detector(model)
     if triton is not None:
         folder = detector.export_triton(triton, name, part, fp16=fp16, input_dtype=input_dtype,
@@ -537,8 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "fitted on uint8 images); uint8: the graph takes 8-bit pixels")
     export.add_argument("--triton", type=Path, default=None, metavar="REPO_DIR",
                         help="write REPO_DIR/NAME/config.pbtxt and NAME/1/model.onnx instead")
-    export.add_argument("--name", default="vaeanom", help="Triton model name (default: %(default)s)")
-    export.add_argument("--max-batch-size", type=int, default=4096)
+    export.add_argument("--name", default=None,
+                        help="Triton model name, with --triton (default: vaeanom)")
+    export.add_argument("--max-batch-size", type=int, default=None,
+                        help="with --triton (default: 4096)")
 
     serve = sub.add_parser("serve", help="serve an .onnx file or a Triton repository over the "
                                          "Open Inference Protocol (needs vaeanom[serve])")

@@ -51,6 +51,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -440,6 +441,19 @@ def triton_config(name: str, proto, max_batch_size: int) -> str:
             'instance_group [ { kind: KIND_AUTO } ]\n')
 
 
+#: a Triton model name here: one folder of the repository, and a plain string in
+#: config.pbtxt (letters, digits, "_", "-", "."; not "." or "..")
+TRITON_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_triton_name(name) -> None:
+    """Refuse a name that would put the model outside its repository, nest it a level
+    deeper, or write a config.pbtxt Triton cannot parse."""
+    if not isinstance(name, str) or not TRITON_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"Triton model name {name!r}: use letters, digits, '_', '-' and "
+                         "'.' (one folder of the repository), e.g. 'fraud_scorer'.")
+
+
 def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
                   part: str = "scorer", *, max_batch_size: int = 4096, fp16: bool = False,
                   input_dtype: str = "auto", version: int = 1, explain: bool = False) -> Path:
@@ -449,6 +463,7 @@ def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
 
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}.")
+    check_triton_name(name)
     folder = Path(repo_dir) / name
     model_path = export_onnx(detector, folder / str(version) / "model.onnx", part, fp16=fp16,
                              input_dtype=input_dtype, explain=explain)
