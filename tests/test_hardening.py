@@ -342,6 +342,18 @@ def test_atomic_write_never_touches_the_umask(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"f{i}" for i in range(8)]
 
 
+@pytest.mark.parametrize("under", ["afile/out.png", "afile/deeper/out.png"])
+def test_a_file_where_a_folder_should_be_is_named(tmp_path, under):
+    """mkdir said only "[Errno 17] File exists", of a path the user never typed."""
+    from vaeanom.fileio import atomic_write_dir
+
+    (tmp_path / "afile").write_text("mine")
+    for write in (atomic_write, atomic_write_dir):
+        with pytest.raises(NotADirectoryError, match=r"'.*afile' is not a folder"):
+            write(tmp_path / under, lambda tmp: open(tmp, "w").write("x"))
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_export_takes_no_private_hook_and_imports_nothing_from_estimators():
     """The one upward arrow of the layering (export.py -> estimators/) is gone."""
     import ast

@@ -20,7 +20,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     """
     path = Path(path)
     refuse_folder_name(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     tmp = _create_temporary(path)
     try:
         write(tmp)
@@ -35,6 +35,19 @@ def refuse_folder_name(path: str | os.PathLike) -> None:
     if Path(path).is_dir():
         raise IsADirectoryError(f"cannot write the file {str(path)!r}: a folder has that name; "
                                 "remove it or choose another name.")
+
+
+def make_parent(path: Path) -> None:
+    """Create ``path``'s folder and the folders above it, naming a file in the way
+    (mkdir says only "File exists", of a path the user may not have typed)."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot write {str(path)!r}: {str(folder)!r} is "
+                                         "not a folder (a file has that name); choose another "
+                                         "path, or move the file.")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _create_temporary(path: Path) -> str:
@@ -57,7 +70,7 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[str], object]) ->
     error the new folder is removed and ``path`` is as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     token = secrets.token_hex(8)
     tmp, old = (path.parent / f".{path.name}.{token}.{kind}" for kind in ("tmp", "old"))
     try:
