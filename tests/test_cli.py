@@ -331,3 +331,25 @@ def test_installed_fit_prints_the_summary_line(table):
     (line,) = done.stdout.splitlines()
     assert SUMMARY.fullmatch(line).group(2, 5) == ("120 rows x 30 features", "m.safetensors")
     assert "epoch" not in done.stderr  # a pipe is no terminal: no progress bar
+
+
+def test_a_csv_of_8_bit_pixels_scores_with_a_model_fitted_on_uint8_images(tmp_path):
+    """pandas reads 0..255 as int64, which a uint8 model refused with a Python-only fix
+    (X.astype(np.uint8)); the CLI now reads whole numbers in 0..255 as the bytes they are."""
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images[:200] * 16).clip(0, 255).astype(np.uint8)
+    det = VAEDetector(hidden_dims=(16,), latent_dim=2, epochs=2, random_state=0).fit(images)
+    det.save(tmp_path / "m.safetensors")
+    det.export_onnx(tmp_path / "m.onnx")
+    pd.DataFrame(images[:5].reshape(5, -1)).to_csv(tmp_path / "px.csv", index=False)
+    expected = det.score_samples(images[:5])
+    for source in (["--model", str(tmp_path / "m.safetensors")],
+                   ["--onnx", str(tmp_path / "m.onnx")]):
+        out = tmp_path / "scores.csv"
+        assert main(["score", str(tmp_path / "px.csv"), *source, "-o", str(out)]) == 0
+        np.testing.assert_allclose(pd.read_csv(out, index_col=0)["score"], expected,
+                                   rtol=1e-5, atol=1e-4)
+    pd.DataFrame(images[:5].reshape(5, -1).astype(int) * 2).to_csv(tmp_path / "big.csv",
+                                                                     index=False)
+    assert main(["score", str(tmp_path / "big.csv"), "--onnx", str(tmp_path / "m.onnx")]) == 1

@@ -255,12 +255,32 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         raise ValueError("--explain needs a VAEDetector (--model) or a scorer exported with "
                          "`vaeanom export --explain` (--onnx); a VQ-VAE has no per-feature "
                          "explanations.")
-    table = _model_columns(scorer, read_data(data, index_col=index_col))
+    table = _as_pixels(scorer, _model_columns(scorer, read_data(data, index_col=index_col)))
     frame = scorer.score_frame(table, explain=explain) if explain else scorer.score_frame(table)
     if output is not None:
         write_frame(frame, output)
         logger.info("wrote %d scores to %s", len(frame), output)
     return frame
+
+
+def _as_pixels(scorer, table):
+    """A table of whole numbers in 0..255 as uint8, for a model that takes 8-bit pixels.
+
+    A CSV cannot say its numbers are bytes: pandas reads them as int64, which the
+    models hold to [0, 1] (only uint8 means 0..255), and the fix the error gives,
+    ``X.astype(np.uint8)``, is not one a command-line user can make. Anything else is
+    passed on as it is, for the scorer to refuse with its own message.
+    """
+    takes_bytes = (getattr(scorer, "pixel_dtype_", None) == "uint8"
+                   or getattr(scorer, "input_dtype", None) == np.uint8)
+    if not takes_bytes or not isinstance(table, pd.DataFrame) or table.empty:
+        return table
+    if not all(pd.api.types.is_integer_dtype(dtype) for dtype in table.dtypes):
+        return table
+    values = table.to_numpy()
+    if values.min() < 0 or values.max() > 255:
+        return table
+    return table.astype(np.uint8)
 
 
 def _model_columns(scorer, table):
