@@ -300,6 +300,26 @@ def test_bad_input_is_named(bad, message, rows, exported):
         OnnxModel(exported["rows", "scorer"]).score_samples(bad(X))
 
 
+def test_image_shape_mistakes_are_named_with_their_fix(images, exported):
+    """One image without its batch axis, and channels-last RGB, get the fix, not only
+    the shapes; a fractional batch_size is refused, not truncated."""
+    _, X = images
+    model = OnnxModel(exported["images", "scorer"])
+    with pytest.raises(ValueError, match=r"one image .*pass X\[None\]"):
+        model.score_samples(X[0])
+    assert model.score_samples(X[:1]).shape == (1,)
+    with pytest.raises(TypeError, match="batch_size"):
+        OnnxModel(exported["images", "scorer"], batch_size=1.5)
+
+
+def test_channels_last_images_get_the_transpose(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    det = VAEDetector(hidden_dims=(8,), latent_dim=2, epochs=1, random_state=0).fit(rgb)
+    model = OnnxModel(det.export_onnx(tmp_path / "rgb.onnx"))
+    with pytest.raises(ValueError, match=r"channels-last: pass X.transpose\(0, 3, 1, 2\)"):
+        model.score_samples(rgb[:2].transpose(0, 2, 3, 1))
+
+
 def test_wrong_part_and_wrong_latent_width_are_named(exported):
     with pytest.raises(ValueError, match="part='encoder'"):
         OnnxModel(exported["rows", "scorer"]).encode(np.zeros((2, 30)))

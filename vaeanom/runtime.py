@@ -126,7 +126,7 @@ class OnnxModel:
                  sess_options: ort.SessionOptions | None = None,
                  intra_op_num_threads: int | None = None, batch_size: int = 64) -> None:
         self.path = Path(path)
-        if int(batch_size) < 1:
+        if check_count(batch_size, "batch_size") < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         self.batch_size = int(batch_size)
         options = sess_options or ort.SessionOptions()
@@ -392,13 +392,19 @@ class OnnxModel:
         """Validate X and convert it to the graph's input dtype and shape."""
         values = self._frame_values(X)
         array = _numeric_array(values, "X")
+        expected = self.data_shape
+        if self.is_image and tuple(array.shape) == expected:
+            raise ValueError(f"X is one image of shape {array.shape}; the model takes a batch "
+                             f"(n, {', '.join(map(str, expected))}): pass X[None].")
         if self.is_image and array.ndim == 2:  # flattened pixels
             array = _reshape_rows(array, self.data_shape, "X")
-        expected = self.data_shape
         if self.is_image:
             if tuple(array.shape[1:]) != expected:
+                hint = ("; they look channels-last: pass X.transpose(0, 3, 1, 2)"
+                        if array.ndim == 4 and tuple(array.shape[1:]) == (*expected[1:],
+                                                                          expected[0]) else "")
                 raise ValueError(f"the model takes images of shape {expected}; got X of shape "
-                                 f"{array.shape}.")
+                                 f"{array.shape}{hint}.")
         else:
             _check_width(array, expected[0], "X")
         if self.preprocessing is not None:  # in the estimator's units: pixels in [0, 1]
