@@ -308,6 +308,13 @@ def test_image_shape_mistakes_are_named_with_their_fix(images, exported):
     with pytest.raises(ValueError, match=r"one image .*pass X\[None\]"):
         model.score_samples(X[0])
     assert model.score_samples(X[:1]).shape == (1,)
+    holed = X[:2].astype(np.float32) / 255
+    holed[0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="every pixel a finite number"):   # not "impute rows"
+        model.score_samples(holed)
+    with pytest.raises(ValueError, match="Latents must be finite"):
+        decoder = OnnxModel(exported["images", "decoder"])
+        decoder.decode(np.full((1, *decoder.input_shape), np.nan))
     with pytest.raises(TypeError, match="batch_size"):
         OnnxModel(exported["images", "scorer"], batch_size=1.5)
 

@@ -391,7 +391,7 @@ class OnnxModel:
     def _check_input(self, X) -> np.ndarray:
         """Validate X and convert it to the graph's input dtype and shape."""
         values = self._frame_values(X)
-        array = _numeric_array(values, "X")
+        array = _numeric_array(values, "X", kind="images" if self.is_image else "rows")
         expected = self.data_shape
         if self.is_image and tuple(array.shape) == expected:
             raise ValueError(f"X is one image of shape {array.shape}; the model takes a batch "
@@ -458,7 +458,8 @@ class OnnxModel:
     def _check_latents(self, Z) -> np.ndarray:
         # a frame of latents (transform's z0, z1, ... under set_output) is read by position:
         # its columns are not the input's, so they are not checked against them
-        array = _numeric_array(Z.to_numpy() if hasattr(Z, "to_numpy") else Z, "Z")
+        array = _numeric_array(Z.to_numpy() if hasattr(Z, "to_numpy") else Z, "Z",
+                               kind="latents")
         if array.ndim == 2 and len(self.input_shape) > 1:
             array = _reshape_rows(array, self.input_shape, "Z")
         if tuple(array.shape[1:]) != self.input_shape:
@@ -635,7 +636,18 @@ def _dtype_of(output) -> np.dtype:
     return np.dtype(_GRAPH_DTYPES[output.type])
 
 
-def _numeric_array(values, name: str, allow_nan: bool = False) -> np.ndarray:
+#: what a NaN or an infinity in each kind of input means, and what to do
+_NOT_FINITE = {
+    "rows": ("This model was fitted on complete rows and its export takes complete rows (a "
+             f"{TABLE_MODEL} fitted on rows with holes takes them, and so does its export): "
+             "impute or drop those rows first."),
+    "images": "Images must be complete: every pixel a finite number.",
+    "latents": "Latents must be finite: pass codes from encode, or draws of the prior's scale.",
+}
+
+
+def _numeric_array(values, name: str, allow_nan: bool = False,
+                   kind: str = "rows") -> np.ndarray:
     array = np.asarray(values)
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be numeric; got dtype {array.dtype}. Convert text or "
@@ -646,10 +658,7 @@ def _numeric_array(values, name: str, allow_nan: bool = False) -> np.ndarray:
     if len(array) == 0:
         raise ValueError(f"{name} has 0 rows; pass at least one.")
     if array.dtype.kind == "f" and not allow_nan and not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinity. This model was fitted on complete "
-                         f"rows and its export takes complete rows (a {TABLE_MODEL} fitted on "
-                         "rows with holes takes them, and so does its export): impute or drop "
-                         "those rows first.")
+        raise ValueError(f"{name} contains NaN or infinity. {_NOT_FINITE[kind]}")
     return array
 
 
