@@ -5,6 +5,7 @@ one copy's config, as a user would set it), so the same folder would serve on
 Triton unchanged.
 """
 
+import gzip
 import json
 import shutil
 import signal
@@ -336,8 +337,14 @@ BAD_REQUESTS = {
     "parameters not an object": ("/v2/models/cancer/infer", _json_body([{**ROW,
                                                                        "parameters": 0}]),
                                  {}, 400, "parameters"),
-    "compressed body": ("/v2/models/cancer/infer", _json_body([ROW]),
-                        {"Content-Encoding": "gzip"}, 415, "Content-Encoding"),
+    "brotli body": ("/v2/models/cancer/infer", _json_body([ROW]),
+                    {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+    "not gzip": ("/v2/models/cancer/infer", _json_body([ROW]),
+                 {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
+    "gzip cut short": ("/v2/models/cancer/infer", gzip.compress(_json_body([ROW]))[:-12],
+                       {"Content-Encoding": "gzip"}, 400, "cut short"),
+    "gzip bomb": ("/v2/models/cancer/infer", gzip.compress(b" " * (65 * 2**20), 9),
+                  {"Content-Encoding": "gzip"}, 413, "inflates to over"),
     "zero rows": ("/v2/models/cancer/infer",
                   _json_body([{**ROW, "shape": [0, 30], "data": []}]), {}, 400, "0 rows"),
     "unknown record column": ("/v1/models/table/score", b'[{"a": 1, "zzz": 2}]', {}, 400,
@@ -424,6 +431,15 @@ def test_tritonclient_sees_errors_as_exceptions_and_metrics_count_them(server):
     _, text = server.request("GET", "/metrics")
     assert 'vaeanom_request_errors_total{endpoint="infer",model="cancer",status="400"}' in text
     assert "vaeanom_request_seconds_bucket" in text and "vaeanom_queue_seconds" in text
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclients_request_compression_is_inflated(server, cancer, algorithm):
+    """Triton takes gzip and deflate request bodies; tritonclient sends them on request."""
+    X = cancer[0].to_numpy(np.float32)[:5]
+    plain = _infer(server.client, "cancer", X, True)
+    squeezed = _infer(server.client, "cancer", X, True, request_compression_algorithm=algorithm)
+    np.testing.assert_array_equal(squeezed, plain)
 
 
 def test_a_large_body_is_parsed_off_the_loop_to_the_same_scores(server, repo, cancer):

@@ -24,6 +24,7 @@ import gc
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -272,13 +273,18 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return response
 
 
+#: Content-Encoding -> zlib's wbits for it (what tritonclient's request compression sends)
+_COMPRESSED = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
 async def _body(state: _State, request: Request) -> bytes:
-    """The request body, refused with 413 past ``max_body_bytes`` (before it is all read)."""
+    """The request body, refused with 413 past ``max_body_bytes`` (before it is all read);
+    a gzip or deflate body is inflated, and held to the same limit once inflated."""
     limit = state.settings.max_body_bytes
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding != "identity":
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity" and encoding not in _COMPRESSED:
         raise ServerError(415, f"Content-Encoding {encoding!r} is not supported; send the body "
-                               "uncompressed.")
+                               "uncompressed, gzip or deflate.")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServerError(413, f"the request body has {declared} bytes; this server takes at "
@@ -290,7 +296,26 @@ async def _body(state: _State, request: Request) -> bytes:
             raise ServerError(413, f"the request body is over {limit} bytes "
                                    "(--max-body-bytes).")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    if encoding == "identity":
+        return body
+    return await asyncio.to_thread(_inflate, body, encoding, limit)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body, inflated; 413 past ``limit`` bytes (a small body may
+    inflate to gigabytes: no more than limit + 1 bytes are ever made)."""
+    inflater = zlib.decompressobj(_COMPRESSED[encoding])
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise ServerError(400, f"the body is not valid {encoding} data ({err}).") from None
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise ServerError(413, f"the request body inflates to over {limit} bytes "
+                               "(--max-body-bytes).")
+    if not inflater.eof:
+        raise ServerError(400, f"the {encoding} body is cut short.")
+    return inflated
 
 
 def _served(state: _State, request: Request) -> repository.ServedModel:
