@@ -39,7 +39,7 @@ def test_uint8_images_are_drawn_in_their_grey_levels(tmp_path):
     drawn = np.asarray(Image.open(tmp_path / "uint8.png"))
     np.testing.assert_array_equal(drawn, np.asarray(Image.open(tmp_path / "float.png")))
     assert len(np.unique(drawn)) > 10
-    with pytest.raises(ValueError, match="at least one image"):
+    with pytest.raises(ValueError, match="n >= 1"):
         save_image_grid(pixels[:0], tmp_path / "none.png")
 
 
@@ -56,3 +56,30 @@ def test_training_curves_take_a_history_whose_terms_come_and_go(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         save_training_curves([], tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_latent_maps_of_any_width_and_their_mistakes(tmp_path):
+    from vaeanom.plotting import save_latent_map
+
+    rng = np.random.default_rng(0)
+    for codes in (rng.normal(size=(30, 1)), rng.normal(size=(30, 2)), rng.normal(size=(30, 5)),
+                  rng.normal(size=(1, 5))):
+        save_latent_map(codes, np.arange(len(codes)) % 2, tmp_path / "map.png")
+        assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
+    for codes, labels, message in [(rng.normal(size=30), np.zeros(30), "latent_dim"),
+                                   (rng.normal(size=(30, 2)), np.zeros(29), "one per code"),
+                                   (np.full((30, 2), np.nan), np.zeros(30), "NaN")]:
+        with pytest.raises(ValueError, match=message):
+            save_latent_map(codes, labels, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_image_grids_take_one_image_and_name_their_mistakes(tmp_path):
+    image = np.linspace(0, 1, 64).reshape(8, 8)
+    save_image_grid(image, tmp_path / "one.png")
+    assert (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+    for images, nrow, message in [(image[None], 0, "nrow"),
+                                  (np.zeros((2, 8, 8, 3)), 8, "channels-last"),
+                                  (np.zeros(5), 8, r"\(n, H, W\)")]:
+        with pytest.raises(ValueError, match=message):
+            save_image_grid(images, tmp_path / "bad.png", nrow=nrow)

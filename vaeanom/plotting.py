@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .checks import rankable_scores
+from .checks import check_count, rankable_scores
 from .fileio import atomic_write
 
 
@@ -85,8 +85,15 @@ def save_image_grid(images: np.ndarray, path, nrow: int = 8, scale: int = 4) -> 
     from torchvision.utils import save_image
 
     images = np.asarray(images)
-    if len(images) == 0:
-        raise ValueError("save_image_grid needs at least one image.")
+    if check_count(nrow, "nrow") < 1:
+        raise ValueError(f"nrow must be >= 1; got {nrow}.")
+    images = images[None] if images.ndim == 2 else images          # one (H, W) image
+    if images.ndim not in (3, 4) or len(images) == 0:
+        raise ValueError(f"save_image_grid takes images (n, H, W) or (n, C, H, W) with n >= 1; "
+                         f"got shape {images.shape}.")
+    if images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        raise ValueError(f"images of shape {images.shape} look channels-last; pass "
+                         "images.transpose(0, 3, 1, 2).")
     images = images / np.float32(255) if images.dtype == np.uint8 else images
     images = images.astype(np.float32)
     if images.ndim == 3:
@@ -99,17 +106,30 @@ def save_image_grid(images: np.ndarray, path, nrow: int = 8, scale: int = 4) -> 
 
 def save_latent_map(codes: np.ndarray, labels, path, title: str = "latent space") -> None:
     """Posterior means as a 2-D scatter coloured by label: the codes themselves when
-    latent_dim is 2, else their first two principal components (PCA)."""
+    latent_dim is 2 (a strip when it is 1), else their first two principal components
+    (PCA)."""
     codes = np.asarray(codes, dtype=np.float64)
+    labels = np.asarray(labels)
+    if codes.ndim != 2 or len(codes) == 0 or codes.shape[1] == 0:
+        raise ValueError(f"codes must be (n, latent_dim) with n >= 1, as encode returns; got "
+                         f"shape {codes.shape}.")
+    if labels.shape != (len(codes),):
+        raise ValueError(f"labels must be one per code ({len(codes)}); got shape "
+                         f"{labels.shape}.")
+    if not np.isfinite(codes).all():
+        raise ValueError("codes hold NaN or infinity; pass the finite codes encode returns.")
     axes_names = ("z1", "z2")
-    if codes.shape[1] > 2:
+    if codes.shape[1] == 1:
+        codes, axes_names = np.column_stack([codes, np.zeros(len(codes))]), ("z1", "")
+    elif codes.shape[1] > 2 and len(codes) < 2:
+        axes_names = ("z1", "z2")     # one code: no principal components to find
+    elif codes.shape[1] > 2:
         from sklearn.decomposition import PCA
 
         pca = PCA(n_components=2).fit(codes)
         codes = pca.transform(codes)
         share = pca.explained_variance_ratio_
         axes_names = (f"PC1 of z ({share[0]:.0%})", f"PC2 of z ({share[1]:.0%})")
-    labels = np.asarray(labels)
     figure, ax = _subplots(figsize=(5.5, 4.5))
     for value in np.unique(labels):
         mine = labels == value
