@@ -111,6 +111,23 @@ def test_a_category_first_seen_in_a_later_chunk_does_not_train_the_unknown_slot(
     assert det.explain(probe)["size"].iloc[0] > 3.0
 
 
+def test_partial_fit_after_fit_or_load_trains_an_unseen_category_as_a_hole(tmp_path):
+    """The first partial_fit on a fitted or loaded model skipped the rule: three chunks
+    of a new category taught the unknown slot, and a category never seen at all then
+    explained 0 nats and scored above the known rows."""
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300),
+                      "c": rng.choice(["x", "y", "z"], 300)})
+    probe = X.iloc[:50].assign(c="never seen anywhere")
+    det = VAEDetector(hidden_dims=(16,), latent_dim=2, epochs=2, random_state=0).fit(X)
+    det.save(tmp_path / "m.safetensors")
+    for model in (det, VAEDetector.load(tmp_path / "m.safetensors")):
+        for _ in range(3):
+            model.partial_fit(X.assign(c="new"))
+        assert model.explain(probe)["c"].median() > 0.1
+        assert np.median(model.score_samples(probe)) < np.median(model.score_samples(X[:50]))
+
+
 def test_looking_mid_stream_changes_nothing_later(cancer_split):
     X_train, X_test, _ = cancer_split
     chunks = np.array_split(X_train, 4)

@@ -245,8 +245,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         if hasattr(self, "model_"):
             self._refuse_changes_since_fit("partial_fit", self._state_params)
         if stream is None:
-            if hasattr(self, "model_"):
-                x = self._preprocess(X)
+            if hasattr(self, "model_"):         # fitted or loaded: its categories are fixed
+                x = self._unseen_as_holes(self._preprocess(X))
             else:
                 x = self._preprocess(X, fitting=True)
                 self._resolved_score_kind()
@@ -270,7 +270,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _unseen_as_holes(self, x: Tensor) -> Tensor:
-        """A later chunk's categories the first chunk did not have, as holes: trained as
+        """A chunk's categories the model was not fitted on, as holes: trained as
         the "unknown" slot, they would teach it mass, and a category never seen at all
         would then score as typical. Scoring still gives them the unknown slot."""
         schema = self._table_schema()
