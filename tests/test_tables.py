@@ -5,6 +5,7 @@ factors drive four numeric columns and two categorical ones, so a category
 that contradicts a row's numbers is as detectable as a shifted number.
 """
 
+import decimal
 import warnings
 
 import numpy as np
@@ -174,6 +175,9 @@ def test_holes_of_every_kind_are_scored_without_imputation(table_model):
      r"'t' holds timedelta64.*dt.total_seconds\(\)"),
     (pd.Series(np.ones(40) * 1j), r"'t' holds complex numbers"),
     (pd.Series(np.full(40, np.nan)), r"no observed value in column 't'.*drop it before fit"),
+    (pd.Series(pd.period_range("2020-01", periods=40, freq="M")), r"'t' holds period\[M\]"),
+    (pd.Series(pd.date_range("2020-01-01", periods=40)).dt.date, r"'t' holds date values"),
+    (pd.Series(np.ones(40) * 1j, dtype=object), r"'t' holds complex numbers"),
 ])
 def test_columns_it_cannot_model_are_refused_by_name_at_fit(column, message):
     """Dates, durations, complex numbers and empty columns would otherwise be cast,
@@ -183,6 +187,30 @@ def test_columns_it_cannot_model_are_refused_by_name_at_fit(column, message):
                   train[["n0", "n1"]].assign(t=column.to_numpy())):       # numbers only
         with pytest.raises(ValueError, match=message):
             VAEDetector(**QUICK).fit(frame)
+
+
+def test_a_pyarrow_duration_column_is_refused_as_a_duration():
+    pytest.importorskip("pyarrow")
+    train = generated_table(40, seed=1)
+    seconds = pd.Series(pd.to_timedelta(np.arange(40), unit="s")).astype("duration[ns][pyarrow]")
+    with pytest.raises(ValueError, match=r"'t' holds duration.*dt.total_seconds"):
+        VAEDetector(**QUICK).fit(train.assign(t=seconds))
+
+
+@pytest.mark.parametrize("convert", [
+    lambda column: column.astype(object).where(column.notna(), None),     # NaN -> None
+    lambda column: column.map(lambda v: None if pd.isna(v) else decimal.Decimal(str(v))),
+])
+def test_an_object_column_of_numbers_is_fitted_as_numbers(convert):
+    """JSON, database loads and the NaN -> None idiom give object columns of numbers (SQL
+    NUMERIC: Decimal); modelled as categories, 7 and 7.0 were two of them and 7.5 unseen."""
+    train = generated_table(60, seed=1)
+    as_objects = train.assign(n0=convert(train["n0"]))
+    det = VAEDetector(**QUICK).fit(as_objects)
+    assert det.categories_[list(train.columns).index("n0")] is None
+    expected = VAEDetector(**QUICK).fit(train).score_samples(train)
+    np.testing.assert_array_equal(det.score_samples(train), expected)
+    np.testing.assert_array_equal(det.score_samples(as_objects), expected)
 
 
 def test_a_row_passed_as_a_series_is_told_how_to_pass_it(table_model):

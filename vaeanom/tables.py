@@ -21,6 +21,7 @@ numpy and pandas only: the torch-free runtime imports this module.
 
 from __future__ import annotations
 
+import decimal
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -83,9 +84,31 @@ def numbers_only_error(text: list[str]) -> ValueError:
 
 
 def _holds_numbers(column: pd.Series) -> bool:
-    """An object column whose every observed value is a real number or a boolean."""
+    """An object column whose every observed value is a real number, a boolean or a
+    ``Decimal`` (what ``pd.read_sql`` gives for a SQL NUMERIC column)."""
     return column.dtype == object and all(
-        isinstance(v, (bool, np.bool_, numbers.Real)) for v in column[column.notna()])
+        isinstance(v, (bool, np.bool_, numbers.Real, decimal.Decimal))
+        for v in column[column.notna()])
+
+
+def numbers_read_as_numbers(X):
+    """X with each object column that holds only numbers, booleans and holes as float64.
+
+    What fit sees: ``df.astype(object).where(df.notna(), None)``, JSON and database
+    loads give such columns, and modelling them as categories made 7 and 7.0 two
+    categories and 7.5 an unseen one, where the same values as float64 are numbers.
+    Columns with no observed value are left for fit to refuse by name.
+    """
+    if not isinstance(X, pd.DataFrame):
+        return X
+    numeric = [name for name, column in X.items()
+               if _holds_numbers(column) and column.notna().any()]
+    if not numeric:
+        return X
+    X = X.copy()
+    for name in numeric:
+        X[name] = _numeric(X[name], name)
+    return X
 
 
 def check_frame_columns(X) -> None:
@@ -99,12 +122,17 @@ def check_frame_columns(X) -> None:
                          f"{', '.join(repr(c) for c in repeated[:5])}: give each column a name "
                          "of its own.")
     for name, dtype in X.dtypes.items():
-        if pd.api.types.is_datetime64_any_dtype(dtype):
-            _refuse_time(name, dtype, f"X[{name!r}].dt.dayofweek or "
+        held = (pd.api.types.infer_dtype(X[name], skipna=True) if dtype == object
+                else None)                 # what an object column's values are, in C
+        if pd.api.types.is_datetime64_any_dtype(dtype) or held in ("date", "datetime", "time"):
+            _refuse_time(name, held or dtype, f"X[{name!r}].dt.dayofweek or "
                                       f"(X[{name!r}] - X[{name!r}].min()).dt.total_seconds()")
-        if pd.api.types.is_timedelta64_dtype(dtype):
-            _refuse_time(name, dtype, f"X[{name!r}].dt.total_seconds()")
-        if pd.api.types.is_complex_dtype(dtype):
+        if (pd.api.types.is_timedelta64_dtype(dtype) or getattr(dtype, "kind", None) == "m"
+                or held == "timedelta"):
+            _refuse_time(name, held or dtype, f"X[{name!r}].dt.total_seconds()")
+        if isinstance(dtype, pd.PeriodDtype) or held == "period":
+            _refuse_time(name, held or dtype, f"X[{name!r}].dt.month or X[{name!r}].dt.year")
+        if pd.api.types.is_complex_dtype(dtype) or held == "complex":
             raise ValueError(f"column {str(name)!r} holds complex numbers; pass real numbers "
                              "(e.g. the real and imaginary parts as two columns).")
 

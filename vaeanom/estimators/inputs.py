@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_array, validate_data
 from ..checks import check_missing_values, check_observed_columns, check_pixels
 from ..checks import TABLE_MODEL
 from ..tables import (TableSchema, categorical_columns, check_frame_columns, numbers_of,
-                      numbers_only_error, shown_columns)
+                      numbers_only_error, numbers_read_as_numbers, shown_columns)
 
 
 def is_image_input(X) -> bool:
@@ -74,6 +74,7 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
     refuses them: ``refused_by``, e.g. "A VAEDetector with conditional=True".
     """
     check_frame_columns(X)
+    X = numbers_read_as_numbers(X) if fitting else X   # scoring reads them by the schema
     text = categorical_columns(X)
     if text and not fitting and (schema is None or not schema.has_categories):
         X, text = _as_numbers(X, text)
