@@ -213,11 +213,16 @@ def test_an_object_column_of_numbers_is_fitted_as_numbers(convert):
     np.testing.assert_array_equal(det.score_samples(as_objects), expected)
 
 
-def test_a_row_passed_as_a_series_is_told_how_to_pass_it(table_model):
+def test_a_row_passed_as_a_series_is_told_how_to_pass_it(table_model, tmp_path):
+    """The estimator and its export say the same, and so for an empty frame."""
     det, train = table_model
-    with pytest.raises(ValueError, match=r"Series.*df.loc\[\[i\]\]"):
-        det.score_samples(train.loc[3])
-    assert np.isfinite(det.score_samples(train.loc[[3]])).all()
+    exported = OnnxModel(det.export_onnx(tmp_path / "t.onnx"))
+    for model in (det, exported):
+        with pytest.raises(ValueError, match=r"Series.*df.loc\[\[i\]\]"):
+            model.score_samples(train.loc[3])
+        assert np.isfinite(model.score_samples(train.loc[[3]])).all()
+    with pytest.raises(ValueError, match="0 rows"):
+        exported.score_samples(train.iloc[:0])
 
 
 def test_a_column_name_used_twice_is_refused():

@@ -365,7 +365,13 @@ class OnnxModel:
         schema = self.table_schema
         if hasattr(X, "columns") and hasattr(X, "to_numpy"):
             self._check_columns(X)
+            if len(X) == 0:
+                raise ValueError("X has 0 rows; pass at least one.")
             rows = schema.encode(X)
+        elif hasattr(X, "to_frame") and schema.has_categories:   # one row, df.loc[i]
+            raise ValueError("X is a pandas Series; pass a DataFrame with the columns the "
+                             "model was fitted on (for one row taken with df.loc[i], use "
+                             "df.loc[[i]]).")
         elif schema.has_categories:
             raise ValueError("this model was fitted on a DataFrame with categorical columns; "
                              "pass a DataFrame with the same columns (numpy arrays hold numbers "
