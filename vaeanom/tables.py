@@ -243,8 +243,10 @@ def _warn_if_identifier(name, n_categories: int, n_observed: int) -> None:
         warnings.warn(
             f"column {str(name)!r} has {n_categories} distinct values in {n_observed} rows: "
             "an identifier, a timestamp or free text? As a category it says nothing about a "
-            "row, and every value fit did not see will make a row look anomalous. Drop it "
-            f"(X.drop(columns=[{name!r}])), make it the index, or turn it into numbers.",
+            "row, and every value fit did not see will make a row look anomalous; fit and "
+            "scoring time also grow with rows x categories (10,000 of each: about 2 minutes "
+            f"to fit on 2 cores). Drop it (X.drop(columns=[{name!r}])), make it the index, or "
+            "turn it into numbers.",
             UserWarning, stacklevel=2)
 
 
