@@ -67,7 +67,7 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
 
         folder = Path(plots_to)
         save_roc_curve(labels, anomaly_score, folder / "roc.png")
-        save_score_histograms(rankable_scores(scores), labels, offset, folder / "scores.png")
+        save_score_histograms(scores, labels, offset, folder / "scores.png")
     return pd.DataFrame({"value": metrics}).rename_axis("metric")
 
 

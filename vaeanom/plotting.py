@@ -121,9 +121,7 @@ def save_latent_map(codes: np.ndarray, labels, path, title: str = "latent space"
     axes_names = ("z1", "z2")
     if codes.shape[1] == 1:
         codes, axes_names = np.column_stack([codes, np.zeros(len(codes))]), ("z1", "")
-    elif codes.shape[1] > 2 and len(codes) < 2:
-        axes_names = ("z1", "z2")     # one code: no principal components to find
-    elif codes.shape[1] > 2:
+    elif codes.shape[1] > 2 and len(codes) > 1:     # one code has no principal components
         from sklearn.decomposition import PCA
 
         pca = PCA(n_components=2).fit(codes)
