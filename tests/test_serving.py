@@ -480,10 +480,14 @@ def test_router_refusals_and_client_hang_ups_are_counted_but_not_as_faults(serve
 
 
 def test_worker_processes_log_like_the_parent(repo):
-    """--workers 2: each worker sets up logging as the parent does (access lines, ready)."""
+    """--workers 2: each worker sets up logging as the parent does (access lines, ready),
+    and only a worker that has loaded its models takes requests: the first answer of
+    ready is then true of every worker (a worker still loading answered 503 before)."""
     running = Server(repo, "--workers", "2")
     try:
-        assert running.request("POST", "/v2/models/cancer/infer", _json_body([ROW]))[0] == 200
+        statuses = [running.request("POST", "/v2/models/cancer/infer", _json_body([ROW]))[0]
+                    for _ in range(8)]
+        assert statuses == [200] * 8
     finally:
         assert running.stop()
     log = running.log.read_text()
@@ -549,6 +553,19 @@ def test_any_bytes_are_parsed_or_refused_with_a_protocol_error(body, header_leng
         parse_infer(body, header_length)
     except ProtocolError as err:
         assert err.status == 400 and str(err)
+
+
+def test_workers_load_their_models_before_they_take_connections(repo):
+    """load_before_listening (what --workers N sets): start-up ends once the models are
+    loaded and warm, so uvicorn opens the shared socket to a ready worker only."""
+    from starlette.testclient import TestClient
+
+    from vaeanom.serving import Settings, create_app
+
+    app = create_app(Settings(str(repo), load_before_listening=True))
+    with TestClient(app) as client:
+        assert app.app.state.vaeanom.ready
+        assert client.get("/v2/health/ready").status_code == 200
 
 
 def test_the_server_never_imports_torch(repo):

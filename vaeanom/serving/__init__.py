@@ -26,6 +26,8 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
     On SIGTERM uvicorn stops accepting connections, lets the requests in
     flight finish (up to ``graceful_timeout_s``), then exits. ``chunk_rows`` is
     the rows per onnxruntime call (see :class:`vaeanom.OnnxModel`'s ``batch_size``).
+    With ``workers > 1`` each worker loads its models before it accepts connections
+    (the workers share the socket); one process answers /v2/health/live while loading.
     A model that does not load stops this before it listens, with the reason (Triton
     exits on one by default): a server that is live but never ready would only say
     so to its health checks.
@@ -36,7 +38,8 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
                   request_timeout_s=request_timeout_s, graceful_timeout_s=graceful_timeout_s,
                   intra_op_num_threads=intra_op_num_threads, chunk_rows=chunk_rows)
     settings = Settings(str(os.fspath(path)), max_body_bytes, request_timeout_s,
-                        intra_op_num_threads, chunk_rows, freeze_gc=True, log_level=log_level)
+                        intra_op_num_threads, chunk_rows, freeze_gc=True, log_level=log_level,
+                        load_before_listening=workers > 1)
     repository.load(settings.path, batch_size=chunk_rows, intra_op_num_threads=1,
                     providers=["CPUExecutionProvider"])  # or raise; no GPU context kept here
     configure_logging(log_level)

@@ -64,6 +64,11 @@ class Settings:
     freeze_gc: bool = False
     #: the level configure_logging sets; worker processes (``--workers N``) set it anew
     log_level: str = "info"
+    #: load the models before accepting connections (``--workers N``): the workers
+    #: share one socket, so a worker still loading would take requests and answer 503
+    #: while another one answered ready. One process loads after it listens, so that
+    #: /v2/health/live answers meanwhile.
+    load_before_listening: bool = False
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -92,12 +97,15 @@ class _State:
 
 
 def create_app(settings: Settings) -> InferFirst:
-    """The application; models load and warm up in the background after start-up."""
+    """The application; models load and warm up in the background after start-up, or
+    during it when ``settings.load_before_listening``."""
     state = _State(settings, Metrics())
 
     @asynccontextmanager
     async def lifespan(app):
         loading = asyncio.get_running_loop().create_task(_load(state))
+        if settings.load_before_listening:
+            await loading
         yield
         loading.cancel()
         for batcher in state.batchers.values():
