@@ -431,6 +431,9 @@ def test_tritonclient_sees_errors_as_exceptions_and_metrics_count_them(server):
     _, text = server.request("GET", "/metrics")
     assert 'vaeanom_request_errors_total{endpoint="infer",model="cancer",status="400"}' in text
     assert "vaeanom_request_seconds_bucket" in text and "vaeanom_queue_seconds" in text
+    # in flight: the scrape counts itself; the answered request is no longer there
+    assert 'vaeanom_requests_in_flight{endpoint="metrics",model=""} 1.0' in text
+    assert 'vaeanom_requests_in_flight{endpoint="infer",model="cancer"} 0.0' in text
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
@@ -495,9 +498,19 @@ def test_worker_processes_log_like_the_parent(repo):
     assert '"path": "/v2/models/cancer/infer", "status": 200' in log
 
 
+def _in_flight(server, endpoint: str, model: str) -> float:
+    _, text = server.request("GET", "/metrics")
+    for line in text.splitlines():
+        if line.startswith(f'vaeanom_requests_in_flight{{endpoint="{endpoint}",'
+                           f'model="{model}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits(repo, cancer):
-    """The batched copy holds a request 300 ms in its queue: SIGTERM arrives meanwhile,
-    the request is still answered, and the process exits cleanly."""
+    """The batched copy holds a request 300 ms in its queue: SIGTERM arrives meanwhile
+    (once the in-flight gauge shows it there), the request is still answered, and the
+    process exits cleanly."""
     running = Server(repo)
     X = cancer[0].to_numpy(np.float32)[:3]
     answer = {}
@@ -508,7 +521,10 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(repo, cancer):
 
     thread = threading.Thread(target=send)
     thread.start()
-    time.sleep(0.1)
+    deadline = time.time() + 30
+    while (_in_flight(running, "infer", "cancer_batched") == 0 and "scores" not in answer
+           and time.time() < deadline):
+        time.sleep(0.01)
     running.process.send_signal(signal.SIGTERM)
     thread.join(timeout=30)
     assert running.exited_cleanly()

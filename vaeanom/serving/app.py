@@ -234,7 +234,8 @@ def _handler(state: _State, handle: Handler) -> Callable[[Request], Awaitable[Re
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            response = await handle(state, request)
+            with state.metrics.in_progress(request.scope["path"], _model_label(state, request)):
+                response = await handle(state, request)
         except (ServerError, ProtocolError) as err:
             response = _error(err.status, str(err))
         except ClientDisconnect:     # nginx's 499: the client left; no fault of ours
@@ -254,14 +255,19 @@ def _handler(state: _State, handle: Handler) -> Callable[[Request], Awaitable[Re
 def _record(state: _State, request: Request, status: int, seconds: float,
             endpoint: str | None = None) -> None:
     """A request's metrics and its access-log line."""
-    name = request.path_params.get("name", "")
-    name = name if name in state.models else ""     # labels only for models we serve
+    name = _model_label(state, request)
     state.metrics.request(request.scope["path"], name, status, seconds, endpoint)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(json.dumps({
             "method": request.method, "path": request.scope["path"], "status": status,
             "ms": round(seconds * 1e3, 3), "model": name,
             "client": request.client.host if request.client else None}))
+
+
+def _model_label(state: _State, request: Request) -> str:
+    """The request's model name, or "" for a model we do not serve (bounded labels)."""
+    name = request.path_params.get("name", "")
+    return name if name in state.models else ""
 
 
 #: the status a request gets (in metrics and the access log) when its client hangs up

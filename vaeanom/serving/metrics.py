@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
-                               generate_latest)
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
 
 #: seconds: from sub-millisecond single rows to the request timeout
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -18,7 +18,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 class Metrics:
-    """Requests, errors, latency, queue time and batch sizes."""
+    """Requests, errors, latency, requests in flight, queue time and batch sizes."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -29,6 +29,11 @@ class Metrics:
         self.latency = Histogram("vaeanom_request_seconds", "Time to answer a request",
                                  ["endpoint", "model"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
+        #: Triton's nv_inference_pending_request_count, for every endpoint: what an
+        #: autoscaler or a drain (wait for 0 before SIGTERM) watches
+        self.in_flight = Gauge("vaeanom_requests_in_flight",
+                               "Requests received and not yet answered", ["endpoint", "model"],
+                               registry=self.registry)
         self.queue = Histogram("vaeanom_queue_seconds",
                                "Time a request waited for its batch to start", ["model"],
                                buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -43,6 +48,10 @@ class Metrics:
         if status >= 400:
             self.errors.labels(endpoint, model, str(status)).inc()
         self.latency.labels(endpoint, model).observe(seconds)
+
+    def in_progress(self, path: str, model: str):
+        """A context manager that counts a request in flight while it runs."""
+        return self.in_flight.labels(_endpoint(path), model).track_inprogress()
 
     def batch_observer(self, model: str) -> Callable[[int, list[float]], None]:
         def observe(rows: int, waits: list[float]) -> None:
