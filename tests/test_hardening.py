@@ -15,9 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from vaeanom import OnnxModel, VAEDetector, VQVAEDetector, digest
-from vaeanom.checks import is_outlier, outlier_labels
+from vaeanom.checks import are_bytes, is_outlier, outlier_labels
 from vaeanom.fileio import atomic_write
 
 SMALL = dict(hidden_dims=(8,), latent_dim=2, epochs=3, random_state=0)
@@ -387,3 +390,19 @@ def test_a_server_that_forks_after_loading_keeps_working(cancer_model, cancer_on
     child.join(60)
     assert child.exitcode == 0
     assert np.array_equal(scores, model.score_samples(rows))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.one_of(
+    hnp.arrays(st.sampled_from([np.float64, np.float32]), hnp.array_shapes(max_side=6),
+               elements=st.one_of(st.integers(-3, 260).map(float), st.floats(-2.0, 300.0),
+                                  st.sampled_from([np.nan, np.inf, 0.5, 255.0]))),
+    hnp.arrays(st.sampled_from([np.int64, np.int16]), hnp.array_shapes(max_side=6),
+               elements=st.integers(-3, 260))))
+def test_are_bytes_holds_exactly_what_uint8_keeps(values):
+    """The CLI's pixel CSVs and the server's pixel records share this predicate: true
+    just when every value survives the cast to uint8 unchanged."""
+    with np.errstate(invalid="ignore"):
+        kept = (np.isfinite(values).all() and (values >= 0).all() and (values <= 255).all()
+                and (values.astype(np.uint8).astype(values.dtype) == values).all())
+    assert are_bytes(values) == bool(kept)

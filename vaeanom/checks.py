@@ -164,6 +164,16 @@ def check_pixels(images: np.ndarray, what: str = "X") -> None:
                          "X.astype(np.uint8) for 8-bit images, or divide by 255.")
 
 
+def are_bytes(values: np.ndarray) -> bool:
+    """Whether every value is a whole number in 0..255, none missing: 8-bit pixels that
+    arrived in a wider type (a CSV's int64, JSON's one number type)."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "fiu":
+        return False
+    return bool(np.isfinite(values).all() and (values == np.round(values)).all()
+                and values.min(initial=0) >= 0 and values.max(initial=0) <= 255)
+
+
 def finite_decoded(decoded: np.ndarray, what: str = "Z") -> np.ndarray:
     """``decoded`` unchanged, or ValueError naming the latent rows whose decoding overflowed."""
     per_row = np.isfinite(decoded).reshape(len(decoded), int(np.prod(decoded.shape[1:])))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .checks import are_bytes
 from .fileio import atomic_write, refuse_folder_name
 from .tables import shown_columns
 
@@ -277,10 +278,7 @@ def _as_pixels(scorer, table):
         return table
     if not all(pd.api.types.is_integer_dtype(dtype) for dtype in table.dtypes):
         return table
-    values = table.to_numpy()
-    if values.min() < 0 or values.max() > 255:
-        return table
-    return table.astype(np.uint8)
+    return table.astype(np.uint8) if are_bytes(table.to_numpy()) else table
 
 
 def _model_columns(scorer, table):

@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, get_route_path
 
 from .. import __version__
-from ..checks import finite_scores, is_outlier
+from ..checks import are_bytes, finite_scores, is_outlier
 from . import repository
 from .batching import DynamicBatcher, ShuttingDown
 from .metrics import Metrics
@@ -531,8 +531,7 @@ def _frame(model, records: list[dict]):
 def _pixels(values: np.ndarray) -> np.ndarray:
     """Records for a model exported with ``input_dtype="uint8"``: whole numbers in
     0..255, as uint8 (JSON has one number type, so the dtype cannot come with them)."""
-    if not (np.isfinite(values).all() and (values == np.round(values)).all()
-            and values.min(initial=0) >= 0 and values.max(initial=0) <= 255):
+    if not are_bytes(values):
         raise ValueError("this model takes 8-bit pixels: every value must be a whole number "
                          "in 0..255, none missing (send the pixels as they are, not / 255).")
     return values.astype(np.uint8)
