@@ -269,8 +269,8 @@ def test_images_round_trip_shapes_with_either_backbone(digit_images, backbone):
                                   det.score_samples(images[:10].reshape(10, 64)))
     with pytest.raises(ValueError, match=r"fitted on images of shape \(8, 8\)"):
         det.score_samples(np.zeros((2, 1, 9, 8), dtype=np.uint8))
-    with pytest.raises(ValueError, match="channels-last"):
-        det.score_samples(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\(8, 8\); got images of shape \(8, 8, 3\)\.$"):
+        det.score_samples(np.zeros((2, 8, 8, 3), dtype=np.uint8))  # no transpose would do
 
 
 def test_images_default_to_standardised_pixels_and_the_complexity_score(digit_images):

@@ -327,6 +327,24 @@ def test_channels_last_images_get_the_transpose(tmp_path):
         model.score_samples(rgb[:2].transpose(0, 2, 3, 1))
 
 
+@pytest.mark.parametrize("add_axis, fix", [(lambda X: X[:, None], lambda X: X[:, 0]),
+                                           (lambda X: X[..., None], lambda X: X[..., 0])])
+def test_a_channel_axis_the_model_lacks_gets_its_fix(tmp_path, add_axis, fix):
+    """A model fitted on (n, H, W) given (n, 1, H, W) or (n, H, W, 1): the estimator and
+    OnnxModel both name the fix (channels-last advice would lead to a second refusal),
+    and the fixed input scores as the original."""
+    gray = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    det = VAEDetector(hidden_dims=(8,), latent_dim=2, epochs=1, random_state=0).fit(gray)
+    model = OnnxModel(det.export_onnx(tmp_path / "gray.onnx"))
+    wrong = add_axis(gray[:3])
+    fix_text = r"X\[:, 0\]" if wrong.shape[1] == 1 else r"X\[\.\.\., 0\]"
+    for scorer in (det, model):
+        with pytest.raises(ValueError, match="without a channel axis: pass " + fix_text):
+            scorer.score_samples(wrong)
+        np.testing.assert_array_equal(scorer.score_samples(fix(wrong)),
+                                      scorer.score_samples(gray[:3]))
+
+
 def test_wrong_part_and_wrong_latent_width_are_named(exported):
     with pytest.raises(ValueError, match="part='encoder'"):
         OnnxModel(exported["rows", "scorer"]).encode(np.zeros((2, 30)))

@@ -164,6 +164,21 @@ def check_pixels(images: np.ndarray, what: str = "X") -> None:
                          "X.astype(np.uint8) for 8-bit images, or divide by 255.")
 
 
+def image_shape_hint(got: tuple[int, ...], expected: tuple[int, ...]) -> str:
+    """The fix for images of per-image shape ``got`` given to a model of ``expected``
+    (both without n), as "; pass ..." to end an error, or "" when there is none."""
+    got, expected = tuple(got), tuple(expected)
+    if got == (1, *expected):
+        return ("; the model was fitted on images without a channel axis: pass X[:, 0]")
+    if got == (*expected, 1):
+        return "; the model was fitted on images without a channel axis: pass X[..., 0]"
+    if len(expected) == 3 and got == expected[1:] and expected[0] == 1:
+        return "; the model takes a channel axis: pass X[:, None]"
+    if len(expected) == 3 and got == (*expected[1:], expected[0]):
+        return "; they look channels-last: pass X.transpose(0, 3, 1, 2)"
+    return ""
+
+
 def are_bytes(values: np.ndarray) -> bool:
     """Whether every value is a whole number in 0..255, none missing: 8-bit pixels that
     arrived in a wider type (a CSV's int64, JSON's one number type)."""

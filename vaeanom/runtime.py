@@ -41,7 +41,8 @@ import onnxruntime as ort
 
 from . import digest
 from .checks import (TABLE_MODEL, check_count, check_missing_values, column_names,
-                     feature_labels, finite_decoded, finite_scores, is_outlier, outlier_labels)
+                     feature_labels, finite_decoded, finite_scores, image_shape_hint, is_outlier,
+                     outlier_labels)
 from .codes import check_code_values
 from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, table_inputs
 from .preprocessing import Preprocessing
@@ -406,9 +407,7 @@ class OnnxModel:
             array = _reshape_rows(array, self.data_shape, "X")
         if self.is_image:
             if tuple(array.shape[1:]) != expected:
-                hint = ("; they look channels-last: pass X.transpose(0, 3, 1, 2)"
-                        if array.ndim == 4 and tuple(array.shape[1:]) == (*expected[1:],
-                                                                          expected[0]) else "")
+                hint = image_shape_hint(array.shape[1:], expected)
                 raise ValueError(f"the model takes images of shape {expected}; got X of shape "
                                  f"{array.shape}{hint}.")
         else:

@@ -418,10 +418,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         if self.is_image_:
             if not inputs.is_image_input(X):  # flattened pixels are fine too
                 X = inputs.unflatten_images(self, X, self.input_shape_)
-            images, shape, _ = inputs.check_images(self, X, fitting=False)
-            if tuple(shape) != tuple(self.input_shape_):
-                raise ValueError(f"{type(self).__name__} was fitted on images of shape "
-                                 f"{tuple(self.input_shape_)}; got images of shape {tuple(shape)}.")
+            inputs.check_image_shape(self, np.shape(X)[1:])
+            images, _, _ = inputs.check_images(self, X, fitting=False)
             if self._standardises_images():
                 return self._standardise(images)
             return torch.from_numpy(images)

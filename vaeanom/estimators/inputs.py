@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
-from ..checks import check_missing_values, check_observed_columns, check_pixels
+from ..checks import (check_missing_values, check_observed_columns, check_pixels,
+                      image_shape_hint)
 from ..checks import TABLE_MODEL
 from ..tables import (TableSchema, categorical_columns, check_frame_columns, numbers_of,
                       numbers_only_error, numbers_read_as_numbers, shown_columns)
@@ -50,6 +51,16 @@ def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int,
     scale = 1.0 / 255.0 if pixel_dtype == "uint8" else 1.0
     nchw = images.reshape(len(images), -1, *images.shape[-2:])
     return (nchw.astype(np.float32) * np.float32(scale)), per_image, pixel_dtype
+
+
+def check_image_shape(estimator, shape: tuple[int, ...]) -> None:
+    """Refuse images whose per-image ``shape`` is not the one ``estimator`` was fitted
+    on, with the fix where one is clear (a channel axis to drop or add, channels-last)."""
+    fitted = tuple(estimator.input_shape_)
+    if tuple(shape) != fitted:
+        raise ValueError(f"{type(estimator).__name__} was fitted on images of shape {fitted}; "
+                         f"got images of shape {tuple(shape)}"
+                         f"{image_shape_hint(shape, fitted)}.")
 
 
 def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:

@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
 from .. import training
-from ..checks import check_count, is_outlier
+from ..checks import check_count, image_shape_hint, is_outlier
 from ..codes import check_code_values
 from ..models import (VQVAE, Codebook, ConvGridDecoder, ConvGridEncoder, MLPGridDecoder,
                       MLPGridEncoder, VectorQuantizer, decoded_side, grid_shape, padded_side,
@@ -470,7 +470,8 @@ class VQVAEDetector(BaseDetector):
         if len(shape) != len(self.input_shape_) or shape[:-2] != tuple(self.input_shape_[:-2]):
             raise ValueError(f"{type(self).__name__} was fitted on images of shape "
                              f"{tuple(self.input_shape_)}; images of another height and width "
-                             f"are fine, but they need the same channels: got {tuple(shape)}.")
+                             f"are fine, but they need the same channels: got {tuple(shape)}"
+                             f"{image_shape_hint(shape, (*self.input_shape_[:-2], *shape[-2:]))}.")
         height, width = self.padded_size(shape[-2:])
         pad = ((0, 0), (0, 0), (0, height - shape[-2]), (0, width - shape[-1]))
         return torch.from_numpy(np.pad(images, pad, mode="edge"))
