@@ -377,7 +377,8 @@ def test_a_forged_header_claiming_2_30_images_fails_fast_in_little_memory(codecs
         decompress(detector, forged)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert time.perf_counter() - start < 1.0 and peak < 1_000_000, peak
+    # the memory bound is the test; the time bound only has to miss a loaded machine's waits
+    assert time.perf_counter() - start < 5.0 and peak < 1_000_000, peak
 
 
 _PEAK_RSS = """
@@ -515,7 +516,7 @@ def test_mutated_and_random_blobs_only_ever_raise_corrupt_blob_error(codecs, dat
         assert compression.encode_codes(codes, model) == payload
         if blob == original:
             np.testing.assert_array_equal(out, decompress(detector, original))
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30.0     # a hang, not a loaded machine's wait
 
 
 def test_cli_decompresses_every_image_of_a_multi_image_blob_in_a_folder(saved_codec, tmp_path):

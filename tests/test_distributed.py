@@ -3,6 +3,7 @@ in local[2] mode. Scores must equal OnnxModel.score_samples bit for bit, row ide
 be kept, and no worker may import torch."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -250,7 +251,9 @@ def test_cli_runs_a_parquet_file_on_a_dask_cluster_keeping_row_numbers(scorer, c
                            str(named), "-o", str(out), "--engine", "dask", "--workers", "1"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "distributed." not in done.stderr     # dask's start-up and worker lines need -v
+    # dask's start-up and worker lines need -v (its warnings, e.g. a worker killed slowly
+    # at close on a loaded machine, still show)
+    assert not re.search(r"distributed\.[\w.]+ - INFO", done.stderr), done.stderr
 
 
 def test_dask_and_streaming_write_the_same_index(scorer, cancer, tmp_path):

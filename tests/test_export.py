@@ -260,7 +260,7 @@ def test_runtime_scores_without_importing_torch(rows, exported, tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "print(len(s))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False)
+                            check=False, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(len(X))
     assert result.stderr == ""  # no onnxruntime CUDA load error on a machine without a GPU

@@ -36,7 +36,7 @@ def with_small_parameters(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_a_kernel(path, tmp_path):
     nb = with_small_parameters(nbformat.read(str(path), as_version=4))
-    NotebookClient(nb, timeout=600, kernel_name="python3",
+    NotebookClient(nb, timeout=600, startup_timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for cell in nb.cells if cell.cell_type == "code"
               for o in cell.outputs if o.output_type == "error"]

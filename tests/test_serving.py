@@ -7,6 +7,7 @@ Triton unchanged.
 
 import gzip
 import json
+import re
 import shutil
 import signal
 import socket
@@ -37,12 +38,6 @@ from vaeanom.serving.protocol import ProtocolError, parse_infer  # noqa: E402
 QUICK = dict(random_state=0, hidden_dims=(32, 16), latent_dim=4, n_score_samples=8, epochs=5)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _vaeanom_command() -> list[str]:
     installed = Path(sys.executable).parent / "vaeanom"
     return [str(installed)] if installed.exists() else [sys.executable, "-m", "vaeanom.cli"]
@@ -53,26 +48,30 @@ def _not_json(token: str):
 
 
 class Server:
-    """`vaeanom serve REPO` in a subprocess; stopped with SIGTERM."""
+    """`vaeanom serve REPO` in a subprocess on a port the kernel picks (--port 0, read
+    back from uvicorn's log: a port found free and then released could be taken by
+    another test's listener meanwhile); stopped with SIGTERM."""
 
-    def __init__(self, repo: Path, *extra: str) -> None:
-        self.port = _free_port()
-        self.url = f"127.0.0.1:{self.port}"
-        self.log = repo.parent / f"serve-{self.port}.log"
+    def __init__(self, repo: Path, *extra: str, workers: int = 1) -> None:
+        self.log = repo.parent / f"serve-{time.time_ns()}.log"
         self.process = subprocess.Popen(
-            [*_vaeanom_command(), "serve", str(repo), "--port", str(self.port), "--threads",
-             "1", *extra], stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        self.client = tritonclient_http.InferenceServerClient(self.url, concurrency=16)
-        deadline = time.time() + 120
+            [*_vaeanom_command(), "serve", str(repo), "--port", "0", "--threads", "1",
+             "--workers", str(workers), *extra], stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
         while time.time() < deadline:
             assert self.process.poll() is None, self.log.read_text()
-            try:
-                if self.client.is_server_ready():
-                    return
-            except Exception:   # not listening yet
-                pass
+            text = self.log.read_text()
+            port = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", text)
+            if port and text.count("vaeanom.serving INFO ready:") >= workers:
+                break
             time.sleep(0.2)
-        raise AssertionError(f"the server did not get ready:\n{self.log.read_text()}")
+        else:
+            raise AssertionError(f"the server did not get ready:\n{self.log.read_text()}")
+        self.port = int(port.group(1))
+        self.url = f"127.0.0.1:{self.port}"
+        self.client = tritonclient_http.InferenceServerClient(self.url, concurrency=16)
+        assert self.client.is_server_ready()
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict | None = None) -> tuple[int, dict | str]:
@@ -408,8 +407,8 @@ def test_a_model_that_does_not_load_stops_serve_before_it_listens(repo, tmp_path
     shutil.copytree(repo / "cancer", broken / "cancer")
     model = broken / "cancer" / "1" / "model.onnx"
     model.write_bytes(model.read_bytes()[:1000])                 # a truncated copy
-    done = subprocess.run([*_vaeanom_command(), "serve", str(broken), "--port",
-                           str(_free_port())], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*_vaeanom_command(), "serve", str(broken), "--port", "0"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "model.onnx" in done.stderr, done.stderr
 
 
@@ -469,7 +468,7 @@ def test_router_refusals_and_client_hang_ups_are_counted_but_not_as_faults(serve
         sock.sendall(b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Length: 1000\r\n\r\n{")
         time.sleep(0.2)
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while time.time() < deadline:
         _, text = server.request("GET", "/metrics")
         if 'status="499"' in text:
@@ -486,7 +485,7 @@ def test_worker_processes_log_like_the_parent(repo):
     """--workers 2: each worker sets up logging as the parent does (access lines, ready),
     and only a worker that has loaded its models takes requests: the first answer of
     ready is then true of every worker (a worker still loading answered 503 before)."""
-    running = Server(repo, "--workers", "2")
+    running = Server(repo, workers=2)
     try:
         statuses = [running.request("POST", "/v2/models/cancer/infer", _json_body([ROW]))[0]
                     for _ in range(8)]
@@ -590,12 +589,11 @@ def test_the_server_never_imports_torch(repo):
         "import asyncio, sys\n"
         "from starlette.testclient import TestClient\n"
         "from vaeanom.serving import Settings, create_app\n"
-        f"with TestClient(create_app(Settings({str(repo)!r}))) as client:\n"
-        "    for _ in range(600):\n"
-        "        if client.get('/v2/health/ready').status_code == 200: break\n"
-        "        import time; time.sleep(0.1)\n"
+        f"settings = Settings({str(repo)!r}, load_before_listening=True)\n"
+        "with TestClient(create_app(settings)) as client:\n"
+        "    assert client.get('/v2/health/ready').status_code == 200\n"
         "    body = {'inputs': [{'name': 'input', 'shape': [1, 30], 'datatype': 'FP32',\n"
         "                        'data': [1.0] * 30}]}\n"
         "    assert client.post('/v2/models/cancer/infer', json=body).status_code == 200\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

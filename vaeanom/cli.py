@@ -611,7 +611,8 @@ def _index_col(value):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "serve":   # a server's lines are timestamped, as its workers' are
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "demo":
             table = run_demo(args.out, epochs=args.epochs, figures=args.figures)
