@@ -418,8 +418,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         if self.is_image_:
             if not inputs.is_image_input(X):  # flattened pixels are fine too
                 X = inputs.unflatten_images(self, X, self.input_shape_)
-            inputs.check_image_shape(self, np.shape(X)[1:])
-            images, _, _ = inputs.check_images(self, X, fitting=False)
+            images, _, _ = inputs.check_images(self, X, fitting=False,
+                                               fitted_shape=self.input_shape_)
             if self._standardises_images():
                 return self._standardise(images)
             return torch.from_numpy(images)

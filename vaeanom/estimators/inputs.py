@@ -32,15 +32,19 @@ def is_image_input(X) -> bool:
     return ndim >= 3
 
 
-def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int, ...], str]:
+def check_images(estimator, X, *, fitting: bool, fitted_shape: tuple[int, ...] | None = None
+                 ) -> tuple[np.ndarray, tuple[int, ...], str]:
     """Validate an image batch; return (n, C, H, W) float32 in [0, 1], the per-image shape
-    and the pixel dtype ("uint8" or "float"). Float pixels outside [0, 1] are refused."""
+    and the pixel dtype ("uint8" or "float"). Float pixels outside [0, 1] are refused,
+    and so are images of another shape than ``fitted_shape`` when it is given."""
     images = check_array(X, allow_nd=True, dtype="numeric", ensure_min_samples=2 if fitting else 1,
                          input_name="X", estimator=estimator)
     if images.ndim not in (3, 4):
         raise ValueError(f"images must have shape (n, H, W) or (n, C, H, W); got {images.shape}.")
     if 0 in images.shape[1:]:
         raise ValueError(f"images must hold at least one pixel; got shape {images.shape}.")
+    if fitted_shape is not None:
+        check_image_shape(estimator, images.shape[1:], fitted_shape)
     if images.ndim == 4 and images.shape[1] > 4 and images.shape[-1] <= 4:
         raise ValueError(f"images of shape {images.shape} look channels-last; vaeanom expects "
                          "(n, C, H, W): pass X.transpose(0, 3, 1, 2).")
@@ -53,10 +57,10 @@ def check_images(estimator, X, *, fitting: bool) -> tuple[np.ndarray, tuple[int,
     return (nchw.astype(np.float32) * np.float32(scale)), per_image, pixel_dtype
 
 
-def check_image_shape(estimator, shape: tuple[int, ...]) -> None:
-    """Refuse images whose per-image ``shape`` is not the one ``estimator`` was fitted
-    on, with the fix where one is clear (a channel axis to drop or add, channels-last)."""
-    fitted = tuple(estimator.input_shape_)
+def check_image_shape(estimator, shape: tuple[int, ...], fitted: tuple[int, ...]) -> None:
+    """Refuse images whose per-image ``shape`` is not the ``fitted`` one, with the fix
+    where one is clear (a channel axis to drop or add, channels-last)."""
+    fitted = tuple(fitted)
     if tuple(shape) != fitted:
         raise ValueError(f"{type(estimator).__name__} was fitted on images of shape {fitted}; "
                          f"got images of shape {tuple(shape)}"
