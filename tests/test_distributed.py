@@ -25,10 +25,11 @@ QUICK = dict(random_state=0, hidden_dims=(32, 16), latent_dim=4, n_score_samples
 
 @pytest.fixture(scope="module")
 def scorer(cancer, tmp_path_factory):
-    """A scorer fitted on a DataFrame (so it knows its column names), and one on an array."""
+    """A scorer fitted on a DataFrame (so it knows its column names; with explanations),
+    and one on an array (without)."""
     X, y = cancer
     folder = tmp_path_factory.mktemp("distributed")
-    named = VAEDetector(**QUICK).fit(X[y == 1]).export_onnx(folder / "named.onnx")
+    named = VAEDetector(**QUICK).fit(X[y == 1]).export_onnx(folder / "named.onnx", explain=True)
     bare = VAEDetector(**QUICK).fit(X[y == 1].to_numpy()).export_onnx(folder / "bare.onnx")
     return named, bare
 
@@ -55,6 +56,30 @@ def test_a_partition_keeps_its_rows_and_columns(scorer, table, cancer):
     columns = list(cancer[0].columns)
     np.testing.assert_array_equal(score_partition(table, bare, columns)["score"],
                                   OnnxModel(bare).score_samples(cancer[0].to_numpy()))
+
+
+def _explained(frame: pd.DataFrame, model_path, X: pd.DataFrame, k: int) -> None:
+    """``frame``'s appended columns are OnnxModel.score_frame(X, explain=k)'s, row for row."""
+    expected = OnnxModel(model_path).score_frame(X, explain=k)
+    appended = list(frame.columns[-len(expected.columns):])
+    assert appended == list(expected.columns)
+    for name in expected.columns:
+        np.testing.assert_array_equal(frame[name].to_numpy(), expected[name].to_numpy())
+
+
+def test_a_partition_carries_each_rows_top_features_when_asked(scorer, table, cancer):
+    """explain=k appends feature_i and contribution_i as OnnxModel.score_frame ranks them;
+    an empty partition has the same columns, a scorer without explanations is refused."""
+    named, bare = scorer
+    _explained(score_partition(table, named, explain=3), named, cancer[0], 3)
+    empty = score_partition(table.iloc[:0], named, explain=2)
+    assert list(empty.columns)[-4:] == ["feature_1", "contribution_1", "feature_2",
+                                        "contribution_2"]
+    assert len(score_partition(table, named, explain=99).columns) == len(table.columns) + 62
+    with pytest.raises(ValueError, match="has no explanations; export the scorer with"):
+        score_partition(table, bare, list(cancer[0].columns), explain=2)
+    with pytest.raises(ValueError, match=r"already has column\(s\) \['feature_1'\]"):
+        score_partition(table.assign(feature_1="x"), named, explain=1)
 
 
 def test_integer_column_labels_are_found_by_label_or_as_strings(scorer, cancer):
@@ -111,6 +136,7 @@ def test_dask_local_cluster_scores_every_partition_like_onnx_model(scorer, table
         assert out.index.equals(table.index)   # dask stores strings as pyarrow strings
         pd.testing.assert_frame_equal(out[table.columns], table, check_dtype=False)
         np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
+        _explained(score_dask(ddf, named, explain=2).compute(), named, cancer[0], 2)
         assert client.run(lambda: "torch" in sys.modules) == {
             address: False for address in client.scheduler_info()["workers"]}
 
@@ -141,6 +167,9 @@ def test_spark_local_scores_arrow_batches_like_onnx_model(spark, scorer, table, 
     out = scored.toPandas().set_index("row").loc[table.index]
     np.testing.assert_array_equal(out["key"], table["key"])
     np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
+    explained = score_spark(sdf, named, explain=2)
+    assert explained.schema["feature_1"].dataType.simpleString() == "string"
+    _explained(explained.toPandas().set_index("row").loc[table.index], named, cancer[0], 2)
 
     def torch_in_worker(batches):   # nested: shipped by value, not by importing this module
         for _ in batches:
@@ -164,6 +193,11 @@ def test_cli_streams_parquet_batch_by_batch_like_onnx_model(scorer, cancer, tmp_
                  "-o", str(tmp_path / "scores.parquet")]) == 0
     got = pd.read_parquet(tmp_path / "scores.parquet")
     pd.testing.assert_frame_equal(got, OnnxModel(named).score_frame(X))
+    assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(named),   # streamed
+                 "-o", str(tmp_path / "explained.parquet"), "--explain", "2"]) == 0
+    got = pd.read_parquet(tmp_path / "explained.parquet")
+    pd.testing.assert_frame_equal(got, OnnxModel(named).score_frame(X, explain=2),
+                                  check_dtype=False)   # feature names: str or object dtype
     plain = cancer[0]                                     # a default index: the row number
     plain.to_parquet(tmp_path / "plain.parquet", row_group_size=64)
     assert score_parquet(tmp_path / "plain.parquet", named, tmp_path / "plain-scores.parquet",
@@ -241,10 +275,12 @@ def test_cli_runs_a_parquet_file_on_a_dask_cluster_keeping_row_numbers(scorer, c
     out = tmp_path / "scores.parquet"
     out.write_bytes(b"yesterday's scores")                # replaced, as a file would be
     assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(named), "-o", str(out),
-                 "--engine", "dask", "--workers", "2"]) == 0
+                 "--engine", "dask", "--workers", "2", "--explain", "1"]) == 0
     got = pd.read_parquet(out)               # dd.read_parquet would restart each part at 0
-    assert got.index.tolist() == X.index.tolist() and list(got.columns) == ["score", "is_outlier"]
+    assert got.index.tolist() == X.index.tolist()
+    assert list(got.columns) == ["score", "is_outlier", "feature_1", "contribution_1"]
     np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(X))
+    _explained(got, named, X, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.parquet", "scores.parquet"]
     command = shutil.which("vaeanom") or str(Path(sys.executable).with_name("vaeanom"))
     done = subprocess.run([command, "score", str(tmp_path / "rows.parquet"), "--onnx",
@@ -332,8 +368,11 @@ def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, table, canc
     rows = table.reset_index()
     for i, part in enumerate((rows[:200], rows[200:400], rows[400:])):
         part.to_parquet(tmp_path / f"{i}.parquet")
-    out = score_ray(ray_local.data.read_parquet(str(tmp_path)), named, workers=2).to_pandas()
+    out = score_ray(ray_local.data.read_parquet(str(tmp_path)), named, workers=2,
+                    explain=1).to_pandas()
     out = out.set_index("row").loc[table.index]
+    _explained(out, named, cancer[0], 1)
+    out = out.drop(columns=["feature_1", "contribution_1"])
     assert list(out.columns) == [*table.columns, "score", "is_outlier"]
     np.testing.assert_array_equal(out["key"], table["key"])
     np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))

@@ -234,17 +234,18 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
     if (model is None) == (onnx is None):
         raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
     if engine in ENGINES:
-        if not _streams(data, output, onnx, explain, index_col):
+        if not _streams(data, output, onnx, index_col):
             raise ValueError(f"--engine {engine} scores a Parquet file with an exported scorer into "
                              "a Parquet folder: give DATA.parquet --onnx M.onnx -o OUT.parquet "
-                             "(no --explain, no --index-col).")
+                             "(no --index-col).")
         from . import distributed
-        rows = getattr(distributed, f"score_parquet_{engine}")(data, onnx, output, workers)
+        rows = getattr(distributed, f"score_parquet_{engine}")(data, onnx, output, workers,
+                                                               explain=explain)
         logger.info("%s scored %d rows into %s", engine, rows, output)
         return None
-    if _streams(data, output, onnx, explain, index_col):
+    if _streams(data, output, onnx, index_col):
         from .distributed import score_parquet
-        rows = score_parquet(data, onnx, output)
+        rows = score_parquet(data, onnx, output, explain=explain)
         logger.info("streamed %d scores to %s", rows, output)
         return None
     if onnx is not None:
@@ -305,11 +306,10 @@ INDEX_COL_HELP = "the CSV or Parquet column holding the row index: its name, els
 ENGINES = ("dask", "spark")
 
 
-def _streams(data: Path, output: Path | None, onnx: Path | None, explain: int,
-             index_col) -> bool:
+def _streams(data: Path, output: Path | None, onnx: Path | None, index_col) -> bool:
     """Parquet in, Parquet out, an ONNX scorer: stream batches instead of loading the file."""
     parquet = (".parquet", ".pq")
-    return (onnx is not None and not explain and index_col is None and output is not None
+    return (onnx is not None and index_col is None and output is not None
             and Path(data).suffix.lower() in parquet and Path(output).suffix.lower() in parquet)
 
 

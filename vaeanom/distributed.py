@@ -3,6 +3,9 @@
 :func:`score_partition` scores one pandas DataFrame with an exported scorer
 (``det.export_onnx``) and returns it with ``score`` and ``is_outlier``
 appended, every other column (keys, timestamps) carried through untouched.
+With ``explain=k`` (a scorer exported with ``explain=True``) each row also gets
+its k most anomalous features, ``feature_i`` and ``contribution_i``, as
+:meth:`vaeanom.OnnxModel.score_frame` ranks them, on every engine.
 Each worker process opens the onnxruntime session once, on first use, and
 keeps it (:func:`cached_model`); a session is never pickled, only the path.
 The adapters hand that function to the engine's own partition-wise map:
@@ -38,11 +41,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import is_outlier
+from .checks import check_count, is_outlier
 from .runtime import OnnxModel
 
 #: the columns scoring appends, and their pandas dtypes
 SCORE_COLUMNS = {"score": "float64", "is_outlier": "bool"}
+
+
+def score_columns(model: OnnxModel, explain: int = 0) -> dict[str, str]:
+    """The columns scoring appends, with their pandas dtypes: ``score`` and ``is_outlier``,
+    then ``feature_i`` (a column's name) and ``contribution_i`` for each of a row's
+    ``explain`` most anomalous features (at most the model's feature count)."""
+    columns = dict(SCORE_COLUMNS)
+    for i in range(1, min(check_count(explain, "explain"), model.n_features_in_) + 1):
+        columns[f"feature_{i}"] = "str"
+        columns[f"contribution_{i}"] = "float64"
+    return columns
 
 
 def cached_model(path: str, threads: int | None = 1) -> OnnxModel:
@@ -65,36 +79,44 @@ def _open_model(path: str, size: int, mtime_ns: int, threads: int | None) -> Onn
 
 
 def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
-                    columns: Sequence | None = None, threads: int | None = 1) -> pd.DataFrame:
-    """``frame`` with ``score`` and ``is_outlier`` appended (same index, same rows).
+                    columns: Sequence | None = None, threads: int | None = 1,
+                    explain: int = 0) -> pd.DataFrame:
+    """``frame`` with ``score`` and ``is_outlier`` appended (same index, same rows), and
+    with ``explain=k`` each row's k most anomalous features (:func:`score_columns`).
 
     ``columns`` names the model's input columns in order; None takes the
     feature names the model was fitted with. Other columns are carried through.
     """
     model = cached_model(os.fspath(model_path), threads)
-    names = input_columns(model, columns, frame.columns)
+    names = input_columns(model, columns, frame.columns, explain=explain)
     if len(frame) == 0:
         return frame.assign(**{name: pd.Series(dtype=dtype, index=frame.index)
-                               for name, dtype in SCORE_COLUMNS.items()})
+                               for name, dtype in score_columns(model, explain).items()})
     rows = frame[names]
     if getattr(model, "feature_names_in_", None) is None:   # fitted on an array
         rows = rows.to_numpy()
     else:                                  # the data's names for the model's columns
         rows = rows.set_axis(model.feature_columns, axis=1)
-    score = model.score_samples(rows)
-    return frame.assign(score=score, is_outlier=is_outlier(score, model.offset_))
+    if not explain:
+        score = model.score_samples(rows)
+        return frame.assign(score=score, is_outlier=is_outlier(score, model.offset_))
+    scored = model.score_frame(rows, explain=explain)
+    return frame.assign(**{name: scored[name].to_numpy() for name in scored})
 
 
 def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequence,
-                  fold_case: bool = False) -> list:
+                  fold_case: bool = False, explain: int = 0) -> list:
     """The data's labels of the columns to score, in the model's order, checked against
     the model and the data; errors say what to pass. ``columns`` may give labels as
     strings (``["0", "1"]`` finds integer labels 0 and 1). ``fold_case``: the clash
-    with the appended columns ignores case, as Spark's column names do by default."""
+    with the appended columns ignores case, as Spark's column names do by default.
+    ``explain=k`` needs a scorer exported with explanations."""
     if model.part != "scorer":
         raise ValueError(f"{model.path} is the model's {model.part}; scoring needs the scorer "
                          "(det.export_onnx(path), part='scorer').")
-    _refuse_clashes(available, fold_case)
+    if check_count(explain, "explain"):
+        model.require_explanations()
+    _refuse_clashes(available, fold_case, score_columns(model, explain))
     if columns is None:
         if getattr(model, "feature_names_in_", None) is None:
             raise ValueError("this model was fitted on an array, so it has no column names; "
@@ -110,9 +132,9 @@ def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequenc
     return [by_label[c] for c in columns]
 
 
-def _refuse_clashes(available: Sequence, fold_case: bool) -> None:
+def _refuse_clashes(available: Sequence, fold_case: bool, appended: Sequence[str]) -> None:
     fold = (lambda name: str(name).lower()) if fold_case else str
-    appended = {fold(column) for column in SCORE_COLUMNS}
+    appended = {fold(column) for column in appended}
     clash = [name for name in available if fold(name) in appended]
     if clash:
         raise ValueError(f"the data already has column(s) {clash}, which scoring appends"
@@ -145,15 +167,16 @@ STREAM_BATCH_ROWS = 65_536
 
 def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
                   output: str | os.PathLike, columns: Sequence | None = None,
-                  batch_rows: int = STREAM_BATCH_ROWS, threads: int | None = None) -> int:
+                  batch_rows: int = STREAM_BATCH_ROWS, threads: int | None = None,
+                  explain: int = 0) -> int:
     """Score a Parquet file into another, one batch at a time; returns the rows scored.
 
     Memory stays bounded by a batch (and a row group being decoded), whatever
     the file's size. The output holds the input's index (a stored index is
     carried; a default range index becomes the row number) and ``score`` and
-    ``is_outlier``, as ``vaeanom score`` writes without streaming. It is
-    written to a temporary file and renamed: an interrupted run leaves no half
-    file. ``threads``: onnxruntime's intra-op threads (None: all cores).
+    ``is_outlier`` (and ``explain=k``'s columns), as ``vaeanom score`` writes without
+    streaming. It is written to a temporary file and renamed: an interrupted run
+    leaves no half file. ``threads``: onnxruntime's intra-op threads (None: all cores).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -163,7 +186,8 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
     _refuse_other_formats(output)
     reader = pq.ParquetFile(source)
     index_columns, index_range = _stored_index(reader.schema_arrow)
-    names = _file_columns(reader.schema_arrow, model_path, columns)
+    names = _file_columns(reader.schema_arrow, model_path, columns, explain)
+    appended = list(score_columns(cached_model(os.fspath(model_path), 1), explain))
     counted = 0
 
     def write(tmp: str) -> None:
@@ -172,7 +196,7 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
         try:
             for batch in _batches(reader, [*index_columns, *names], batch_rows):
                 frame = _with_index(batch.to_pandas(), index_columns, index_range, counted)
-                scored = score_partition(frame, model_path, names, threads)[list(SCORE_COLUMNS)]
+                scored = score_partition(frame, model_path, names, threads, explain)[appended]
                 table = pa.Table.from_pandas(scored, preserve_index=True)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
@@ -180,8 +204,8 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
             if writer is None:   # no rows: still a valid, empty file, with the file's index
                 rows = _with_index(reader.schema_arrow.empty_table().select(
                     [*index_columns, *names]).to_pandas(), index_columns, index_range, 0)
-                empty = score_partition(rows, model_path, names, threads)
-                empty[list(SCORE_COLUMNS)].to_parquet(tmp)
+                empty = score_partition(rows, model_path, names, threads, explain)
+                empty[appended].to_parquet(tmp)
         finally:
             if writer is not None:
                 writer.close()
@@ -242,46 +266,53 @@ def _engine(module: str, extra: str):
         raise ImportError(f"{module} is not installed; pip install \"vaeanom[{extra}]\"") from err
 
 
-def _check_model(model_path, columns, available, fold_case: bool = False) -> Path:
-    """Open the model here once, so that a wrong path or column fails before any work is sent."""
+def _check_model(model_path, columns, available, fold_case: bool = False,
+                 explain: int = 0) -> tuple[Path, dict[str, str]]:
+    """Open the model here once, so that a wrong path or column fails before any work is
+    sent; the model's resolved path and the columns scoring appends."""
     path = Path(model_path).resolve()
-    input_columns(cached_model(str(path), 1), columns, list(available), fold_case)
-    return path
+    model = cached_model(str(path), 1)
+    input_columns(model, columns, list(available), fold_case, explain)
+    return path, score_columns(model, explain)
 
 
 # ------------------------------------------------------------------ Dask
 def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence | None = None,
-               threads: int | None = 1):
-    """A dask DataFrame: ``ddf`` with ``score`` and ``is_outlier`` appended, lazily.
+               threads: int | None = 1, explain: int = 0):
+    """A dask DataFrame: ``ddf`` with ``score`` and ``is_outlier`` (and ``explain=k``'s
+    columns) appended, lazily.
 
     Index and divisions are kept. ``model_path`` must be readable by every
     worker (the same path on a shared or local disk).
     """
     _engine("dask.dataframe", "dask")
-    path = _check_model(model_path, columns, ddf.columns)
-    meta = ddf._meta.assign(**{name: pd.Series(dtype=dtype)
-                               for name, dtype in SCORE_COLUMNS.items()})
-    return ddf.map_partitions(score_partition, str(path), columns, threads, meta=meta)
+    path, appended = _check_model(model_path, columns, ddf.columns, explain=explain)
+    meta = ddf._meta.assign(**{name: pd.Series(dtype=dtype) for name, dtype in appended.items()})
+    return ddf.map_partitions(score_partition, str(path), columns, threads, explain, meta=meta)
 
 
 # ----------------------------------------------------------------- Spark
 def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = None,
-                threads: int | None = 1):
-    """A Spark DataFrame: ``sdf``'s columns, then ``score`` (double) and ``is_outlier``.
+                threads: int | None = 1, explain: int = 0):
+    """A Spark DataFrame: ``sdf``'s columns, then ``score`` (double) and ``is_outlier``
+    (and ``explain=k``'s ``feature_i`` strings and ``contribution_i`` doubles).
 
     Runs :func:`score_partition` on Arrow batches with ``mapInPandas``; the
     model file is shipped to the executors with ``SparkContext.addFile`` under
     a name made from its content, so two models never collide.
     """
     _engine("pyspark", "spark")
-    from pyspark.sql.types import BooleanType, DoubleType, StructField, StructType
+    from pyspark.sql.types import BooleanType, DoubleType, StringType, StructField, StructType
 
     case_sensitive = sdf.sparkSession.conf.get("spark.sql.caseSensitive", "false")
-    path = _check_model(model_path, columns, sdf.columns, case_sensitive.lower() != "true")
+    path, appended = _check_model(model_path, columns, sdf.columns,
+                                  case_sensitive.lower() != "true", explain)
     shipped = _content_named_copy(path)
     sdf.sparkSession.sparkContext.addFile(str(shipped))
-    schema = StructType([*sdf.schema.fields, StructField("score", DoubleType(), False),
-                         StructField("is_outlier", BooleanType(), False)])
+    types = {"float64": DoubleType(), "bool": BooleanType(), "str": StringType()}
+    schema = StructType([*sdf.schema.fields, *(  # a hole's contribution is NaN: null in Arrow
+        StructField(name, types[dtype], name.startswith("contribution_"))
+        for name, dtype in appended.items())])
     name, columns = shipped.name, None if columns is None else list(columns)
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -289,7 +320,7 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = N
 
         local = SparkFiles.get(name)
         for batch in batches:
-            yield score_partition(batch, local, columns, threads)
+            yield score_partition(batch, local, columns, threads, explain)
 
     return sdf.mapInPandas(score_batches, schema)
 
@@ -298,17 +329,22 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = N
 class _RayScorer:
     """A Ray Data actor: opens the session once, in its own process, and scores batches."""
 
-    def __init__(self, model_path: str, columns: list[str] | None, threads: int | None):
+    def __init__(self, model_path: str, columns: list[str] | None, threads: int | None,
+                 explain: int = 0):
         self.model_path, self.columns, self.threads = model_path, columns, threads
+        self.explain = explain
         cached_model(model_path, threads)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return score_partition(batch, self.model_path, self.columns, self.threads)
+        return score_partition(batch, self.model_path, self.columns, self.threads,
+                               self.explain)
 
 
 def score_ray(ds, model_path: str | os.PathLike, columns: Sequence | None = None,
-              threads: int | None = 1, workers: int = 2, cpus_per_worker: float = 1.0):
-    """A Ray Dataset: ``ds`` with ``score`` and ``is_outlier`` appended, lazily.
+              threads: int | None = 1, workers: int = 2, cpus_per_worker: float = 1.0,
+              explain: int = 0):
+    """A Ray Dataset: ``ds`` with ``score`` and ``is_outlier`` (and ``explain=k``'s
+    columns) appended, lazily.
 
     ``map_batches`` over pandas batches with up to ``workers`` actors, each
     holding its onnxruntime session (a callable class: the session is opened
@@ -323,11 +359,11 @@ def score_ray(ds, model_path: str | os.PathLike, columns: Sequence | None = None
     which take a whole CPU each, can run beside the actor.
     """
     data = _engine("ray.data", "ray")
-    path = _check_model(model_path, columns, ds.columns())
+    path, _ = _check_model(model_path, columns, ds.columns(), explain=explain)
     return ds.map_batches(_RayScorer, batch_format="pandas", num_cpus=cpus_per_worker,
                           compute=data.ActorPoolStrategy(min_size=1, max_size=workers),
                           fn_constructor_args=(str(path), None if columns is None
-                                               else list(columns), threads))
+                                               else list(columns), threads, explain))
 
 
 # -------------------------------------------------- files through an engine
@@ -387,18 +423,19 @@ class _RowGroupReader:
 
 def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
                        output: str | os.PathLike, workers: int = 2,
-                       columns: Sequence | None = None) -> int:
+                       columns: Sequence | None = None, explain: int = 0) -> int:
     """Score a Parquet file on a local Dask cluster of ``workers`` processes (one
     thread each) into a folder of Parquet parts: the file's index, ``score`` and
-    ``is_outlier``, as :func:`score_parquet` writes. Returns the rows scored."""
+    ``is_outlier`` (and ``explain=k``'s columns), as :func:`score_parquet` writes.
+    Returns the rows scored."""
     _engine("distributed", "dask")
     from distributed import Client, LocalCluster
 
     from .fileio import atomic_write_dir
 
-    names = _file_columns(_schema_of(source), model_path, columns)
-    scored = score_dask(parquet_partitions(source, names), model_path, names)
-    scored = scored[list(SCORE_COLUMNS)]
+    names = _file_columns(_schema_of(source), model_path, columns, explain)
+    scored = score_dask(parquet_partitions(source, names), model_path, names, explain=explain)
+    scored = scored[list(score_columns(cached_model(os.fspath(model_path), 1), explain))]
     with _dask_logs_at_our_level(), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
             silence_logs=_our_log_level()) as cluster, Client(cluster):
@@ -445,22 +482,23 @@ def _dask_logs_at_our_level() -> Iterator[None]:
 
 def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike,
                         output: str | os.PathLike, workers: int = 2,
-                        columns: Sequence | None = None) -> int:
+                        columns: Sequence | None = None, explain: int = 0) -> int:
     """Score a Parquet file with Spark in ``local[workers]`` mode (or the session
     already running) into a folder of Parquet parts: every column that is not a
     model input (Spark has no index: keys carry the rows' identity), ``score``
-    and ``is_outlier``. Returns the rows scored."""
+    and ``is_outlier`` (and ``explain=k``'s columns). Returns the rows scored."""
     sql = _engine("pyspark.sql", "spark")
     from .fileio import atomic_write_dir
 
-    names = _file_columns(_schema_of(source), model_path, columns)
+    names = _file_columns(_schema_of(source), model_path, columns, explain)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)   # workers run this Python
     running = sql.SparkSession.getActiveSession()
     spark = running or (sql.SparkSession.builder.master(f"local[{workers}]")
                         .appName("vaeanom score").config("spark.ui.enabled", "false")
                         .getOrCreate())
     try:
-        scored = score_spark(spark.read.parquet(os.fspath(source)), model_path, names)
+        scored = score_spark(spark.read.parquet(os.fspath(source)), model_path, names,
+                             explain=explain)
         atomic_write_dir(output, lambda tmp: scored.drop(*names).write.parquet(tmp))
     finally:
         if running is None:
@@ -468,7 +506,8 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
     return _rows_in(output)
 
 
-def _file_columns(schema, model_path, columns: Sequence[str] | None) -> list[str]:
+def _file_columns(schema, model_path, columns: Sequence[str] | None,
+                  explain: int = 0) -> list[str]:
     """The model's input columns in a Parquet file's Arrow ``schema`` (by position for
     an array-fitted model)."""
     index_columns, _ = _stored_index(schema)
@@ -476,7 +515,7 @@ def _file_columns(schema, model_path, columns: Sequence[str] | None) -> list[str
     model = cached_model(os.fspath(model_path), 1)
     if columns is None and getattr(model, "feature_names_in_", None) is None:
         columns = available   # a model fitted on an array takes the columns by position
-    return input_columns(model, columns, available)
+    return input_columns(model, columns, available, explain=explain)
 
 
 def _schema_of(source):
@@ -508,6 +547,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-__all__ = ["SCORE_COLUMNS", "cached_model", "parquet_partitions", "score_dask", "score_parquet",
-           "score_parquet_dask", "score_parquet_spark", "score_partition", "score_ray",
-           "score_spark"]
+__all__ = ["SCORE_COLUMNS", "cached_model", "parquet_partitions", "score_columns", "score_dask",
+           "score_parquet", "score_parquet_dask", "score_parquet_spark", "score_partition",
+           "score_ray", "score_spark"]

@@ -187,7 +187,7 @@ class OnnxModel:
 
         k = check_count(explain, "explain")
         if k:
-            self._require_explanations()
+            self.require_explanations()
             if self.is_image:
                 raise ValueError("score_frame(explain=k) is for rows; for images, explain(X) "
                                  "returns per-pixel maps.")
@@ -210,7 +210,7 @@ class OnnxModel:
         gives. Rows: a DataFrame with X's index, one column per feature (NaN where an entry
         is missing); images: an array (n, H, W). Needs a scorer exported with explain=True.
         """
-        self._require_explanations()
+        self.require_explanations()
         contributions = self.run(X)["contributions"]
         if self.is_image:
             return contributions
@@ -222,7 +222,8 @@ class OnnxModel:
     def _feature_labels(self, X) -> list:
         return feature_labels(X, getattr(self, "feature_names_in_", None), self.n_features_in_)
 
-    def _require_explanations(self) -> None:
+    def require_explanations(self) -> None:
+        """Refuse, saying how to export one, unless this is a scorer with explanations."""
         self._require("scorer", "explain")
         if self.metadata["estimator"] == "VQVAEDetector":
             raise ValueError("a VQ-VAE scorer has no per-feature explanations.")
