@@ -169,7 +169,7 @@ def image_shape_hint(got: tuple[int, ...], expected: tuple[int, ...]) -> str:
     (both without n), as "; pass ..." to end an error, or "" when there is none."""
     got, expected = tuple(got), tuple(expected)
     if got == (1, *expected):
-        return ("; the model was fitted on images without a channel axis: pass X[:, 0]")
+        return "; the model was fitted on images without a channel axis: pass X[:, 0]"
     if got == (*expected, 1):
         return "; the model was fitted on images without a channel axis: pass X[..., 0]"
     if len(expected) == 3 and got == expected[1:] and expected[0] == 1:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import check_count, is_outlier
+from .checks import check_count
 from .runtime import OnnxModel
 
 #: the columns scoring appends, and their pandas dtypes
@@ -97,11 +97,8 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
         rows = rows.to_numpy()
     else:                                  # the data's names for the model's columns
         rows = rows.set_axis(model.feature_columns, axis=1)
-    if not explain:
-        score = model.score_samples(rows)
-        return frame.assign(score=score, is_outlier=is_outlier(score, model.offset_))
     scored = model.score_frame(rows, explain=explain)
-    return frame.assign(**{name: scored[name].to_numpy() for name in scored})
+    return frame.assign(**{name: scored[name].to_numpy() for name in scored})  # index may repeat
 
 
 def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequence,
@@ -186,8 +183,7 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
     _refuse_other_formats(output)
     reader = pq.ParquetFile(source)
     index_columns, index_range = _stored_index(reader.schema_arrow)
-    names = _file_columns(reader.schema_arrow, model_path, columns, explain)
-    appended = list(score_columns(cached_model(os.fspath(model_path), 1), explain))
+    names, appended = _file_columns(reader.schema_arrow, model_path, columns, explain)
     counted = 0
 
     def write(tmp: str) -> None:
@@ -433,9 +429,9 @@ def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
 
     from .fileio import atomic_write_dir
 
-    names = _file_columns(_schema_of(source), model_path, columns, explain)
+    names, appended = _file_columns(_schema_of(source), model_path, columns, explain)
     scored = score_dask(parquet_partitions(source, names), model_path, names, explain=explain)
-    scored = scored[list(score_columns(cached_model(os.fspath(model_path), 1), explain))]
+    scored = scored[appended]
     with _dask_logs_at_our_level(), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
             silence_logs=_our_log_level()) as cluster, Client(cluster):
@@ -490,7 +486,7 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
     sql = _engine("pyspark.sql", "spark")
     from .fileio import atomic_write_dir
 
-    names = _file_columns(_schema_of(source), model_path, columns, explain)
+    names, _ = _file_columns(_schema_of(source), model_path, columns, explain)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)   # workers run this Python
     running = sql.SparkSession.getActiveSession()
     spark = running or (sql.SparkSession.builder.master(f"local[{workers}]")
@@ -507,15 +503,16 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
 
 
 def _file_columns(schema, model_path, columns: Sequence[str] | None,
-                  explain: int = 0) -> list[str]:
+                  explain: int = 0) -> tuple[list[str], list[str]]:
     """The model's input columns in a Parquet file's Arrow ``schema`` (by position for
-    an array-fitted model)."""
+    an array-fitted model), and the columns scoring appends."""
     index_columns, _ = _stored_index(schema)
     available = [n for n in schema.names if n not in index_columns]
     model = cached_model(os.fspath(model_path), 1)
     if columns is None and getattr(model, "feature_names_in_", None) is None:
         columns = available   # a model fitted on an array takes the columns by position
-    return input_columns(model, columns, available, explain=explain)
+    names = input_columns(model, columns, available, explain=explain)
+    return names, list(score_columns(model, explain))
 
 
 def _schema_of(source):
