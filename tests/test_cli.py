@@ -57,6 +57,57 @@ def test_score_csv_to_stdout_with_index_column(table, capsys):
     assert len(out) == 121
 
 
+def test_fit_on_chosen_columns_then_score_the_whole_file(table, capsys, caplog):
+    frame, tmp = table
+    labelled = frame.assign(diagnosis=np.arange(len(frame)) % 2)
+    labelled.to_csv(tmp / "labelled.csv")
+    fit = ["fit", str(tmp / "labelled.csv"), "--index-col", "patient", "--set", "epochs=2",
+           "--set", "random_state=0"]
+    assert main([*fit, "--model", str(tmp / "dropped.st"), "--drop", "diagnosis"]) == 0
+    assert " on 120 rows x 30 features " in capsys.readouterr().out
+    dropped = VAEDetector.load(tmp / "dropped.st")
+    assert list(dropped.feature_names_in_) == list(frame.columns)
+    picked = ["mean radius", "mean texture", "worst area"]
+    assert main([*fit, "--model", str(tmp / "picked.st"), "--columns", ",".join(picked[:2]),
+                 "--columns", picked[2]]) == 0
+    assert list(VAEDetector.load(tmp / "picked.st").feature_names_in_) == picked
+    capsys.readouterr()
+    # score takes the model's columns by name and leaves the label out, saying so
+    assert main(["score", str(tmp / "labelled.csv"), "--index-col", "patient",
+                 "--model", str(tmp / "dropped.st"), "-o", str(tmp / "s.csv")]) == 0
+    assert "leaving out column(s) 'diagnosis'" in caplog.text
+    scores = pd.read_csv(tmp / "s.csv", index_col="patient")
+    np.testing.assert_allclose(scores["score"], dropped.score_samples(frame), rtol=1e-6)
+
+
+@pytest.mark.parametrize("option, error", [
+    (["--drop", "diagnosis"], "--drop: the data has no column(s) 'diagnosis'; it has 'mean"),
+    (["--columns", "mean radius,mean radius"], "--columns names a column twice"),
+    (["--columns", "patient"], "--columns: the data has no column(s) 'patient'"),  # the index
+])
+def test_fit_names_a_column_choice_it_cannot_make(table, capsys, option, error):
+    _, tmp = table
+    assert main(["fit", str(tmp / "rows.csv"), "--index-col", "patient",
+                 "--model", str(tmp / "m.st"), *option]) == 1
+    assert error in capsys.readouterr().err
+    assert not (tmp / "m.st").exists()
+
+
+def test_column_choices_are_for_tables_and_exclude_each_other(table, capsys):
+    _, tmp = table
+    assert main(["fit", str(tmp / "rows.npy"), "--model", str(tmp / "m.st"),
+                 "--columns", "0"]) == 1
+    assert "an .npy array has no names" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp / "rows.csv"), "--model", str(tmp / "m.st"), "--columns", "a",
+              "--drop", "b"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    everything = ",".join(["patient", *pd.read_csv(tmp / "rows.csv", nrows=0).columns[1:]])
+    assert main(["fit", str(tmp / "rows.csv"), "--model", str(tmp / "m.st"),
+                 "--drop", everything]) == 1
+    assert "--drop leaves no column to fit on" in capsys.readouterr().err
+
+
 def test_a_semicolon_csv_is_named_instead_of_fitted_as_one_text_column(tmp_path, capsys):
     rows = "a;b\n" + "".join(f"{i};{i % 3}\n" for i in range(30))
     (tmp_path / "semi.csv").write_text(rows)

@@ -166,9 +166,13 @@ def parse_params(pairs: list[str]) -> dict:
 
 
 def run_fit(data: Path, model: Path, params: dict, index_col=None,
-            estimator: str = "VAEDetector", progress: bool = False) -> str:
+            estimator: str = "VAEDetector", progress: bool = False,
+            columns: list[str] | None = None, drop: list[str] | None = None) -> str:
     """Fit a detector on a data file, save it, and return the one-line summary.
 
+    ``columns`` fits on those columns of a table only, in that order; ``drop``
+    fits on all but those (a label, an identifier). ``vaeanom score`` then takes
+    the model's columns from its data by name and leaves the others out.
     ``progress`` shows a progress bar on standard error unless ``params`` sets
     ``verbose``. The bar belongs to this run, not to the model: the saved file
     keeps the estimator's own ``verbose``, so it is the same with or without a
@@ -177,7 +181,7 @@ def run_fit(data: Path, model: Path, params: dict, index_col=None,
     from . import estimators
     from .datasets import read_data
 
-    X = read_data(data, index_col=index_col)
+    X = select_columns(read_data(data, index_col=index_col), columns, drop)
     detector = getattr(estimators, estimator)(**params)
     own_verbose = detector.get_params()["verbose"]
     if progress and "verbose" not in params:
@@ -188,6 +192,35 @@ def run_fit(data: Path, model: Path, params: dict, index_col=None,
     detector.set_params(verbose=own_verbose)
     detector.save(model)
     return fit_summary(detector, len(X), seconds, model)
+
+
+def select_columns(X, columns: list[str] | None = None, drop: list[str] | None = None):
+    """The table's ``columns`` in that order, or all but ``drop``; names are matched as
+    text, as a CSV spells them. An array, which has no names, takes neither."""
+    if not columns and not drop:
+        return X
+    option = "--columns" if columns else "--drop"
+    if not isinstance(X, pd.DataFrame):
+        raise ValueError(f"{option} picks a table's columns; an .npy array has no names.")
+    wanted = _split_names(columns or drop)
+    by_name = {str(name): name for name in X.columns}
+    missing = [name for name in wanted if name not in by_name]
+    if missing:
+        raise ValueError(f"{option}: the data has no column(s) {shown_columns(missing)}; "
+                         f"it has {shown_columns(list(by_name))}.")
+    if len(set(wanted)) < len(wanted):
+        raise ValueError(f"{option} names a column twice: {', '.join(map(repr, wanted))}.")
+    if columns:
+        return X[[by_name[name] for name in wanted]]
+    kept = [name for name in X.columns if str(name) not in set(wanted)]
+    if not kept:
+        raise ValueError("--drop leaves no column to fit on.")
+    return X[kept]
+
+
+def _split_names(values: list[str]) -> list[str]:
+    """``["a,b", "c"]`` (repeated options, commas, or both) -> ``["a", "b", "c"]``."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def fit_summary(detector, n_rows: int, seconds: float, model: Path) -> str:
@@ -529,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
                      help="an estimator parameter, e.g. --set latent_dim=8 (repeatable)")
     fit.add_argument("--index-col", default=None, help=INDEX_COL_HELP)
+    picked = fit.add_mutually_exclusive_group()
+    picked.add_argument("--columns", action="append", default=None, metavar="A,B,...",
+                        help="fit on these columns of the table only (repeatable)")
+    picked.add_argument("--drop", action="append", default=None, metavar="A,B,...",
+                        help="fit on all columns but these, e.g. a label (repeatable)")
 
     score = sub.add_parser("score", help="score a data file with a saved model")
     score.add_argument("data", type=Path)
@@ -621,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fit":
             print(run_fit(args.data, args.model, parse_params(args.params),
                           _index_col(args.index_col), args.estimator,
-                          progress=_stderr_is_terminal()))
+                          progress=_stderr_is_terminal(), columns=args.columns,
+                          drop=args.drop))
         elif args.command == "score":
             frame = run_score(args.model, args.data, args.output, _index_col(args.index_col),
                               onnx=args.onnx, explain=args.explain, engine=args.engine,
