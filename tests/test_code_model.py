@@ -21,7 +21,7 @@ grids = st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)).flatm
     lambda shape: arrays(np.int64, shape, elements=st.integers(0, 15)))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(codes=grids, seed=st.integers(0, 3))
 def test_grids_of_any_size_round_trip_exactly(codes, seed):
     model = _model(seed)
@@ -30,7 +30,7 @@ def test_grids_of_any_size_round_trip_exactly(codes, seed):
     assert 8 * len(payload) <= model.ideal_bits(codes) * 1.01 + 40
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(codes=grids, seed=st.integers(0, 3))
 def test_the_causal_context_is_the_grid_context(codes, seed):
     model = _model(seed)
@@ -130,7 +130,7 @@ def test_a_garbage_payload_is_a_corrupt_blob_error_or_a_valid_code():
 
 
 # ------------------------------------------------------------- choosing codes
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(seed=st.integers(0, 3), contexts=arrays(np.int64, 50, elements=st.integers(0, 124)),
        codes=arrays(np.int64, 50, elements=st.integers(0, 15)))
 def test_code_bits_match_the_exact_rows_to_about_1e_4_bits(seed, contexts, codes):
@@ -165,7 +165,7 @@ def test_a_heavy_rate_weight_takes_the_cheapest_candidate_in_context():
         chosen, np.take_along_axis(candidates, bits.argmin(axis=-1)[..., None], -1)[..., 0])
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(seed=st.integers(0, 50), weight=st.floats(0.0, 10.0))
 def test_chosen_codes_cost_no_more_in_distance_plus_weighted_bits_than_the_nearest(seed, weight):
     """Greedy, but never worse than the nearest codes position by position given its past."""

@@ -36,7 +36,7 @@ def test_undoes_the_detectors_standardisation():
     torch.testing.assert_close(standardised, _plain((3, 6, 7))(pixels), rtol=1e-5, atol=1e-3)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 6), st.integers(1, 9), st.integers(1, 9))))
 def test_bounded_per_pixel_and_per_image(images):
     x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]

@@ -40,7 +40,7 @@ def codecs(digit_images):
     return {"square": (square, images), "crops": (crops, images[:, :7, 1:6])}
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(data=st.data())
 def test_round_trip_equals_decode_of_encode_and_size_is_near_ideal(codecs, data):
     detector, images = codecs[data.draw(st.sampled_from(sorted(codecs)), label="codec")]
@@ -495,7 +495,7 @@ def _mutated_blob(data, detector, blob: bytes) -> bytes:
     return _forge(detector, n, payload, size)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=200)
 @given(data=st.data())
 def test_mutated_and_random_blobs_only_ever_raise_corrupt_blob_error(codecs, data):
     detector, images = codecs[data.draw(st.sampled_from(sorted(codecs)), label="codec")]
@@ -740,7 +740,7 @@ def _tiled(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.tile(images, reps)[..., :size[0], :size[1]]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(data=st.data())
 def test_images_of_any_size_round_trip_at_their_own_size(codecs, data):
     detector, images = codecs[data.draw(st.sampled_from(sorted(codecs)), label="codec")]

@@ -98,7 +98,7 @@ def test_plots_are_written(case, tmp_path):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=2, max_size=40)
        .filter(lambda rows: 0 < sum(flag for _, flag in rows) < len(rows)),
        st.randoms(use_true_random=False))

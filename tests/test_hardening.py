@@ -392,7 +392,7 @@ def test_a_server_that_forks_after_loading_keeps_working(cancer_model, cancer_on
     assert np.array_equal(scores, model.score_samples(rows))
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=200)
 @given(st.one_of(
     hnp.arrays(st.sampled_from([np.float64, np.float32]), hnp.array_shapes(max_side=6),
                elements=st.one_of(st.integers(-3, 260).map(float), st.floats(-2.0, 300.0),

@@ -49,7 +49,7 @@ def test_kl_matches_monte_carlo_estimate():
     assert abs(mc.item() - closed.item()) < 0.02
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.tuples(finite, finite), min_size=1, max_size=6))
 def test_kl_is_non_negative_and_zero_only_at_the_prior(pairs):
     mu = torch.tensor([[p[0] for p in pairs]])

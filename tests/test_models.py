@@ -9,7 +9,7 @@ from vaeanom.models import (VAE, ConvDecoder, ConvEncoder, GaussianLikelihood, M
 from vaeanom.scoring import Scorer
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(c=st.integers(1, 3), h=st.integers(1, 33), w=st.integers(1, 33), stages=st.integers(1, 3))
 def test_conv_decoder_lands_on_the_encoder_input_shape(c, h, w, stages):
     channels = (4, 8, 8)[:stages]

@@ -540,7 +540,7 @@ ARRAYS = st.sampled_from(["FP32", "FP64", "INT64", "INT32", "UINT8", "BOOL", "FP
         elements=None if datatype[:2] != "FP" else {"allow_nan": False})))
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=60)
 @given(ARRAYS, st.booleans())
 def test_requests_built_by_tritonclient_parse_to_the_same_arrays(case, binary):
     datatype, array = case
@@ -561,7 +561,7 @@ def test_a_request_over_the_row_limit_is_refused_before_its_data_is_read():
         parse_infer(body, None)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=60)
 @given(st.binary(max_size=200), st.one_of(st.none(), st.integers(-5, 300).map(str)))
 def test_any_bytes_are_parsed_or_refused_with_a_protocol_error(body, header_length):
     try:
