@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from vaeanom import OnnxModel, VAEDetector, cli
 from vaeanom.export import read_metadata, triton_config
+from vaeanom.tables import TableSchema
 
 #: the defaults, as a user gets them (the explanation floor is a promise about those)
 TABLE = dict(random_state=0)
@@ -145,6 +146,73 @@ def test_decode_and_sample_give_tables_with_categories(table_model):
     assert (rebuilt["side"] == train["side"].iloc[:50].to_numpy()).mean() > 0.8
     drawn = det.sample(5, random_state=0)
     assert drawn.shape == (5, 6) and set(drawn["side"]) <= {"left", "right"}
+
+
+def typed_table(n: int = 120) -> pd.DataFrame:
+    """Categorical columns whose categories are not plain sorted text."""
+    frame = generated_table(n, seed=4)
+    band = np.digitize(frame["n0"], [-0.5, 0.5])
+    frame["level"] = pd.Categorical(LEVELS[band], categories=["low", "mid", "high"], ordered=True)
+    frame["code"] = pd.Categorical(np.array([1, 2, 10])[band])
+    frame["mixed"] = pd.Series(np.array(["none", 2, 10], dtype=object)[band], dtype=object)
+    return frame
+
+
+def test_decoded_categories_come_back_as_fit_saw_them(tmp_path):
+    """Numbers stay numbers and a category column keeps its order (1, 2, 10, not "1",
+    "10", "2"; low < mid < high), through save/load and ONNX. (An object column of
+    numbers only is a numeric column: see test_an_object_column_of_numbers...)"""
+    train = typed_table()
+    det = VAEDetector(**QUICK, epochs=5).fit(train)
+    rebuilt = det.reconstruct(train.iloc[:30])
+    dtypes = {name: rebuilt[name].dtype for name in ("level", "code", "mixed", "side")}
+    assert dtypes["level"] == pd.CategoricalDtype(["low", "mid", "high"], ordered=True)
+    assert dtypes["code"] == pd.CategoricalDtype([1, 2, 10])
+    assert list(dtypes["mixed"].categories) == [10, 2, "none"]     # as text: "10" < "2"
+    assert dtypes["side"] == pd.CategoricalDtype(["left", "right"])
+    schema = TableSchema.learn(train)     # codes and back: the very values, in their dtype
+    again = schema.decode(schema.encode(train), train.columns, train.index)
+    for name in ("level", "code", "side"):
+        pd.testing.assert_series_equal(again[name], train[name])
+    assert list(again["mixed"]) == list(train["mixed"])
+    # decoded rows are rows the model reads with the categories it knows
+    np.testing.assert_array_equal(det.score_samples(rebuilt),
+                                  det.score_samples(rebuilt.astype(object)))
+    det.save(tmp_path / "m.safetensors")
+    loaded = VAEDetector.load(tmp_path / "m.safetensors")
+    pd.testing.assert_frame_equal(loaded.reconstruct(train.iloc[:30]), rebuilt)
+    codes = det.encode(train.iloc[:30])
+    decoded = OnnxModel(det.export_onnx(tmp_path / "decoder.onnx", "decoder")).decode(codes)
+    for name in dtypes:
+        assert decoded[name].dtype == dtypes[name]
+    drawn = det.sample(20, random_state=0)
+    assert drawn["code"].dtype == dtypes["code"] and drawn["level"].cat.ordered
+
+
+def test_a_model_saved_without_levels_decodes_categories_as_text(tmp_path):
+    """Files written before the levels were kept still load, and decode as they did."""
+    train = typed_table()
+    det = VAEDetector(**QUICK, epochs=2).fit(train)
+    del det.category_levels_
+    det.save(tmp_path / "old.safetensors")
+    rebuilt = VAEDetector.load(tmp_path / "old.safetensors").reconstruct(train.iloc[:5])
+    assert list(rebuilt["code"].cat.categories) == ["1", "10", "2"]
+    assert list(rebuilt["level"].cat.categories) == ["high", "low", "mid"]
+
+
+@pytest.mark.parametrize("levels", [
+    [None, {"values": ["b", "a"], "ordered": False}],       # a numeric column with levels
+    [None],                                                 # one entry short
+    [{"values": ["a"], "ordered": False}, None],            # not the categories fit saw
+    [{"values": ["a", "b"], "ordered": "yes"}, None],
+    [{"values": ["a", ["b"]], "ordered": False}, None],     # not a JSON scalar
+    [{"values": ["a", "b"], "ordered": False, "code": 1}, None],
+])
+def test_levels_that_do_not_match_the_categories_are_refused(levels):
+    assert TableSchema.from_json([["a", "b"], None],
+                                 [{"values": ["b", "a"], "ordered": True}, None]).levels
+    with pytest.raises(ValueError, match="levels"):
+        TableSchema.from_json([["a", "b"], None], levels)
 
 
 def test_holes_of_every_kind_are_scored_without_imputation(table_model):

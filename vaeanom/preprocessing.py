@@ -45,6 +45,9 @@ class Preprocessing:
         column None (numeric) or the categories seen in fit, whose codes
         0..K-1 stand in the column (K: unseen). The table model takes missing
         values (NaN). None for other models.
+    category_levels : tuple of (dict or None), or None
+        How the table model gives decoded categories back
+        (:attr:`vaeanom.tables.TableSchema.levels`); None: as sorted texts.
     """
 
     center: np.ndarray
@@ -55,13 +58,15 @@ class Preprocessing:
     feature_names: tuple[str, ...] | None = None
     unit_range: bool = False
     categories: tuple[tuple[str, ...] | None, ...] | None = None
+    category_levels: tuple[dict | None, ...] | None = None
 
     @property
     def schema(self):
         """The table model's :class:`vaeanom.tables.TableSchema`, or None for other models."""
         from .tables import TableSchema   # pandas: imported only for tables
 
-        return None if self.categories is None else TableSchema(self.categories)
+        return (None if self.categories is None
+                else TableSchema(self.categories, self.category_levels))
 
     def check(self, values: np.ndarray, precision: str = "float32", what: str = "X") -> None:
         """Refuse values whose model units overflow ``precision`` (see :mod:`vaeanom.checks`).
@@ -99,25 +104,29 @@ class Preprocessing:
                 "pixel_dtype": self.pixel_dtype,
                 "feature_names": None if self.feature_names is None else list(self.feature_names),
                 "unit_range": self.unit_range,
-                "categories": None if self.categories is None else self.schema.to_json()}
+                "categories": None if self.categories is None else self.schema.to_json(),
+                "category_levels": None if self.categories is None else self.schema.levels_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Preprocessing:
         names = data.get("feature_names")
         categories = data.get("categories")
+        schema = None if categories is None else _table_schema(categories,
+                                                                data.get("category_levels"))
         return cls(np.asarray(data["center"], dtype=np.float64),
                    np.asarray(data["scale"], dtype=np.float64),
                    tuple(int(s) for s in data["input_shape"]), bool(data["is_image"]),
                    data.get("pixel_dtype"), None if names is None else tuple(map(str, names)),
                    bool(data.get("unit_range", False)),
-                   None if categories is None else _table_categories(categories))
+                   None if schema is None else schema.categories,
+                   None if schema is None else schema.levels)
 
 
-def _table_categories(data: Any) -> tuple[tuple[str, ...] | None, ...]:
-    """Checked table columns from JSON (pandas is imported for tables only)."""
+def _table_schema(categories: Any, levels: Any):
+    """The checked table schema from JSON (pandas is imported for tables only)."""
     from .tables import TableSchema
 
-    return TableSchema.from_json(data).categories
+    return TableSchema.from_json(categories, levels)
 
 
 def jsonable_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -150,28 +150,40 @@ class TableSchema:
     Attributes
     ----------
     categories : tuple of (tuple of str or None)
-        One entry per column, in the order of the table's columns.
+        One entry per column, in the order of the table's columns: the text of
+        each category, sorted (a code is a position here).
+    levels : tuple of (dict or None), or None
+        How decoded categories are given back, per categorical column:
+        ``{"values": [...], "ordered": bool}``, the categories as fit saw them
+        (1, not "1"; True, not "True"; other than str, int, float and bool: their
+        text), in the table's order (a ``category`` column's own order, else
+        sorted), and whether that order is meaningful. None (a model saved
+        before levels were kept): the texts, sorted, unordered.
     """
 
     categories: tuple[tuple[str, ...] | None, ...]
+    levels: tuple[dict | None, ...] | None = None
 
     @classmethod
     def learn(cls, X) -> TableSchema:
         """The schema of a training table: a DataFrame, or a numeric array (all numeric)."""
         if not isinstance(X, pd.DataFrame):
             return cls((None,) * np.shape(X)[1])
-        categories = []
+        categories, levels = [], []
         for name, column in X.items():
             if not is_categorical_dtype(column.dtype):
                 categories.append(None)
+                levels.append(None)
                 continue
-            seen = sorted({str(v) for v in column[column.notna()].tolist()})
+            observed = column[column.notna()]
+            seen = sorted({str(v) for v in observed.tolist()})
             if not seen:
                 raise ValueError(f"column {str(name)!r} holds no value at all (every entry is "
                                  "missing): drop it before fit.")
             _warn_if_identifier(name, len(seen), int(column.notna().sum()))
             categories.append(tuple(seen))
-        return cls(tuple(categories))
+            levels.append(_levels(column, observed))
+        return cls(tuple(categories), tuple(levels))
 
     @property
     def cardinalities(self) -> tuple[int, ...]:
@@ -210,17 +222,30 @@ class TableSchema:
             known = self.categories[j]
             if known is None:
                 frame[name] = values[:, j]
-            else:
-                codes = np.clip(np.rint(values[:, j]), 0, len(known) - 1).astype(np.int64)
+                continue
+            codes = np.clip(np.rint(values[:, j]), 0, len(known) - 1).astype(np.int64)
+            level = None if self.levels is None else self.levels[j]
+            if level is None:
                 frame[name] = pd.Categorical.from_codes(codes, categories=list(known))
+                continue
+            by_text = {str(v): v for v in level["values"]}
+            originals = np.empty(len(known), dtype=object)
+            originals[:] = [by_text[text] for text in known]
+            frame[name] = pd.Categorical(originals[codes], categories=level["values"],
+                                         ordered=level["ordered"])
         return pd.DataFrame(frame, index=index)
 
     def to_json(self) -> list[list[str] | None]:
         return [None if c is None else list(c) for c in self.categories]
 
+    def levels_json(self) -> list[dict | None] | None:
+        return None if self.levels is None else [None if lv is None else dict(lv)
+                                                 for lv in self.levels]
+
     @classmethod
-    def from_json(cls, data: Any) -> TableSchema:
-        """The schema from its JSON form, or ValueError when the form is not one fit writes."""
+    def from_json(cls, data: Any, levels: Any = None) -> TableSchema:
+        """The schema from its JSON forms (``to_json``, ``levels_json``), or ValueError
+        when they are not what fit writes."""
         if not isinstance(data, list) or not data:
             raise ValueError("categories must be a non-empty list")
         categories = []
@@ -232,7 +257,57 @@ class TableSchema:
                 categories.append(tuple(entry))
             else:
                 raise ValueError("each column's categories must be None or distinct strings")
-        return cls(tuple(categories))
+        if levels is None:
+            return cls(tuple(categories))
+        if not isinstance(levels, list) or len(levels) != len(categories):
+            raise ValueError("levels must be a list with an entry per column")
+        for known, level in zip(categories, levels):
+            if not _are_levels_of(level, known):
+                raise ValueError("each column's levels must be None for a numeric column, else "
+                                 "{'values': its categories as fit saw them, 'ordered': bool}")
+        return cls(tuple(categories), tuple(None if lv is None else dict(lv) for lv in levels))
+
+
+def _levels(column: pd.Series, observed: pd.Series) -> dict:
+    """A categorical column's categories as fit saw them, in the table's order (see
+    :class:`TableSchema`): one value per distinct text, the first one met."""
+    first: dict[str, Any] = {}
+    for value in observed.tolist():
+        first.setdefault(str(value), _plain(value))
+    if isinstance(column.dtype, pd.CategoricalDtype):   # its order; 1 and "1" are one
+        order = list({str(c): first[str(c)] for c in column.cat.categories
+                      if str(c) in first}.values())
+        return {"values": order, "ordered": bool(column.cat.ordered)}
+    values = list(first.values())
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        values.sort()                         # numbers by value: 2 before 10
+    else:
+        values.sort(key=str)
+    return {"values": values, "ordered": False}
+
+
+def _plain(value) -> Any:
+    """A category as JSON keeps it: a str, a bool, an int or a finite float as it is;
+    anything else (a date, a Decimal, NaN-like text) as its text."""
+    if isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int) and abs(value) < 2**63:
+        return value
+    if isinstance(value, float) and np.isfinite(value):
+        return value
+    return str(value)
+
+
+def _are_levels_of(level: Any, known: tuple[str, ...] | None) -> bool:
+    """Whether ``level`` is what fit writes for a column of categories ``known``."""
+    if known is None or level is None:
+        return known is None and level is None
+    if not isinstance(level, dict) or set(level) != {"values", "ordered"}:
+        return False
+    values = level["values"]
+    return (isinstance(level["ordered"], bool) and isinstance(values, list)
+            and all(_plain(v) == v for v in values)
+            and sorted(str(v) for v in values) == sorted(known) and len(values) == len(known))
 
 
 def _warn_if_identifier(name, n_categories: int, n_observed: int) -> None:

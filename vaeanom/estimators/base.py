@@ -450,11 +450,13 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                                          allow_missing=self._allows_missing,
                                          refused_by=self._tables_refused_by())
         self.input_shape_ = (rows.shape[1],)
-        for stale in ("pixel_dtype_", "categories_"):
+        for stale in ("pixel_dtype_", "categories_", "category_levels_"):
             if hasattr(self, stale):
                 delattr(self, stale)
         if schema.has_categories or np.isnan(rows).any():
             self.categories_ = schema.to_json()   # the table model: see _table_schema
+            if schema.has_categories:
+                self.category_levels_ = schema.levels_json()
         if self._needs_unit_range():
             if hasattr(self, "categories_"):
                 raise ValueError(
@@ -478,7 +480,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _table_schema(self) -> TableSchema | None:
         """The fitted table's columns when fit saw categories or holes (the table model), else None."""
         categories = getattr(self, "categories_", None)
-        return None if categories is None else TableSchema.from_json(categories)
+        return None if categories is None else TableSchema.from_json(
+            categories, getattr(self, "category_levels_", None))
 
     def _as_table(self, values: np.ndarray, index: pd.Index | None = None):
         """Rows in user units as they should be returned: a DataFrame with the category
@@ -508,7 +511,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             getattr(self, "pixel_dtype_", "float") if self.is_image_ else None,
             None if names is None else tuple(str(n) for n in names),
             self._needs_unit_range() and not self.is_image_,
-            None if schema is None else schema.categories)
+            None if schema is None else schema.categories,
+            None if schema is None else schema.levels)
 
     def _needs_unit_range(self) -> bool:
         """True when the likelihood needs data in [0, 1] (no standardisation)."""
@@ -653,7 +657,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     _optional_arrays: ClassVar[tuple[str, ...]] = ()
     _fitted_values: ClassVar[tuple[str, ...]] = (
         "offset_", "n_features_in_", "feature_names_in_", "input_shape_", "is_image_",
-        "pixel_dtype_", "history_", "categories_")
+        "pixel_dtype_", "history_", "categories_", "category_levels_")
 
     def save(self, path) -> None:
         """Write the fitted detector to one .safetensors file (weights + JSON config).

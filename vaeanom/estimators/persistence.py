@@ -167,6 +167,14 @@ def _is_table_schema(value: Any) -> bool:
     return True
 
 
+def _are_levels(categories: Any, levels: Any) -> bool:
+    try:
+        TableSchema.from_json(categories, levels)
+    except ValueError:
+        return False
+    return True
+
+
 #: what each JSON fitted value must look like (anything else means a corrupt or crafted file)
 _FITTED_CHECKS = {
     "offset_": _is_number,
@@ -180,6 +188,7 @@ _FITTED_CHECKS = {
     "perplexity_": _is_number,
     "used_codes_": _is_number,
     "categories_": _is_table_schema,
+    "category_levels_": lambda v: isinstance(v, list),   # checked against categories_ below
     "classes_": lambda v: _are_labels(v),
     "label_offset_": _is_number,
     "n_code_classes_": lambda v: _is_int(v, 1),
@@ -211,6 +220,10 @@ def checked_fitted(cls, fitted: dict[str, Any], what: str) -> dict[str, Any]:
                                    or len(categories) != fitted["n_features_in_"]):
         raise ValueError(f"{what}: categories_ has {len(categories)} columns for a model of "
                          f"{fitted['n_features_in_']} features; the file is corrupt.")
+    levels = fitted.get("category_levels_")
+    if levels is not None and not _are_levels(categories, levels):
+        raise ValueError(f"{what}: category_levels_ does not match categories_; the file is "
+                         "corrupt.")
     names = fitted.get("feature_names_in_")
     if names is not None and len(names) != fitted["n_features_in_"]:
         raise ValueError(f"{what}: {len(names)} feature names for {fitted['n_features_in_']} "
