@@ -205,8 +205,43 @@ def test_onnx_scorers_match_score_samples(tmp_path, digits, cvae):
     assert read_metadata(tmp_path / "labelled.onnx")["offset"] == pytest.approx(
         cvae.label_offset_)
     assert read_metadata(tmp_path / "marginal.onnx")["offset"] == pytest.approx(cvae.offset_)
-    with pytest.raises(ValueError, match="with_label=True"):
-        OnnxModel(tmp_path / "labelled.onnx")
+
+    labelled = OnnxModel(tmp_path / "labelled.onnx")   # the labels' names, mapped torch-free
+    assert labelled.takes_labels and not marginal.takes_labels
+    assert labelled.classes_.tolist() == cvae.classes_.tolist()
+    names = NAMES[y_test]
+    np.testing.assert_allclose(labelled.score_samples(x_test, names),
+                               cvae.score_samples(x_test, names), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(labelled.predict(x_test, names), cvae.predict(x_test, names))
+    frame = labelled.score_frame(x_test[:5], y="three")          # one label for every row
+    np.testing.assert_array_equal(frame["score"], labelled.score_samples(x_test[:5],
+                                                                         ["three"] * 5))
+    with pytest.raises(ValueError, match=r"give the labels, one per row .* among \['eight'"):
+        labelled.score_samples(x_test[:2])
+    with pytest.raises(ValueError, match=r"never saw in fit: \['ten'\]"):
+        labelled.score_samples(x_test[:2], ["one", "ten"])
+    with pytest.raises(ValueError, match="takes none. Leave them out"):
+        marginal.score_samples(x_test[:2], names[:2])
+    with pytest.raises(ValueError, match=r"input 'label' holds 10: .* 0\.\.9"):
+        labelled.check_feeds({"input": x_test[:2].astype(np.float32),
+                              "label": np.array([1, 10], dtype=np.int64)})
+
+
+def test_the_cli_exports_a_scorer_given_labels(tmp_path, digits, cvae, capsys):
+    from vaeanom.cli import main
+
+    _, _, x_test, y_test = digits
+    cvae.save(tmp_path / "cvae.safetensors")
+    assert main(["export", str(tmp_path / "given.onnx"), "--model",
+                 str(tmp_path / "cvae.safetensors"), "--with-label"]) == 0
+    given = OnnxModel(tmp_path / "given.onnx")
+    np.testing.assert_allclose(given.score_samples(x_test[:20], NAMES[y_test[:20]]),
+                               cvae.score_samples(x_test[:20], NAMES[y_test[:20]]),
+                               rtol=1e-5, atol=1e-4)
+    VAEDetector(epochs=1, random_state=0).fit(x_test[:50]).save(tmp_path / "plain.st")
+    assert main(["export", str(tmp_path / "x.onnx"), "--model", str(tmp_path / "plain.st"),
+                 "--with-label"]) == 1
+    assert "conditional" in capsys.readouterr().err
 
 
 def test_contextual_anomaly_on_a_table():

@@ -122,6 +122,8 @@ def repo(cancer, tmp_path_factory):
         "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 300000 }"))
     VAEDetector(**QUICK).fit(table_frame(300, 0)).export_triton(folder, "table", explain=True)
     VAEDetector(**QUICK).fit(digit_images()).export_triton(folder, "digits")   # uint8 input
+    VAEDetector(**QUICK, conditional=True).fit(X, np.where(y == 1, "benign", "malignant")
+                                               ).export_triton(folder, "given", with_label=True)
     return folder
 
 
@@ -230,6 +232,35 @@ def test_records_endpoint_scores_an_8_bit_image_model(server, repo):
         status, body = server.request("POST", "/v1/models/digits/score",
                                       json.dumps([bad]).encode())
         assert status == 400 and "8-bit pixels" in body["error"], body
+
+
+def test_a_conditional_scorer_is_served_with_each_rows_label(server, repo, cancer):
+    """A scorer exported with_label=True takes 'label' codes over the protocol, and
+    label names beside the records on /score, scoring as OnnxModel does."""
+    model = OnnxModel(repo / "given" / "1" / "model.onnx")
+    assert model.classes_.tolist() == ["benign", "malignant"]
+    X = cancer[0].iloc[:40]
+    labels = np.where(cancer[1].iloc[:40] == 1, "benign", "malignant")
+    expected = model.score_samples(X, labels)
+    meta = server.client.get_model_metadata("given")
+    assert meta["inputs"][1] == {"name": "label", "datatype": "INT64", "shape": [-1]}
+    tensors = [tritonclient_http.InferInput("input", [40, 30], "FP32"),
+               tritonclient_http.InferInput("label", [40], "INT64")]
+    tensors[0].set_data_from_numpy(X.to_numpy(np.float32))
+    tensors[1].set_data_from_numpy((labels == "malignant").astype(np.int64))
+    scores = server.client.infer("given", tensors).as_numpy("score")
+    np.testing.assert_array_equal(scores.astype(np.float64), expected)
+    records = json.loads(X.to_json(orient="records"))
+    status, body = server.request("POST", "/v1/models/given/score", json.dumps(
+        {"records": records, "labels": labels.tolist()}).encode())
+    assert status == 200, body
+    np.testing.assert_array_equal(body["score"], expected)
+    assert body["threshold"] == model.offset_
+    status, body = server.request("POST", "/v1/models/given/score", json.dumps(records).encode())
+    assert status == 400 and '"labels": [...] beside "records"' in body["error"], body
+    status, body = server.request("POST", "/v1/models/cancer/score", json.dumps(
+        {"records": records[:1], "labels": ["benign"]}).encode())
+    assert status == 400 and "takes none" in body["error"], body
 
 
 def test_the_exported_repository_parses_with_tritons_own_model_config(repo):

@@ -348,7 +348,7 @@ def _streams(data: Path, output: Path | None, onnx: Path | None, index_col) -> b
 
 def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype: str,
                triton: Path | None, name: str | None = None, max_batch_size: int | None = None,
-               explain: bool = False) -> Path:
+               explain: bool = False, with_label: bool = False) -> Path:
     """Export a saved model to one ONNX file, or to a Triton model repository."""
     if (out is None) == (triton is None):
         raise ValueError("give exactly one of OUT.onnx or --triton REPO_DIR.")
@@ -360,10 +360,12 @@ def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype
     detector = load_detector(model)
     if triton is not None:
         folder = detector.export_triton(triton, name, part, fp16=fp16, input_dtype=input_dtype,
-                                        max_batch_size=max_batch_size, explain=explain)
+                                        max_batch_size=max_batch_size, explain=explain,
+                                        with_label=with_label)
         logger.info("wrote Triton model %s", folder)
         return folder
-    detector.export_onnx(out, part, fp16=fp16, input_dtype=input_dtype, explain=explain)
+    detector.export_onnx(out, part, fp16=fp16, input_dtype=input_dtype, explain=explain,
+                         with_label=with_label)
     logger.info("wrote the %s of %s to %s", part, model, out)
     return out
 
@@ -593,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--explain", action="store_true",
                         help="the scorer also returns each feature's contribution (what "
                              "explain gives; served as 'explanations' by /v1/.../score)")
+    export.add_argument("--with-label", action="store_true",
+                        help="a conditional model's scorer that scores each row given its label "
+                             "(a second input, 'label'; \"labels\" beside \"records\" in /score)")
     export.add_argument("--input-dtype", choices=("auto", "float32", "uint8"), default="auto",
                         help="auto: what the model was fitted on (8-bit pixels for models "
                              "fitted on uint8 images); uint8: the graph takes 8-bit pixels")
@@ -669,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _to_stdout(frame)
         elif args.command == "export":
             run_export(args.model, args.out, args.part, args.fp16, args.input_dtype, args.triton,
-                       args.name, args.max_batch_size, args.explain)
+                       args.name, args.max_batch_size, args.explain, args.with_label)
         elif args.command == "serve":
             from .serving import serve
             serve(args.path, args.host, args.port, args.workers,

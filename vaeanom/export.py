@@ -456,9 +456,11 @@ def check_triton_name(name) -> None:
 
 def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
                   part: str = "scorer", *, max_batch_size: int = 4096, fp16: bool = False,
-                  input_dtype: str = "auto", version: int = 1, explain: bool = False) -> Path:
+                  input_dtype: str = "auto", version: int = 1, explain: bool = False,
+                  with_label: bool = False) -> Path:
     """Write a Triton model repository entry: ``repo/<name>/config.pbtxt`` and
-    ``repo/<name>/<version>/model.onnx``. Returns the model folder."""
+    ``repo/<name>/<version>/model.onnx`` (options as :func:`export_onnx`). Returns the
+    model folder."""
     import onnx
 
     if max_batch_size < 1:
@@ -466,7 +468,7 @@ def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
     check_triton_name(name)
     folder = Path(repo_dir) / name
     model_path = export_onnx(detector, folder / str(version) / "model.onnx", part, fp16=fp16,
-                             input_dtype=input_dtype, explain=explain)
+                             input_dtype=input_dtype, explain=explain, with_label=with_label)
     config = triton_config(name, onnx.load(model_path), max_batch_size)
     atomic_write(folder / "config.pbtxt", lambda tmp: Path(tmp).write_text(config))
     return folder

@@ -155,6 +155,8 @@ class OnnxModel:
         self.preprocessing = None if pre is None else Preprocessing.from_json(pre)
         self.table_schema = None if self.preprocessing is None else self.preprocessing.schema
         self._graph_inputs = [i.name for i in self._session.get_inputs()]
+        if meta.get("classes") is not None:
+            self.classes_ = np.asarray(meta["classes"])
         self._outputs = {o.name: o for o in self._session.get_outputs()}
 
     def __repr__(self) -> str:
@@ -166,23 +168,30 @@ class OnnxModel:
         return self._session.get_providers()
 
     # ------------------------------------------------------------- scoring
-    def score_samples(self, X) -> np.ndarray:
-        """Per-row score, higher = more normal: what the detector's ``score_samples`` gives."""
+    def score_samples(self, X, y=None) -> np.ndarray:
+        """Per-row score, higher = more normal: what the detector's ``score_samples`` gives.
+
+        ``y``: each row's label, for a conditional scorer exported with
+        ``with_label=True`` (:attr:`takes_labels`), which scores a row given its
+        label as ``det.score_samples(X, y)`` does; no other scorer takes one.
+        """
         self._require("scorer", "score_samples")
-        return finite_scores(self.run(X)["score"])
+        return finite_scores(self.run(X, y)["score"])
 
-    def decision_function(self, X) -> np.ndarray:
-        """``score_samples(X) - offset_``: negative for outliers."""
-        return self.score_samples(X) - self.offset_
+    def decision_function(self, X, y=None) -> np.ndarray:
+        """``score_samples(X, y) - offset_``: negative for outliers (a scorer given labels
+        was exported with the model's per-label threshold, ``label_offset_``)."""
+        return self.score_samples(X, y) - self.offset_
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, y=None) -> np.ndarray:
         """+1 for inliers, -1 for outliers."""
-        return outlier_labels(self.score_samples(X), self.offset_)
+        return outlier_labels(self.score_samples(X, y), self.offset_)
 
-    def score_frame(self, X, explain: int = 0):
+    def score_frame(self, X, explain: int = 0, y=None):
         """A DataFrame with X's index: ``score`` and ``is_outlier``; ``explain=k`` adds
         each row's k most anomalous features, ranked as the detector's ``score_frame``
-        ranks them (``feature_i``, ``contribution_i``; rows, explaining scorers only)."""
+        ranks them (``feature_i``, ``contribution_i``; rows, explaining scorers only).
+        ``y``: labels, as in :meth:`score_samples`."""
         import pandas as pd
 
         k = check_count(explain, "explain")
@@ -192,7 +201,7 @@ class OnnxModel:
                 raise ValueError("score_frame(explain=k) is for rows; for images, explain(X) "
                                  "returns per-pixel maps.")
         self._require("scorer", "score_frame")
-        outputs = self.run(X)
+        outputs = self.run(X, y)
         score = finite_scores(outputs["score"])
         index = X.index if isinstance(X, (pd.DataFrame, pd.Series)) else pd.RangeIndex(len(score))
         frame = pd.DataFrame({"score": score, "is_outlier": is_outlier(score, self.offset_)},
@@ -263,9 +272,37 @@ class OnnxModel:
                              f"det.export_onnx(path, part={part!r}).")
 
     # ----------------------------------------------------------- execution
-    def run(self, X) -> dict[str, np.ndarray]:
-        """Every output of the graph for X, as a dict of numpy arrays, chunk by chunk."""
-        return self.run_feeds(self._feeds(X))
+    def run(self, X, y=None) -> dict[str, np.ndarray]:
+        """Every output of the graph for X (and labels ``y``, for a scorer that takes
+        them), as a dict of numpy arrays, chunk by chunk."""
+        return self.run_feeds(self._with_labels(self._feeds(X), y))
+
+    @property
+    def takes_labels(self) -> bool:
+        """True for a conditional scorer exported with ``with_label=True``: it scores
+        each row given its label, and its graph takes a second input ``label``, each
+        row's index in :attr:`classes_` (int64)."""
+        return "label" in self._graph_inputs
+
+    def _with_labels(self, feeds: dict[str, np.ndarray], y) -> dict[str, np.ndarray]:
+        """``feeds`` and, for a scorer that takes labels, ``label``: y's codes."""
+        if not self.takes_labels:
+            if y is not None:
+                raise ValueError("labels (y) are for a conditional scorer exported with "
+                                 "det.export_onnx(path, with_label=True); this one takes "
+                                 "none. Leave them out.")
+            return feeds
+        if y is None:
+            raise ValueError("this conditional scorer scores each row given its label "
+                             "(exported with with_label=True): give the labels, one per row "
+                             "(or one for all; y=... in Python, \"labels\": [...] beside "
+                             f"\"records\" in a /score request), among "
+                             f"{self.classes_.tolist()[:10]}.")
+        from .labels import label_codes, one_label_per_row   # pandas: only with labels
+
+        n_rows = len(next(iter(feeds.values())))
+        codes = label_codes(one_label_per_row(y, n_rows), self.classes_, n_rows)
+        return {**feeds, "label": codes}
 
     @property
     def graph_inputs(self) -> list[dict[str, Any]]:
@@ -309,8 +346,21 @@ class OnnxModel:
         if rows == 0:
             raise ValueError("the inputs have 0 rows; send at least one.")
         if self.part != "decoder" and self.table_schema is not None:
-            return self._checked_table_feeds(self._rows_from_table_feeds(tensors))
-        return self._feeds(tensors[names[0]])
+            feeds = self._checked_table_feeds(self._rows_from_table_feeds(tensors))
+        else:
+            feeds = self._feeds(tensors[names[0]])
+        if self.takes_labels:
+            feeds["label"] = self._checked_label_codes(tensors["label"])
+        return feeds
+
+    def _checked_label_codes(self, codes: np.ndarray) -> np.ndarray:
+        """A ``label`` tensor, refused unless every code indexes :attr:`classes_`."""
+        outside = (codes < 0) | (codes >= len(self.classes_))
+        if outside.any():
+            raise ValueError(f"input 'label' holds {int(codes[outside][0])}: a label is its "
+                             f"index in the model's classes, 0..{len(self.classes_) - 1} "
+                             f"({self.classes_.tolist()[:10]}).")
+        return codes
 
     def _rows_from_table_feeds(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         """numbers, codes and observed -> the float64 rows with NaN holes they stand for."""
@@ -520,11 +570,6 @@ def _read_metadata(session: ort.InferenceSession, path: Path, sealed: bool) -> d
     if version >= 2 and not sealed:
         raise ValueError(f"{str(path)!r} has lost its SHA-256 digest: the file is corrupt or "
                          "was edited. Export it again.")
-    if any(i.name == "label" for i in session.get_inputs()) and meta.get("classes"):
-        raise ValueError(f"{str(path)!r} is a conditional scorer that takes each row's label "
-                         "(exported with with_label=True); OnnxModel runs the label-marginal "
-                         "export. Run this one in onnxruntime.InferenceSession, feeding 'label' "
-                         "as int64 indices into the metadata's 'classes'.")
     problem = _metadata_problem(meta, session)
     if problem:  # a seal proves integrity, not authorship: check what the file claims
         raise ValueError(f"{str(path)!r} has invalid vaeanom metadata ({problem}); the file is "
@@ -537,10 +582,22 @@ _GRAPH_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)",
                 "bool": "tensor(bool)"}
 
 
+def _is_class_list(value) -> bool:
+    """A conditional model's classes as the exporter writes them: distinct strings,
+    numbers or booleans (one kind), at least one."""
+    if not isinstance(value, list) or not value:
+        return False
+    kinds = {str if isinstance(v, str) else bool if isinstance(v, bool)
+             else float if isinstance(v, (int, float)) and abs(v) <= 1e308 else None
+             for v in value}
+    return len(kinds) == 1 and None not in kinds and len(set(value)) == len(value)
+
+
 def _is_input_list(value) -> bool:
-    return (isinstance(value, list) and 1 <= len(value) <= 3
+    return (isinstance(value, list) and 1 <= len(value) <= 4   # a table's 3, and labels
             and all(isinstance(i, dict) and isinstance(i.get("name"), str)
-                    and i.get("dtype") in _GRAPH_TYPES and _is_shape(i.get("shape"))
+                    and i.get("dtype") in _GRAPH_TYPES
+                    and (i.get("shape") == [] or _is_shape(i.get("shape")))   # []: labels
                     for i in value))
 
 
@@ -590,6 +647,11 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
     if first["name"] != meta["input_name"] or (len(listed) == 1 and (
             first["dtype"] != meta["input_dtype"] or first["shape"] != meta["input_shape"])):
         return f"input {meta['input_name']!r} {meta['input_dtype']} is not the graph's {first}"
+    data_inputs = [i for i in listed if i["name"] != "label"]
+    if len(data_inputs) < len(listed) and (
+            meta["part"] != "scorer" or not _is_class_list(meta.get("classes"))
+            or listed[-1] != {"name": "label", "dtype": "int64", "shape": []}):
+        return "a 'label' input without a scorer's classes, or not int64 codes (n,)"
     graph = [(i.name, i.type, list(i.shape[1:])) for i in inputs]
     if graph != [(i["name"], _GRAPH_TYPES[i["dtype"]], i["shape"]) for i in listed]:
         return f"the graph takes {graph}, not the inputs its metadata lists ({listed})"
@@ -619,9 +681,9 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
         if pre.categories is not None and len(pre.categories) != meta["n_features_in"]:
             return f"{len(pre.categories)} table columns for {meta['n_features_in']} features"
         table_data = pre.categories is not None and meta["part"] != "decoder"
-        if table_data and listed != table_inputs(pre.schema.cardinalities):
+        if table_data and data_inputs != table_inputs(pre.schema.cardinalities):
             return f"a table model whose graph takes {listed}"
-        if not table_data and len(listed) != 1:
+        if not table_data and len(data_inputs) != 1:
             return f"a graph with {len(listed)} inputs for a model that takes one"
         if (list(pre.input_shape) != data_shape or pre.is_image != meta["is_image"]
                 or pre.center.shape != pre.scale.shape

@@ -20,7 +20,7 @@ from ..scoring import (CONDITIONAL_SCORE_KINDS, HIERARCHICAL_SCORE_KINDS, IMAGE_
                        SCORE_KINDS, ConditionalBound, FeatureContributions, HierarchicalScorer,
                        ImageComplexity, LabelMarginal, LatentNeighbours, Scorer,
                        inference_scorer, term_reference)
-from . import labels
+from .. import labels
 from .base import BaseDetector, _seed_from
 from .params import AnyOf, Flag, IntTuple, Number, OneOf
 

@@ -483,16 +483,17 @@ async def _score(state: _State, request: Request) -> Response:
 
 
 def _read_records(model, body: bytes) -> dict[str, np.ndarray]:
-    """A /score body (JSON records) -> checked feeds."""
-    records = read_json(body)
+    """A /score body (JSON records, and a conditional scorer's "labels") -> checked feeds."""
+    records, labels = read_json(body), None
     if isinstance(records, dict):
+        labels = records.get("labels")
         records = records.get("records", records.get("instances"))
     if not isinstance(records, list) or not records or not all(isinstance(r, dict)
                                                                 for r in records):
         raise ServerError(400, "the body must be a non-empty list of records (objects mapping "
                                "column names to values), or {\"records\": [...]}.")
     try:
-        return model._feeds(_frame(model, records))
+        return model._with_labels(model._feeds(_frame(model, records)), labels)
     except (ValueError, TypeError, OverflowError) as err:
         raise ServerError(400, str(err)) from None
 

@@ -4,6 +4,8 @@ A conditional VAE learns p(x | y) for the labels (or any categorical context
 column) given to ``fit``. Its classes are the distinct labels seen there, in
 sorted order (``np.unique``), as scikit-learn classifiers keep ``classes_``;
 scoring with a label outside them is refused, naming it.
+
+numpy and pandas only: the torch-free runtime maps labels with it too.
 """
 
 from __future__ import annotations
