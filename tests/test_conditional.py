@@ -244,6 +244,38 @@ def test_the_cli_exports_a_scorer_given_labels(tmp_path, digits, cvae, capsys):
     assert "conditional" in capsys.readouterr().err
 
 
+def test_the_cli_fits_and_scores_given_a_label_column(tmp_path, capsys):
+    """vaeanom fit --label COLUMN fits p(x | label); score --label scores given it,
+    with the saved model and with a scorer exported --with-label alike."""
+    from vaeanom.cli import main
+
+    x, y = load_wine(return_X_y=True, as_frame=True)
+    table = x.assign(cultivar=y.map({0: "barolo", 1: "grignolino", 2: "barbera"}))
+    table.to_csv(tmp_path / "wine.csv", index=False)
+    model, data = str(tmp_path / "w.st"), str(tmp_path / "wine.csv")
+    assert main(["fit", data, "--model", model, "--label", "cultivar",
+                 "--set", "epochs=20", "--set", "random_state=0"]) == 0
+    detector = VAEDetector.load(model)
+    assert detector.conditional and list(detector.feature_names_in_) == list(x.columns)
+    assert main(["score", data, "--model", model, "--label", "cultivar",
+                 "-o", str(tmp_path / "given.csv")]) == 0
+    given = pd.read_csv(tmp_path / "given.csv")["score"]
+    np.testing.assert_allclose(given, detector.score_samples(x, table["cultivar"]), rtol=1e-6)
+    assert main(["export", str(tmp_path / "w.onnx"), "--model", model, "--with-label"]) == 0
+    assert main(["score", data, "--onnx", str(tmp_path / "w.onnx"), "--label", "cultivar",
+                 "-o", str(tmp_path / "onnx.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "onnx.csv")["score"], given,
+                               rtol=1e-5, atol=1e-4)
+    capsys.readouterr()
+    assert main(["score", data, "--onnx", str(tmp_path / "w.onnx")]) == 1
+    assert "--label COLUMN in vaeanom score" in capsys.readouterr().err
+    assert main(["fit", data, "--model", model, "--label", "grape"]) == 1
+    assert "--label: the data has no column 'grape'" in capsys.readouterr().err
+    assert main(["fit", data, "--model", model, "--label", "cultivar",
+                 "--set", "conditional=False"]) == 1
+    assert "--label fits a conditional VAEDetector" in capsys.readouterr().err
+
+
 def test_contextual_anomaly_on_a_table():
     """"Unusual for this type": a wine of one cultivar labelled as another scores lower
     given the wrong label than given its own."""

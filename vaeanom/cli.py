@@ -167,12 +167,15 @@ def parse_params(pairs: list[str]) -> dict:
 
 def run_fit(data: Path, model: Path, params: dict, index_col=None,
             estimator: str = "VAEDetector", progress: bool = False,
-            columns: list[str] | None = None, drop: list[str] | None = None) -> str:
+            columns: list[str] | None = None, drop: list[str] | None = None,
+            label: str | None = None) -> str:
     """Fit a detector on a data file, save it, and return the one-line summary.
 
     ``columns`` fits on those columns of a table only, in that order; ``drop``
     fits on all but those (a label, an identifier). ``vaeanom score`` then takes
     the model's columns from its data by name and leaves the others out.
+    ``label`` names the column of class labels a conditional VAE learns p(x | y)
+    for (``conditional=True`` is implied); it is not a feature.
     ``progress`` shows a progress bar on standard error unless ``params`` sets
     ``verbose``. The bar belongs to this run, not to the model: the saved file
     keeps the estimator's own ``verbose``, so it is the same with or without a
@@ -181,13 +184,15 @@ def run_fit(data: Path, model: Path, params: dict, index_col=None,
     from . import estimators
     from .datasets import read_data
 
-    X = select_columns(read_data(data, index_col=index_col), columns, drop)
+    X = read_data(data, index_col=index_col)
+    y, X = (None, X) if label is None else _split_label(X, label, params, estimator)
+    X = select_columns(X, columns, drop)
     detector = getattr(estimators, estimator)(**params)
     own_verbose = detector.get_params()["verbose"]
     if progress and "verbose" not in params:
         detector.set_params(verbose=1)
     start = time.perf_counter()
-    detector.fit(X)
+    detector.fit(X) if y is None else detector.fit(X, y)
     seconds = time.perf_counter() - start
     detector.set_params(verbose=own_verbose)
     detector.save(model)
@@ -216,6 +221,30 @@ def select_columns(X, columns: list[str] | None = None, drop: list[str] | None =
     if not kept:
         raise ValueError("--drop leaves no column to fit on.")
     return X[kept]
+
+
+def _split_label(X, label: str, params: dict, estimator: str):
+    """(labels, the other columns) for ``--label``, which sets ``conditional=True``."""
+    if estimator != "VAEDetector" or params.get("conditional", True) is not True:
+        raise ValueError("--label fits a conditional VAEDetector (conditional=True); drop "
+                         "--estimator and --set conditional=... or drop --label.")
+    params["conditional"] = True
+    return label_column(X, label), X.drop(columns=[_column_named(X, label, "--label")])
+
+
+def label_column(X, label: str):
+    """A table's column of labels, by name (``--label``)."""
+    if not isinstance(X, pd.DataFrame):
+        raise ValueError("--label names a table's column of labels; an .npy array has none.")
+    return X[_column_named(X, label, "--label")]
+
+
+def _column_named(X: pd.DataFrame, name: str, option: str):
+    by_name = {str(column): column for column in X.columns}
+    if name not in by_name:
+        raise ValueError(f"{option}: the data has no column {name!r}; it has "
+                         f"{shown_columns(list(by_name))}.")
+    return by_name[name]
 
 
 def _split_names(values: list[str]) -> list[str]:
@@ -252,7 +281,7 @@ def load_detector(path: Path):
 
 def run_score(model: Path | None, data: Path, output: Path | None, index_col=None,
               onnx: Path | None = None, explain: int = 0, engine: str | None = None,
-              workers: int = 2) -> pd.DataFrame | None:
+              workers: int = 2, label: str | None = None) -> pd.DataFrame | None:
     """Score a data file with a saved model, or with an exported ONNX scorer (no torch).
 
     ``explain=k`` adds each row's k most anomalous features (a saved VAE model, or a
@@ -261,11 +290,16 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
     batches (:func:`vaeanom.distributed.score_parquet`, bounded memory), and
     nothing is returned; ``engine="dask"`` or ``"spark"`` runs that job on a
     local Dask cluster or Spark with ``workers`` processes, into a folder of parts.
+    ``label`` names the column of labels a conditional model scores each row given
+    (a saved conditional VAE, or a scorer exported with ``--with-label``); the file is
+    then read whole.
     """
     from .datasets import read_data, write_frame
 
     if (model is None) == (onnx is None):
         raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
+    if engine in ENGINES and label is not None:
+        raise ValueError(f"--label scores in this process; drop --engine {engine}.")
     if engine in ENGINES:
         if not _streams(data, output, onnx, index_col):
             raise ValueError(f"--engine {engine} scores a Parquet file with an exported scorer into "
@@ -276,7 +310,7 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
                                                                explain=explain)
         logger.info("%s scored %d rows into %s", engine, rows, output)
         return None
-    if _streams(data, output, onnx, index_col):
+    if label is None and _streams(data, output, onnx, index_col):
         from .distributed import score_parquet
         rows = score_parquet(data, onnx, output, explain=explain)
         logger.info("streamed %d scores to %s", rows, output)
@@ -290,8 +324,15 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         raise ValueError("--explain needs a VAEDetector (--model) or a scorer exported with "
                          "`vaeanom export --explain` (--onnx); a VQ-VAE has no per-feature "
                          "explanations.")
-    table = _as_pixels(scorer, _model_columns(scorer, read_data(data, index_col=index_col)))
-    frame = scorer.score_frame(table, explain=explain) if explain else scorer.score_frame(table)
+    table = read_data(data, index_col=index_col)
+    labels = None if label is None else label_column(table, label)
+    if labels is not None:
+        table = table.drop(columns=[labels.name])
+    table = _as_pixels(scorer, _model_columns(scorer, table))
+    options = {"explain": explain} if explain else {}
+    if labels is not None:
+        options["y"] = labels
+    frame = scorer.score_frame(table, **options)
     if output is not None:
         write_frame(frame, output)
         logger.info("wrote %d scores to %s", len(frame), output)
@@ -564,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
                      help="an estimator parameter, e.g. --set latent_dim=8 (repeatable)")
     fit.add_argument("--index-col", default=None, help=INDEX_COL_HELP)
+    fit.add_argument("--label", default=None, metavar="COLUMN",
+                     help="the column of class labels: fit a conditional VAE, p(x | label)")
     picked = fit.add_mutually_exclusive_group()
     picked.add_argument("--columns", action="append", default=None, metavar="A,B,...",
                         help="fit on these columns of the table only (repeatable)")
@@ -584,6 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "parts")
     score.add_argument("--workers", type=_positive_int, default=2,
                        help="worker processes (Dask) or cores (Spark local[N]) for --engine")
+    score.add_argument("--label", default=None, metavar="COLUMN",
+                       help="score each row given its label in COLUMN (a conditional model)")
     score.add_argument("--explain", type=int, default=0, metavar="K",
                        help="add each row's K most anomalous features and their contributions")
 
@@ -665,11 +710,11 @@ def main(argv: list[str] | None = None) -> int:
             print(run_fit(args.data, args.model, parse_params(args.params),
                           _index_col(args.index_col), args.estimator,
                           progress=_stderr_is_terminal(), columns=args.columns,
-                          drop=args.drop))
+                          drop=args.drop, label=args.label))
         elif args.command == "score":
             frame = run_score(args.model, args.data, args.output, _index_col(args.index_col),
                               onnx=args.onnx, explain=args.explain, engine=args.engine,
-                              workers=args.workers)
+                              workers=args.workers, label=args.label)
             if args.output is None:
                 return _to_stdout(frame)
         elif args.command == "export":

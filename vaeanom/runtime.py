@@ -295,9 +295,9 @@ class OnnxModel:
         if y is None:
             raise ValueError("this conditional scorer scores each row given its label "
                              "(exported with with_label=True): give the labels, one per row "
-                             "(or one for all; y=... in Python, \"labels\": [...] beside "
-                             f"\"records\" in a /score request), among "
-                             f"{self.classes_.tolist()[:10]}.")
+                             "(or one for all; y=... in Python, --label COLUMN in vaeanom "
+                             "score, \"labels\": [...] beside \"records\" in a /score "
+                             f"request), among {self.classes_.tolist()[:10]}.")
         from .labels import label_codes, one_label_per_row   # pandas: only with labels
 
         n_rows = len(next(iter(feeds.values())))
