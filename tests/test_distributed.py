@@ -35,11 +35,30 @@ def scorer(cancer, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def given(cancer, tmp_path_factory):
+    """A conditional scorer that takes each row's label (exported with_label=True)."""
+    X, y = cancer
+    path = tmp_path_factory.mktemp("given") / "given.onnx"
+    return VAEDetector(**QUICK, conditional=True).fit(X, DIAGNOSES[y]).export_onnx(
+        path, with_label=True)
+
+
+DIAGNOSES = np.array(["malignant", "benign"])
+
+
+def _given_labels(out: pd.DataFrame, model_path, X: pd.DataFrame, labels) -> None:
+    """``out``'s scores are OnnxModel's for X given ``labels``, bit for bit."""
+    np.testing.assert_array_equal(out["score"], OnnxModel(model_path).score_samples(X, labels))
+
+
+@pytest.fixture(scope="module")
 def table(cancer):
-    """The cancer rows with a key and a timestamp column, on an index that is not 0..n-1."""
-    X, _ = cancer
+    """The cancer rows with a key, a timestamp and a label column, on an index that is
+    not 0..n-1."""
+    X, y = cancer
     frame = X.assign(key=[f"id-{i}" for i in range(len(X))],
-                     seen=pd.Timestamp("2026-11-28") + pd.to_timedelta(np.arange(len(X)), "min"))
+                     seen=pd.Timestamp("2026-11-28") + pd.to_timedelta(np.arange(len(X)), "min"),
+                     diagnosis=DIAGNOSES[y])
     frame.index = pd.Index(np.arange(len(X)) * 3 + 100, name="row")
     return frame
 
@@ -82,6 +101,25 @@ def test_a_partition_carries_each_rows_top_features_when_asked(scorer, table, ca
         score_partition(table.assign(feature_1="x"), named, explain=1)
 
 
+def test_a_partition_scores_each_row_given_its_label(scorer, given, table, cancer):
+    """label= names the column of labels for a scorer exported with_label=True; it is
+    required there and refused elsewhere, and cannot be one of the inputs."""
+    named, _ = scorer
+    _given_labels(score_partition(table, given, label="diagnosis"), given, cancer[0],
+                  table["diagnosis"])
+    assert len(score_partition(table.iloc[:0], given, label="diagnosis")) == 0
+    with pytest.raises(ValueError, match="name the column of labels, label='COLUMN'"):
+        score_partition(table, given)
+    with pytest.raises(ValueError, match="takes none. Leave it out"):
+        score_partition(table, named, label="diagnosis")
+    with pytest.raises(ValueError, match="no label column 'kind'"):
+        score_partition(table, given, label="kind")
+    with pytest.raises(ValueError, match="'mean radius' is one of the model's inputs"):
+        score_partition(table, given, label="mean radius")
+    with pytest.raises(ValueError, match=r"never saw in fit: \['unknown'\]"):
+        score_partition(table.assign(diagnosis="unknown"), given, label="diagnosis")
+
+
 def test_integer_column_labels_are_found_by_label_or_as_strings(scorer, cancer):
     """pd.DataFrame(array) and dd.from_array label columns 0, 1, ...: an array model takes
     them as columns=[0, 1, ...] or ["0", "1", ...] (they were looked up as strings)."""
@@ -122,7 +160,8 @@ def test_bad_calls_are_named(case, message, scorer, table, cancer, tmp_path):
         calls[case]()
 
 
-def test_dask_local_cluster_scores_every_partition_like_onnx_model(scorer, table, cancer):
+def test_dask_local_cluster_scores_every_partition_like_onnx_model(scorer, given, table,
+                                                                    cancer):
     dd = pytest.importorskip("dask.dataframe")   # in the dev extra: present in CI
     from distributed import Client, LocalCluster
 
@@ -137,6 +176,8 @@ def test_dask_local_cluster_scores_every_partition_like_onnx_model(scorer, table
         pd.testing.assert_frame_equal(out[table.columns], table, check_dtype=False)
         np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
         _explained(score_dask(ddf, named, explain=2).compute(), named, cancer[0], 2)
+        _given_labels(score_dask(ddf, given, label="diagnosis").compute(), given, cancer[0],
+                      table["diagnosis"])
         assert client.run(lambda: "torch" in sys.modules) == {
             address: False for address in client.scheduler_info()["workers"]}
 
@@ -159,7 +200,7 @@ def spark():
         os.environ["PYSPARK_PYTHON"] = before
 
 
-def test_spark_local_scores_arrow_batches_like_onnx_model(spark, scorer, table, cancer):
+def test_spark_local_scores_arrow_batches_like_onnx_model(spark, scorer, given, table, cancer):
     named, _ = scorer
     sdf = spark.createDataFrame(table.reset_index()).repartition(3)
     scored = score_spark(sdf, named)
@@ -170,6 +211,8 @@ def test_spark_local_scores_arrow_batches_like_onnx_model(spark, scorer, table, 
     explained = score_spark(sdf, named, explain=2)
     assert explained.schema["feature_1"].dataType.simpleString() == "string"
     _explained(explained.toPandas().set_index("row").loc[table.index], named, cancer[0], 2)
+    labelled = score_spark(sdf, given, label="diagnosis").toPandas().set_index("row")
+    _given_labels(labelled.loc[table.index], given, cancer[0], table["diagnosis"])
 
     def torch_in_worker(batches):   # nested: shipped by value, not by importing this module
         for _ in batches:
@@ -292,6 +335,20 @@ def test_cli_runs_a_parquet_file_on_a_dask_cluster_keeping_row_numbers(scorer, c
     assert not re.search(r"distributed\.[\w.]+ - INFO", done.stderr), done.stderr
 
 
+def test_cli_streams_and_runs_engines_given_a_label_column(scorer, given, cancer, tmp_path):
+    from vaeanom.cli import main
+
+    X, y = cancer
+    X.assign(diagnosis=DIAGNOSES[y]).to_parquet(tmp_path / "rows.parquet", row_group_size=100)
+    for engine in ("stream", "dask"):
+        out = tmp_path / f"{engine}.parquet"
+        assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(given), "-o",
+                     str(out), "--engine", engine, "--label", "diagnosis"]) == 0
+        got = pd.read_parquet(out)
+        assert list(got.columns) == ["score", "is_outlier"]
+        _given_labels(got, given, X, DIAGNOSES[y])
+
+
 def test_dask_and_streaming_write_the_same_index(scorer, cancer, tmp_path):
     """An unnamed stored index, a categorical one and an empty file with a named index:
     Dask's to_parquet named the first '__null_dask_index__', failed on the second, and
@@ -325,7 +382,7 @@ def test_cli_runs_a_parquet_file_on_spark_keeping_key_columns(spark, scorer, tab
     assert main(["score", str(tmp_path / "rows.parquet"), "--onnx", str(named), "-o", str(out),
                  "--engine", "spark"]) == 0
     got = pd.read_parquet(out).set_index("row").loc[table.index]
-    assert list(got.columns) == ["key", "seen", "score", "is_outlier"]
+    assert list(got.columns) == ["key", "seen", "diagnosis", "score", "is_outlier"]
     np.testing.assert_array_equal(got["key"], table["key"])
     np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(cancer[0]))
     assert not spark.sparkContext._jsc.sc().isStopped()   # a session it did not start: left on
@@ -359,7 +416,8 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, table, cancer, tmp_path):
+def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, given, table, cancer,
+                                                  tmp_path):
     """As the README does it: read_parquet on a 2-CPU cluster with 2 workers. A fixed
     pool of 2 actors took both CPUs and the read tasks waited forever."""
     from vaeanom.distributed import _RayScorer, score_ray
@@ -373,6 +431,9 @@ def test_ray_actors_score_batches_like_onnx_model(ray_local, scorer, table, canc
     out = out.set_index("row").loc[table.index]
     _explained(out, named, cancer[0], 1)
     out = out.drop(columns=["feature_1", "contribution_1"])
+    labelled = score_ray(ray_local.data.read_parquet(str(tmp_path)), given, workers=2,
+                         label="diagnosis").to_pandas().set_index("row").loc[table.index]
+    _given_labels(labelled, given, cancer[0], table["diagnosis"])
     assert list(out.columns) == [*table.columns, "score", "is_outlier"]
     np.testing.assert_array_equal(out["key"], table["key"])
     np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))

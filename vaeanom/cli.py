@@ -291,15 +291,12 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
     nothing is returned; ``engine="dask"`` or ``"spark"`` runs that job on a
     local Dask cluster or Spark with ``workers`` processes, into a folder of parts.
     ``label`` names the column of labels a conditional model scores each row given
-    (a saved conditional VAE, or a scorer exported with ``--with-label``); the file is
-    then read whole.
+    (a saved conditional VAE, or a scorer exported with ``--with-label``).
     """
     from .datasets import read_data, write_frame
 
     if (model is None) == (onnx is None):
         raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
-    if engine in ENGINES and label is not None:
-        raise ValueError(f"--label scores in this process; drop --engine {engine}.")
     if engine in ENGINES:
         if not _streams(data, output, onnx, index_col):
             raise ValueError(f"--engine {engine} scores a Parquet file with an exported scorer into "
@@ -307,12 +304,12 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
                              "(no --index-col).")
         from . import distributed
         rows = getattr(distributed, f"score_parquet_{engine}")(data, onnx, output, workers,
-                                                               explain=explain)
+                                                               explain=explain, label=label)
         logger.info("%s scored %d rows into %s", engine, rows, output)
         return None
-    if label is None and _streams(data, output, onnx, index_col):
+    if _streams(data, output, onnx, index_col):
         from .distributed import score_parquet
-        rows = score_parquet(data, onnx, output, explain=explain)
+        rows = score_parquet(data, onnx, output, explain=explain, label=label)
         logger.info("streamed %d scores to %s", rows, output)
         return None
     if onnx is not None:

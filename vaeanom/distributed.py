@@ -80,15 +80,18 @@ def _open_model(path: str, size: int, mtime_ns: int, threads: int | None) -> Onn
 
 def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
                     columns: Sequence | None = None, threads: int | None = 1,
-                    explain: int = 0) -> pd.DataFrame:
+                    explain: int = 0, label: str | None = None) -> pd.DataFrame:
     """``frame`` with ``score`` and ``is_outlier`` appended (same index, same rows), and
     with ``explain=k`` each row's k most anomalous features (:func:`score_columns`).
 
     ``columns`` names the model's input columns in order; None takes the
     feature names the model was fitted with. Other columns are carried through.
+    ``label`` names the column of each row's label, for a conditional scorer
+    exported with ``with_label=True`` (``OnnxModel.takes_labels``), which scores a row
+    given its label.
     """
     model = cached_model(os.fspath(model_path), threads)
-    names = input_columns(model, columns, frame.columns, explain=explain)
+    names = input_columns(model, columns, frame.columns, explain=explain, label=label)
     if len(frame) == 0:
         return frame.assign(**{name: pd.Series(dtype=dtype, index=frame.index)
                                for name, dtype in score_columns(model, explain).items()})
@@ -97,23 +100,26 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
         rows = rows.to_numpy()
     else:                                  # the data's names for the model's columns
         rows = rows.set_axis(model.feature_columns, axis=1)
-    scored = model.score_frame(rows, explain=explain)
+    y = None if label is None else frame[_column(frame.columns, label)].to_numpy()
+    scored = model.score_frame(rows, explain=explain, y=y)
     return frame.assign(**{name: scored[name].to_numpy() for name in scored})  # index may repeat
 
 
 def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequence,
-                  fold_case: bool = False, explain: int = 0) -> list:
+                  fold_case: bool = False, explain: int = 0, label: str | None = None) -> list:
     """The data's labels of the columns to score, in the model's order, checked against
     the model and the data; errors say what to pass. ``columns`` may give labels as
     strings (``["0", "1"]`` finds integer labels 0 and 1). ``fold_case``: the clash
     with the appended columns ignores case, as Spark's column names do by default.
-    ``explain=k`` needs a scorer exported with explanations."""
+    ``explain=k`` needs a scorer exported with explanations; ``label``, a scorer that
+    takes labels (and one that takes them needs it)."""
     if model.part != "scorer":
         raise ValueError(f"{model.path} is the model's {model.part}; scoring needs the scorer "
                          "(det.export_onnx(path), part='scorer').")
     if check_count(explain, "explain"):
         model.require_explanations()
     _refuse_clashes(available, fold_case, score_columns(model, explain))
+    _check_label(model, label, available)
     if columns is None:
         if getattr(model, "feature_names_in_", None) is None:
             raise ValueError("this model was fitted on an array, so it has no column names; "
@@ -126,7 +132,32 @@ def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequenc
     if missing:
         raise ValueError(f"the data has no column(s) {missing[:5]}; it has "
                          f"{list(available)[:10]}.")
+    if label is not None and str(label) in columns:
+        raise ValueError(f"the label column {str(label)!r} is one of the model's inputs; "
+                         "name the column that holds each row's label.")
     return [by_label[c] for c in columns]
+
+
+def _check_label(model: OnnxModel, label: str | None, available: Sequence) -> None:
+    """``label`` given exactly when the scorer takes labels, and a column of the data."""
+    if label is None and model.takes_labels:
+        raise ValueError(f"{model.path} scores each row given its label (exported with "
+                         "with_label=True): name the column of labels, label='COLUMN' "
+                         "(vaeanom score --label COLUMN).")
+    if label is not None and not model.takes_labels:
+        raise ValueError(f"label is for a conditional scorer exported with with_label=True; "
+                         f"{model.path} takes none. Leave it out.")
+    if label is not None:
+        _column(available, label)
+
+
+def _column(available: Sequence, name: str):
+    """The data's label of the column called ``name`` (matched as text)."""
+    by_label = {str(column): column for column in available}
+    if str(name) not in by_label:
+        raise ValueError(f"the data has no label column {str(name)!r}; it has "
+                         f"{list(available)[:10]}.")
+    return by_label[str(name)]
 
 
 def _refuse_clashes(available: Sequence, fold_case: bool, appended: Sequence[str]) -> None:
@@ -165,7 +196,7 @@ STREAM_BATCH_ROWS = 65_536
 def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
                   output: str | os.PathLike, columns: Sequence | None = None,
                   batch_rows: int = STREAM_BATCH_ROWS, threads: int | None = None,
-                  explain: int = 0) -> int:
+                  explain: int = 0, label: str | None = None) -> int:
     """Score a Parquet file into another, one batch at a time; returns the rows scored.
 
     Memory stays bounded by a batch (and a row group being decoded), whatever
@@ -183,24 +214,26 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
     _refuse_other_formats(output)
     reader = pq.ParquetFile(source)
     index_columns, index_range = _stored_index(reader.schema_arrow)
-    names, appended = _file_columns(reader.schema_arrow, model_path, columns, explain)
+    names, appended = _file_columns(reader.schema_arrow, model_path, columns, explain, label)
+    read = [*index_columns, *names, *([] if label is None else [label])]
     counted = 0
 
     def write(tmp: str) -> None:
         nonlocal counted
         writer = None
         try:
-            for batch in _batches(reader, [*index_columns, *names], batch_rows):
+            for batch in _batches(reader, read, batch_rows):
                 frame = _with_index(batch.to_pandas(), index_columns, index_range, counted)
-                scored = score_partition(frame, model_path, names, threads, explain)[appended]
+                scored = score_partition(frame, model_path, names, threads, explain,
+                                         label)[appended]
                 table = pa.Table.from_pandas(scored, preserve_index=True)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
                 counted += len(frame)
             if writer is None:   # no rows: still a valid, empty file, with the file's index
-                rows = _with_index(reader.schema_arrow.empty_table().select(
-                    [*index_columns, *names]).to_pandas(), index_columns, index_range, 0)
-                empty = score_partition(rows, model_path, names, threads, explain)
+                rows = _with_index(reader.schema_arrow.empty_table().select(read).to_pandas(),
+                                   index_columns, index_range, 0)
+                empty = score_partition(rows, model_path, names, threads, explain, label)
                 empty[appended].to_parquet(tmp)
         finally:
             if writer is not None:
@@ -263,18 +296,18 @@ def _engine(module: str, extra: str):
 
 
 def _check_model(model_path, columns, available, fold_case: bool = False,
-                 explain: int = 0) -> tuple[Path, dict[str, str]]:
+                 explain: int = 0, label: str | None = None) -> tuple[Path, dict[str, str]]:
     """Open the model here once, so that a wrong path or column fails before any work is
     sent; the model's resolved path and the columns scoring appends."""
     path = Path(model_path).resolve()
     model = cached_model(str(path), 1)
-    input_columns(model, columns, list(available), fold_case, explain)
+    input_columns(model, columns, list(available), fold_case, explain, label)
     return path, score_columns(model, explain)
 
 
 # ------------------------------------------------------------------ Dask
 def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence | None = None,
-               threads: int | None = 1, explain: int = 0):
+               threads: int | None = 1, explain: int = 0, label: str | None = None):
     """A dask DataFrame: ``ddf`` with ``score`` and ``is_outlier`` (and ``explain=k``'s
     columns) appended, lazily.
 
@@ -282,14 +315,16 @@ def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence | None = No
     worker (the same path on a shared or local disk).
     """
     _engine("dask.dataframe", "dask")
-    path, appended = _check_model(model_path, columns, ddf.columns, explain=explain)
+    path, appended = _check_model(model_path, columns, ddf.columns, explain=explain,
+                                  label=label)
     meta = ddf._meta.assign(**{name: pd.Series(dtype=dtype) for name, dtype in appended.items()})
-    return ddf.map_partitions(score_partition, str(path), columns, threads, explain, meta=meta)
+    return ddf.map_partitions(score_partition, str(path), columns, threads, explain, label,
+                              meta=meta)
 
 
 # ----------------------------------------------------------------- Spark
 def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = None,
-                threads: int | None = 1, explain: int = 0):
+                threads: int | None = 1, explain: int = 0, label: str | None = None):
     """A Spark DataFrame: ``sdf``'s columns, then ``score`` (double) and ``is_outlier``
     (and ``explain=k``'s ``feature_i`` strings and ``contribution_i`` doubles).
 
@@ -302,7 +337,7 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = N
 
     case_sensitive = sdf.sparkSession.conf.get("spark.sql.caseSensitive", "false")
     path, appended = _check_model(model_path, columns, sdf.columns,
-                                  case_sensitive.lower() != "true", explain)
+                                  case_sensitive.lower() != "true", explain, label)
     shipped = _content_named_copy(path)
     sdf.sparkSession.sparkContext.addFile(str(shipped))
     types = {"float64": DoubleType(), "bool": BooleanType(), "str": StringType()}
@@ -316,7 +351,7 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = N
 
         local = SparkFiles.get(name)
         for batch in batches:
-            yield score_partition(batch, local, columns, threads, explain)
+            yield score_partition(batch, local, columns, threads, explain, label)
 
     return sdf.mapInPandas(score_batches, schema)
 
@@ -326,19 +361,19 @@ class _RayScorer:
     """A Ray Data actor: opens the session once, in its own process, and scores batches."""
 
     def __init__(self, model_path: str, columns: list[str] | None, threads: int | None,
-                 explain: int = 0):
+                 explain: int = 0, label: str | None = None):
         self.model_path, self.columns, self.threads = model_path, columns, threads
-        self.explain = explain
+        self.explain, self.label = explain, label
         cached_model(model_path, threads)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         return score_partition(batch, self.model_path, self.columns, self.threads,
-                               self.explain)
+                               self.explain, self.label)
 
 
 def score_ray(ds, model_path: str | os.PathLike, columns: Sequence | None = None,
               threads: int | None = 1, workers: int = 2, cpus_per_worker: float = 1.0,
-              explain: int = 0):
+              explain: int = 0, label: str | None = None):
     """A Ray Dataset: ``ds`` with ``score`` and ``is_outlier`` (and ``explain=k``'s
     columns) appended, lazily.
 
@@ -355,11 +390,12 @@ def score_ray(ds, model_path: str | os.PathLike, columns: Sequence | None = None
     which take a whole CPU each, can run beside the actor.
     """
     data = _engine("ray.data", "ray")
-    path, _ = _check_model(model_path, columns, ds.columns(), explain=explain)
+    path, _ = _check_model(model_path, columns, ds.columns(), explain=explain, label=label)
     return ds.map_batches(_RayScorer, batch_format="pandas", num_cpus=cpus_per_worker,
                           compute=data.ActorPoolStrategy(min_size=1, max_size=workers),
                           fn_constructor_args=(str(path), None if columns is None
-                                               else list(columns), threads, explain))
+                                               else list(columns), threads, explain,
+                                                                   label))
 
 
 # -------------------------------------------------- files through an engine
@@ -419,7 +455,8 @@ class _RowGroupReader:
 
 def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
                        output: str | os.PathLike, workers: int = 2,
-                       columns: Sequence | None = None, explain: int = 0) -> int:
+                       columns: Sequence | None = None, explain: int = 0,
+                       label: str | None = None) -> int:
     """Score a Parquet file on a local Dask cluster of ``workers`` processes (one
     thread each) into a folder of Parquet parts: the file's index, ``score`` and
     ``is_outlier`` (and ``explain=k``'s columns), as :func:`score_parquet` writes.
@@ -429,8 +466,10 @@ def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
 
     from .fileio import atomic_write_dir
 
-    names, appended = _file_columns(_schema_of(source), model_path, columns, explain)
-    scored = score_dask(parquet_partitions(source, names), model_path, names, explain=explain)
+    names, appended = _file_columns(_schema_of(source), model_path, columns, explain, label)
+    read = [*names, *([] if label is None else [label])]
+    scored = score_dask(parquet_partitions(source, read), model_path, names, explain=explain,
+                        label=label)
     scored = scored[appended]
     with _dask_logs_at_our_level(), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -478,7 +517,8 @@ def _dask_logs_at_our_level() -> Iterator[None]:
 
 def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike,
                         output: str | os.PathLike, workers: int = 2,
-                        columns: Sequence | None = None, explain: int = 0) -> int:
+                        columns: Sequence | None = None, explain: int = 0,
+                        label: str | None = None) -> int:
     """Score a Parquet file with Spark in ``local[workers]`` mode (or the session
     already running) into a folder of Parquet parts: every column that is not a
     model input (Spark has no index: keys carry the rows' identity), ``score``
@@ -486,7 +526,7 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
     sql = _engine("pyspark.sql", "spark")
     from .fileio import atomic_write_dir
 
-    names, _ = _file_columns(_schema_of(source), model_path, columns, explain)
+    names, _ = _file_columns(_schema_of(source), model_path, columns, explain, label)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)   # workers run this Python
     running = sql.SparkSession.getActiveSession()
     spark = running or (sql.SparkSession.builder.master(f"local[{workers}]")
@@ -494,7 +534,7 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
                         .getOrCreate())
     try:
         scored = score_spark(spark.read.parquet(os.fspath(source)), model_path, names,
-                             explain=explain)
+                             explain=explain, label=label)
         atomic_write_dir(output, lambda tmp: scored.drop(*names).write.parquet(tmp))
     finally:
         if running is None:
@@ -502,16 +542,17 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
     return _rows_in(output)
 
 
-def _file_columns(schema, model_path, columns: Sequence[str] | None,
-                  explain: int = 0) -> tuple[list[str], list[str]]:
+def _file_columns(schema, model_path, columns: Sequence[str] | None, explain: int = 0,
+                  label: str | None = None) -> tuple[list[str], list[str]]:
     """The model's input columns in a Parquet file's Arrow ``schema`` (by position for
     an array-fitted model), and the columns scoring appends."""
     index_columns, _ = _stored_index(schema)
     available = [n for n in schema.names if n not in index_columns]
     model = cached_model(os.fspath(model_path), 1)
     if columns is None and getattr(model, "feature_names_in_", None) is None:
-        columns = available   # a model fitted on an array takes the columns by position
-    names = input_columns(model, columns, available, explain=explain)
+        # a model fitted on an array takes the columns by position (all but the labels)
+        columns = [name for name in available if name != label]
+    names = input_columns(model, columns, available, explain=explain, label=label)
     return names, list(score_columns(model, explain))
 
 
