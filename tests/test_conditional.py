@@ -269,6 +269,10 @@ def test_the_cli_fits_and_scores_given_a_label_column(tmp_path, capsys):
     capsys.readouterr()
     assert main(["score", data, "--onnx", str(tmp_path / "w.onnx")]) == 1
     assert "--label COLUMN in vaeanom score" in capsys.readouterr().err
+    VAEDetector(epochs=1, random_state=0).fit(x).save(tmp_path / "plain.st")
+    assert main(["score", data, "--model", str(tmp_path / "plain.st"), "--label",
+                 "cultivar"]) == 1
+    assert "this one takes no labels. Drop --label" in capsys.readouterr().err
     assert main(["fit", data, "--model", model, "--label", "grape"]) == 1
     assert "--label: the data has no column 'grape'" in capsys.readouterr().err
     assert main(["fit", data, "--model", model, "--label", "cultivar",

@@ -324,6 +324,10 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
     table = read_data(data, index_col=index_col)
     labels = None if label is None else label_column(table, label)
     if labels is not None:
+        if not (getattr(scorer, "conditional", False) or getattr(scorer, "takes_labels", False)):
+            raise ValueError("--label is for a conditional model (vaeanom fit --label) or a "
+                             "scorer exported with --with-label; this one takes no labels. "
+                             "Drop --label.")
         table = table.drop(columns=[labels.name])
     table = _as_pixels(scorer, _model_columns(scorer, table))
     options = {"explain": explain} if explain else {}
