@@ -82,6 +82,8 @@ def test_fit_on_chosen_columns_then_score_the_whole_file(table, capsys, caplog):
 
 @pytest.mark.parametrize("option, error", [
     (["--drop", "diagnosis"], "--drop: the data has no column(s) 'diagnosis'; it has 'mean"),
+    (["--drop", ","], "--drop names no column; give names separated by commas"),
+    (["--columns", " "], "--columns names no column"),
     (["--columns", "mean radius,mean radius"], "--columns names a column twice"),
     (["--columns", "patient"], "--columns: the data has no column(s) 'patient'"),  # the index
 ])

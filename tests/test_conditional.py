@@ -273,6 +273,9 @@ def test_the_cli_fits_and_scores_given_a_label_column(tmp_path, capsys):
     assert main(["score", data, "--model", str(tmp_path / "plain.st"), "--label",
                  "cultivar"]) == 1
     assert "this one takes no labels. Drop --label" in capsys.readouterr().err
+    assert main(["fit", data, "--model", str(tmp_path / "d.st"), "--label", "cultivar",
+                 "--drop", "cultivar,alcohol", "--set", "epochs=1"]) == 0   # never a feature
+    assert VAEDetector.load(tmp_path / "d.st").n_features_in_ == 12
     assert main(["fit", data, "--model", model, "--label", "grape"]) == 1
     assert "--label: the data has no column 'grape'" in capsys.readouterr().err
     assert main(["fit", data, "--model", model, "--label", "cultivar",

@@ -244,12 +244,15 @@ def test_a_conditional_scorer_is_served_with_each_rows_label(server, repo, cance
     expected = model.score_samples(X, labels)
     meta = server.client.get_model_metadata("given")
     assert meta["inputs"][1] == {"name": "label", "datatype": "INT64", "shape": [-1]}
-    tensors = [tritonclient_http.InferInput("input", [40, 30], "FP32"),
-               tritonclient_http.InferInput("label", [40], "INT64")]
-    tensors[0].set_data_from_numpy(X.to_numpy(np.float32))
-    tensors[1].set_data_from_numpy((labels == "malignant").astype(np.int64))
-    scores = server.client.infer("given", tensors).as_numpy("score")
-    np.testing.assert_array_equal(scores.astype(np.float64), expected)
+    assert meta["parameters"]["classes"] == ["benign", "malignant"]   # what the codes index
+    codes = (labels == "malignant").astype(np.int64)
+    for shape in ([40], [40, 1]):          # ours, and Triton's (dims [1], reshaped to [])
+        tensors = [tritonclient_http.InferInput("input", [40, 30], "FP32"),
+                   tritonclient_http.InferInput("label", shape, "INT64")]
+        tensors[0].set_data_from_numpy(X.to_numpy(np.float32))
+        tensors[1].set_data_from_numpy(codes.reshape(shape))
+        scores = server.client.infer("given", tensors).as_numpy("score")
+        np.testing.assert_array_equal(scores.astype(np.float64), expected)
     records = json.loads(X.to_json(orient="records"))
     status, body = server.request("POST", "/v1/models/given/score", json.dumps(
         {"records": records, "labels": labels.tolist()}).encode())
@@ -264,7 +267,7 @@ def test_a_conditional_scorer_is_served_with_each_rows_label(server, repo, cance
 
 
 def test_the_exported_repository_parses_with_tritons_own_model_config(repo):
-    for name in ("cancer", "table"):
+    for name in ("cancer", "table", "given"):
         config = text_format.Parse((repo / name / "config.pbtxt").read_text(),
                                    model_config_pb2.ModelConfig())
         assert config.name == name and config.platform == "onnxruntime_onnx"
@@ -273,6 +276,10 @@ def test_the_exported_repository_parses_with_tritons_own_model_config(repo):
                               model_config_pb2.ModelConfig())
     assert [(i.name, model_config_pb2.DataType.Name(i.data_type)) for i in table.input] == [
         ("numbers", "TYPE_FP32"), ("codes", "TYPE_INT64"), ("observed", "TYPE_BOOL")]
+    given = text_format.Parse((repo / "given" / "config.pbtxt").read_text(),
+                              model_config_pb2.ModelConfig())
+    label = given.input[1]   # Triton's clients send it as (n, 1); it reaches the graph as (n,)
+    assert (label.name, list(label.dims), list(label.reshape.shape)) == ("label", [1], [])
 
 
 def test_concurrent_requests_share_batches_without_changing_results(server, repo, cancer):
@@ -626,5 +633,9 @@ def test_the_server_never_imports_torch(repo):
         "    body = {'inputs': [{'name': 'input', 'shape': [1, 30], 'datatype': 'FP32',\n"
         "                        'data': [1.0] * 30}]}\n"
         "    assert client.post('/v2/models/cancer/infer', json=body).status_code == 200\n"
+        "    record = dict(zip(client.get('/v2/models/given').json()['parameters']\n"
+        "                      ['feature_names'], [1.0] * 30))\n"
+        "    labelled = {'records': [record], 'labels': 'benign'}\n"
+        "    assert client.post('/v1/models/given/score', json=labelled).status_code == 200\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -189,15 +189,59 @@ def test_decoded_categories_come_back_as_fit_saw_them(tmp_path):
     assert drawn["code"].dtype == dtypes["code"] and drawn["level"].cat.ordered
 
 
+def _saved_metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+
+
 def test_a_model_saved_without_levels_decodes_categories_as_text(tmp_path):
-    """Files written before the levels were kept still load, and decode as they did."""
+    """Files written before the levels were kept (format 2) still load, and decode as
+    they did; a file with levels is format 3, which older vaeanom refuses as newer."""
     train = typed_table()
     det = VAEDetector(**QUICK, epochs=2).fit(train)
+    det.save(tmp_path / "new.safetensors")
+    assert _saved_metadata(tmp_path / "new.safetensors")[0]["format_version"] == "3"
     del det.category_levels_
     det.save(tmp_path / "old.safetensors")
+    assert _saved_metadata(tmp_path / "old.safetensors")[0]["format_version"] == "2"
     rebuilt = VAEDetector.load(tmp_path / "old.safetensors").reconstruct(train.iloc[:5])
     assert list(rebuilt["code"].cat.categories) == ["1", "10", "2"]
     assert list(rebuilt["level"].cat.categories) == ["high", "low", "mid"]
+
+
+def test_levels_that_do_not_match_a_files_categories_are_refused_on_load(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    det = VAEDetector(**QUICK, epochs=2).fit(typed_table())
+    det.save(tmp_path / "m.safetensors")
+    metadata, tensors = _saved_metadata(tmp_path / "m.safetensors")
+    fitted = json.loads(metadata["fitted"])
+    fitted["category_levels_"][-1]["values"] = ["left", "middle"]
+    metadata = {**metadata, "fitted": json.dumps(fitted), "format_version": "1"}
+    del metadata["sha256"]        # unsealed, as version 1 was: the contents are checked
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="category_levels_ does not match categories_"):
+        VAEDetector.load(tmp_path / "bad.safetensors")
+
+
+def test_categories_that_are_equal_but_spelled_apart_decode_as_text():
+    """True, 1 and 1.0 are one value to pandas but three categories to fit (by their
+    text): they come back as their texts. numpy's scalars come back as numbers."""
+    frame = pd.DataFrame({"a": pd.Series([True, 1, 1.0, "x"] * 5, dtype=object),
+                          "b": pd.Series([np.int64(3), np.int64(40), "y", "y"] * 5,
+                                         dtype=object)})
+    schema = TableSchema.learn(frame)
+    assert schema.levels[0] == {"values": ["1", "1.0", "True", "x"], "ordered": False}
+    assert schema.levels[1]["values"] == [3, 40, "y"]
+    decoded = schema.decode(schema.encode(frame), frame.columns)
+    assert list(decoded["a"]) == ["True", "1", "1.0", "x"] * 5
+    assert list(decoded["b"]) == [3, 40, "y", "y"] * 5
+    with pytest.raises(ValueError, match="levels"):
+        TableSchema.from_json([["1", "True"]], [{"values": [1, True], "ordered": False}])
 
 
 @pytest.mark.parametrize("levels", [

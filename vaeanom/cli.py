@@ -186,7 +186,7 @@ def run_fit(data: Path, model: Path, params: dict, index_col=None,
 
     X = read_data(data, index_col=index_col)
     y, X = (None, X) if label is None else _split_label(X, label, params, estimator)
-    X = select_columns(X, columns, drop)
+    X = select_columns(X, columns, drop, label)
     detector = getattr(estimators, estimator)(**params)
     own_verbose = detector.get_params()["verbose"]
     if progress and "verbose" not in params:
@@ -199,15 +199,21 @@ def run_fit(data: Path, model: Path, params: dict, index_col=None,
     return fit_summary(detector, len(X), seconds, model)
 
 
-def select_columns(X, columns: list[str] | None = None, drop: list[str] | None = None):
+def select_columns(X, columns: list[str] | None = None, drop: list[str] | None = None,
+                   label: str | None = None):
     """The table's ``columns`` in that order, or all but ``drop``; names are matched as
-    text, as a CSV spells them. An array, which has no names, takes neither."""
-    if not columns and not drop:
+    text, as a CSV spells them. An array, which has no names, takes neither. ``label``
+    (``--label``'s column, already taken out) may be named in either: it is never a
+    feature."""
+    if columns is None and drop is None:
         return X
-    option = "--columns" if columns else "--drop"
+    option = "--columns" if columns is not None else "--drop"
     if not isinstance(X, pd.DataFrame):
         raise ValueError(f"{option} picks a table's columns; an .npy array has no names.")
-    wanted = _split_names(columns or drop)
+    wanted = _split_names(columns if columns is not None else drop)
+    if not wanted:
+        raise ValueError(f"{option} names no column; give names separated by commas.")
+    wanted = [name for name in wanted if name != label]
     by_name = {str(name): name for name in X.columns}
     missing = [name for name in wanted if name not in by_name]
     if missing:
@@ -215,7 +221,9 @@ def select_columns(X, columns: list[str] | None = None, drop: list[str] | None =
                          f"it has {shown_columns(list(by_name))}.")
     if len(set(wanted)) < len(wanted):
         raise ValueError(f"{option} names a column twice: {', '.join(map(repr, wanted))}.")
-    if columns:
+    if columns is not None:
+        if not wanted:
+            raise ValueError("--columns names only the --label column; name the features.")
         return X[[by_name[name] for name in wanted]]
     kept = [name for name in X.columns if str(name) not in set(wanted)]
     if not kept:

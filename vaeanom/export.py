@@ -339,7 +339,8 @@ def export_onnx(detector, path: str | os.PathLike, part: str = "scorer", *, fp16
     ``with_label=True`` makes it take a second input ``label``, int64 codes
     (each row's label's index in ``classes_``, which the metadata lists), and
     return ``score_samples(X, y)``; a code outside the classes scores -inf.
-    Such a graph runs in a bare onnxruntime session (``OnnxModel`` takes one input).
+    ``OnnxModel`` runs it with the labels' names (``score_samples(X, y)``), and a bare
+    onnxruntime session with the codes.
     """
     import onnx
 

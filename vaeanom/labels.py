@@ -76,8 +76,11 @@ def label_codes(y, classes: np.ndarray, n_rows: int, name: str = "y") -> np.ndar
         codes = np.zeros(len(labels), dtype=np.int64)
     if not np.all(known):
         unseen = list(dict.fromkeys(labels[~known].tolist()))[:3]
+        texts = {str(c) for c in classes.tolist()}
+        hint = (" Labels match by value and type: 1 is not '1'; convert them to the "
+                "classes' type." if any(str(u) in texts for u in unseen) else "")
         raise ValueError(f"{name} holds labels the model never saw in fit: {unseen}; it knows "
-                         f"{classes.tolist()[:10]}{' ...' if len(classes) > 10 else ''}.")
+                         f"{classes.tolist()[:10]}{' ...' if len(classes) > 10 else ''}.{hint}")
     return codes.astype(np.int64)
 
 

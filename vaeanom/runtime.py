@@ -3,7 +3,7 @@
 A scoring service needs no torch and no training code: the preprocessing, the
 fixed Monte-Carlo noise and the network are in the graph, and the threshold
 (``offset_``), input shape and feature names are in its metadata. This module
-imports numpy and onnxruntime (and pandas when given a DataFrame), never torch.
+imports numpy and onnxruntime (and pandas when given a DataFrame or labels), never torch.
 
 Execution providers: with ``providers=None`` the CUDA provider is used only
 when an NVIDIA GPU really answers (asked through NVML, which, unlike the CUDA
@@ -119,6 +119,9 @@ class OnnxModel:
         A table model's columns: DataFrames are encoded with it (category
         names to the codes the graph takes, as the estimator does).
     precision : {"float32", "float16"}
+    classes_ : ndarray
+        A conditional model's classes (its labels, sorted); a scorer that
+        :attr:`takes_labels` maps ``y`` to their indices.
     providers : list of str
         The providers the session actually uses.
     """
@@ -281,7 +284,7 @@ class OnnxModel:
     def takes_labels(self) -> bool:
         """True for a conditional scorer exported with ``with_label=True``: it scores
         each row given its label, and its graph takes a second input ``label``, each
-        row's index in :attr:`classes_` (int64)."""
+        row's index in :attr:`classes_` (int64): shape (n,), or (n, 1) as Triton sends it."""
         return "label" in self._graph_inputs
 
     def _with_labels(self, feeds: dict[str, np.ndarray], y) -> dict[str, np.ndarray]:
@@ -301,7 +304,7 @@ class OnnxModel:
         from .labels import label_codes, one_label_per_row   # pandas: only with labels
 
         n_rows = len(next(iter(feeds.values())))
-        codes = label_codes(one_label_per_row(y, n_rows), self.classes_, n_rows)
+        codes = label_codes(one_label_per_row(y, n_rows), self.classes_, n_rows, "labels")
         return {**feeds, "label": codes}
 
     @property
@@ -330,9 +333,11 @@ class OnnxModel:
         missing = [name for name in names if name not in tensors]
         if missing:
             raise ValueError(f"missing input(s) {missing}; the model takes {names}.")
-        rows = None
+        rows, tensors = None, dict(tensors)
         for spec in expected:
             array = np.asarray(tensors[spec["name"]])
+            if not spec["shape"] and array.ndim == 2 and array.shape[1] == 1:
+                array = tensors[spec["name"]] = array[:, 0]   # Triton's shape for it: (n, 1)
             if array.dtype != np.dtype(spec["dtype"]):
                 raise TypeError(f"input {spec['name']!r} must be {spec['dtype']}; got "
                                 f"{array.dtype}.")
@@ -643,15 +648,15 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
         {"name": meta["input_name"], "dtype": meta["input_dtype"], "shape": meta["input_shape"]}]
     if not _is_input_list(listed):
         return f"graph_inputs = {str(listed)[:60]!r}"
-    first = listed[0]
-    if first["name"] != meta["input_name"] or (len(listed) == 1 and (
-            first["dtype"] != meta["input_dtype"] or first["shape"] != meta["input_shape"])):
-        return f"input {meta['input_name']!r} {meta['input_dtype']} is not the graph's {first}"
     data_inputs = [i for i in listed if i["name"] != "label"]
     if len(data_inputs) < len(listed) and (
             meta["part"] != "scorer" or not _is_class_list(meta.get("classes"))
             or listed[-1] != {"name": "label", "dtype": "int64", "shape": []}):
         return "a 'label' input without a scorer's classes, or not int64 codes (n,)"
+    first = listed[0]
+    if first["name"] != meta["input_name"] or (len(data_inputs) == 1 and (
+            first["dtype"] != meta["input_dtype"] or first["shape"] != meta["input_shape"])):
+        return f"input {meta['input_name']!r} {meta['input_dtype']} is not the graph's {first}"
     graph = [(i.name, i.type, list(i.shape[1:])) for i in inputs]
     if graph != [(i["name"], _GRAPH_TYPES[i["dtype"]], i["shape"]) for i in listed]:
         return f"the graph takes {graph}, not the inputs its metadata lists ({listed})"
@@ -681,6 +686,8 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
         if pre.categories is not None and len(pre.categories) != meta["n_features_in"]:
             return f"{len(pre.categories)} table columns for {meta['n_features_in']} features"
         table_data = pre.categories is not None and meta["part"] != "decoder"
+        if table_data and len(data_inputs) < len(listed):
+            return "a table model whose scorer takes labels (conditional models take no tables)"
         if table_data and data_inputs != table_inputs(pre.schema.cardinalities):
             return f"a table model whose graph takes {listed}"
         if not table_data and len(data_inputs) != 1:

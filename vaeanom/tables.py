@@ -274,6 +274,8 @@ def _levels(column: pd.Series, observed: pd.Series) -> dict:
     first: dict[str, Any] = {}
     for value in observed.tolist():
         first.setdefault(str(value), _plain(value))
+    if not pd.Index(list(first.values()), dtype=object).is_unique:   # 1 == True == 1.0
+        return {"values": sorted(first), "ordered": False}           # so: their texts
     if isinstance(column.dtype, pd.CategoricalDtype):   # its order; 1 and "1" are one
         order = list({str(c): first[str(c)] for c in column.cat.categories
                       if str(c) in first}.values())
@@ -289,6 +291,8 @@ def _levels(column: pd.Series, observed: pd.Series) -> dict:
 def _plain(value) -> Any:
     """A category as JSON keeps it: a str, a bool, an int or a finite float as it is;
     anything else (a date, a Decimal, NaN-like text) as its text."""
+    if isinstance(value, np.generic):     # numpy's scalars in an object column
+        value = value.item()
     if isinstance(value, (str, bool)):
         return value
     if isinstance(value, int) and abs(value) < 2**63:
@@ -307,7 +311,8 @@ def _are_levels_of(level: Any, known: tuple[str, ...] | None) -> bool:
     values = level["values"]
     return (isinstance(level["ordered"], bool) and isinstance(values, list)
             and all(_plain(v) == v for v in values)
-            and sorted(str(v) for v in values) == sorted(known) and len(values) == len(known))
+            and sorted(str(v) for v in values) == sorted(known) and len(values) == len(known)
+            and pd.Index(values, dtype=object).is_unique)
 
 
 def _warn_if_identifier(name, n_categories: int, n_observed: int) -> None:

@@ -34,8 +34,11 @@ from ..tables import TableSchema
 from .params import InvalidParameterError, validate_params
 
 FORMAT = "vaeanom-model"
-#: 2: the metadata holds a SHA-256 seal of the file (version-1 files load unsealed)
-FORMAT_VERSION = 2
+#: 2: the metadata holds a SHA-256 seal of the file (version-1 files load unsealed);
+#: 3: a table model keeps how its categories decode (``category_levels_``). A file is
+#: written with the lowest version that holds it, so older vaeanom reads what it can and
+#: says "upgrade" of the rest.
+FORMAT_VERSION = 3
 _MARKER = b'"sha256":"'
 _REQUIRED = ("estimator", "params", "fitted")
 
@@ -56,7 +59,8 @@ def save(detector, path: str | os.PathLike) -> None:
         fitted["classes_"] = np.asarray(fitted["classes_"]).tolist()
     from .. import __version__
 
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+    version = FORMAT_VERSION if "category_levels_" in fitted else 2
+    metadata = {"format": FORMAT, "format_version": str(version),
                 "vaeanom_version": __version__, "estimator": type(detector).__name__,
                 "params": json.dumps(jsonable_params(detector.get_params(deep=False))),
                 "fitted": json.dumps(fitted), "sha256": digest.PLACEHOLDER.decode()}

@@ -403,6 +403,7 @@ async def _model_metadata(state: _State, request: Request) -> Response:
             "feature_names": meta["feature_names"], "max_batch_size": served.max_batch_size,
             "categories": (None if model.table_schema is None
                            else model.table_schema.to_json()),
+            "classes": meta.get("classes"),   # a 'label' input's codes index these
         },
     })
 
