@@ -179,6 +179,17 @@ def image_shape_hint(got: tuple[int, ...], expected: tuple[int, ...]) -> str:
     return ""
 
 
+def are_class_labels(value) -> bool:
+    """A conditional model's classes as saved and exported (JSON): distinct strings,
+    finite numbers or booleans, all of one kind, at least one."""
+    if not isinstance(value, list) or not value:
+        return False
+    kinds = {str if isinstance(v, str) else bool if isinstance(v, bool)
+             else float if isinstance(v, (int, float)) and abs(v) <= 1e308 else None
+             for v in value}   # abs(v) <= 1e308: False for NaN, inf and ints past float
+    return len(kinds) == 1 and None not in kinds and len(set(value)) == len(value)
+
+
 def are_bytes(values: np.ndarray) -> bool:
     """Whether every value is a whole number in 0..255, none missing: 8-bit pixels that
     arrived in a wider type (a CSV's int64, JSON's one number type)."""

@@ -237,7 +237,8 @@ def _split_label(X, label: str, params: dict, estimator: str):
         raise ValueError("--label fits a conditional VAEDetector (conditional=True); drop "
                          "--estimator and --set conditional=... or drop --label.")
     params["conditional"] = True
-    return label_column(X, label), X.drop(columns=[_column_named(X, label, "--label")])
+    labels = label_column(X, label)
+    return labels, X.drop(columns=[labels.name])
 
 
 def label_column(X, label: str):

@@ -40,9 +40,9 @@ import numpy as np
 import onnxruntime as ort
 
 from . import digest
-from .checks import (TABLE_MODEL, check_count, check_missing_values, column_names,
-                     feature_labels, finite_decoded, finite_scores, image_shape_hint, is_outlier,
-                     outlier_labels)
+from .checks import (TABLE_MODEL, are_class_labels, check_count, check_missing_values,
+                     column_names, feature_labels, finite_decoded, finite_scores,
+                     image_shape_hint, is_outlier, outlier_labels)
 from .codes import check_code_values
 from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, table_inputs
 from .preprocessing import Preprocessing
@@ -587,17 +587,6 @@ _GRAPH_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)",
                 "bool": "tensor(bool)"}
 
 
-def _is_class_list(value) -> bool:
-    """A conditional model's classes as the exporter writes them: distinct strings,
-    numbers or booleans (one kind), at least one."""
-    if not isinstance(value, list) or not value:
-        return False
-    kinds = {str if isinstance(v, str) else bool if isinstance(v, bool)
-             else float if isinstance(v, (int, float)) and abs(v) <= 1e308 else None
-             for v in value}
-    return len(kinds) == 1 and None not in kinds and len(set(value)) == len(value)
-
-
 def _is_input_list(value) -> bool:
     return (isinstance(value, list) and 1 <= len(value) <= 4   # a table's 3, and labels
             and all(isinstance(i, dict) and isinstance(i.get("name"), str)
@@ -650,7 +639,7 @@ def _metadata_problem(meta: dict[str, Any], session: ort.InferenceSession) -> st
         return f"graph_inputs = {str(listed)[:60]!r}"
     data_inputs = [i for i in listed if i["name"] != "label"]
     if len(data_inputs) < len(listed) and (
-            meta["part"] != "scorer" or not _is_class_list(meta.get("classes"))
+            meta["part"] != "scorer" or not are_class_labels(meta.get("classes"))
             or listed[-1] != {"name": "label", "dtype": "int64", "shape": []}):
         return "a 'label' input without a scorer's classes, or not int64 codes (n,)"
     first = listed[0]

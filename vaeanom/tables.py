@@ -175,14 +175,13 @@ class TableSchema:
                 categories.append(None)
                 levels.append(None)
                 continue
-            observed = column[column.notna()]
-            seen = sorted({str(v) for v in observed.tolist()})
-            if not seen:
+            first = _first_by_text(column[column.notna()].tolist())
+            if not first:
                 raise ValueError(f"column {str(name)!r} holds no value at all (every entry is "
                                  "missing): drop it before fit.")
-            _warn_if_identifier(name, len(seen), int(column.notna().sum()))
-            categories.append(tuple(seen))
-            levels.append(_levels(column, observed))
+            _warn_if_identifier(name, len(first), int(column.notna().sum()))
+            categories.append(tuple(sorted(first)))
+            levels.append(_levels(column, first))
         return cls(tuple(categories), tuple(levels))
 
     @property
@@ -268,12 +267,18 @@ class TableSchema:
         return cls(tuple(categories), tuple(None if lv is None else dict(lv) for lv in levels))
 
 
-def _levels(column: pd.Series, observed: pd.Series) -> dict:
-    """A categorical column's categories as fit saw them, in the table's order (see
-    :class:`TableSchema`): one value per distinct text, the first one met."""
+def _first_by_text(values: list) -> dict[str, Any]:
+    """Each distinct text among ``values`` (a category's name) -> the first value with
+    it, as JSON keeps it."""
     first: dict[str, Any] = {}
-    for value in observed.tolist():
+    for value in values:
         first.setdefault(str(value), _plain(value))
+    return first
+
+
+def _levels(column: pd.Series, first: dict[str, Any]) -> dict:
+    """A categorical column's categories as fit saw them, in the table's order (see
+    :class:`TableSchema`): ``first`` (:func:`_first_by_text` of its observed values)."""
     if not pd.Index(list(first.values()), dtype=object).is_unique:   # 1 == True == 1.0
         return {"values": sorted(first), "ordered": False}           # so: their texts
     if isinstance(column.dtype, pd.CategoricalDtype):   # its order; 1 and "1" are one

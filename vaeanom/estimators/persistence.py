@@ -28,6 +28,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from .. import digest
+from ..checks import are_class_labels
 from ..fileio import atomic_write
 from ..preprocessing import PIXEL_DTYPES, jsonable_params
 from ..tables import TableSchema
@@ -154,24 +155,7 @@ def _is_shape(value: Any) -> bool:
     return isinstance(value, list) and 0 < len(value) <= 4 and all(_is_int(v, 1) for v in value)
 
 
-def _are_labels(value: Any) -> bool:
-    """A conditional model's classes: distinct strings, numbers or booleans, at least one."""
-    if not isinstance(value, list) or not value:
-        return False
-    kinds = {str if isinstance(v, str) else bool if isinstance(v, bool)
-             else float if _is_number(v) else None for v in value}
-    return len(kinds) == 1 and None not in kinds and len(set(value)) == len(value)
-
-
-def _is_table_schema(value: Any) -> bool:
-    try:
-        TableSchema.from_json(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _are_levels(categories: Any, levels: Any) -> bool:
+def _is_table_schema(categories: Any, levels: Any = None) -> bool:
     try:
         TableSchema.from_json(categories, levels)
     except ValueError:
@@ -193,7 +177,7 @@ _FITTED_CHECKS = {
     "used_codes_": _is_number,
     "categories_": _is_table_schema,
     "category_levels_": lambda v: isinstance(v, list),   # checked against categories_ below
-    "classes_": lambda v: _are_labels(v),
+    "classes_": are_class_labels,
     "label_offset_": _is_number,
     "n_code_classes_": lambda v: _is_int(v, 1),
     "quantisation_error_": lambda v: _is_number(v) and v >= 0,
@@ -225,7 +209,7 @@ def checked_fitted(cls, fitted: dict[str, Any], what: str) -> dict[str, Any]:
         raise ValueError(f"{what}: categories_ has {len(categories)} columns for a model of "
                          f"{fitted['n_features_in_']} features; the file is corrupt.")
     levels = fitted.get("category_levels_")
-    if levels is not None and not _are_levels(categories, levels):
+    if levels is not None and not _is_table_schema(categories, levels):
         raise ValueError(f"{what}: category_levels_ does not match categories_; the file is "
                          "corrupt.")
     names = fitted.get("feature_names_in_")
