@@ -45,6 +45,40 @@ def test_fit_then_score_parquet_keeps_index_and_matches_python(table):
     np.testing.assert_array_equal(scores["score"].to_numpy(), expected)
 
 
+def test_a_csv_written_with_its_index_is_read_with_it_as_the_index(tmp_path, cancer, capsys):
+    """DataFrame.to_csv writes the index as a first column with an empty header; fitted
+    as a feature, it tied every score to the row's number."""
+    X = cancer[0].iloc[:100]
+    X.to_csv(tmp_path / "rows.csv")
+    assert read_data(tmp_path / "rows.csv").equals(X)
+    assert main(["fit", str(tmp_path / "rows.csv"), "--model", str(tmp_path / "m.st"),
+                 "--set", "epochs=2", "--set", "random_state=0"]) == 0
+    assert " on 100 rows x 30 features " in capsys.readouterr().out
+    X.set_axis(X.index + 10_000).to_csv(tmp_path / "renumbered.csv")
+    assert main(["score", str(tmp_path / "renumbered.csv"), "--model", str(tmp_path / "m.st"),
+                 "-o", str(tmp_path / "s.csv")]) == 0
+    scores = pd.read_csv(tmp_path / "s.csv", index_col=0)
+    assert list(scores.index) == list(X.index + 10_000)
+    np.testing.assert_array_equal(scores["score"],
+                                  VAEDetector.load(tmp_path / "m.st").score_samples(X))
+
+
+def test_scoring_a_file_without_a_model_column_names_that_column_only(table, capsys):
+    frame, tmp = table
+    labelled = frame.assign(diagnosis=1)
+    labelled.to_csv(tmp / "labelled.csv")
+    assert main(["fit", str(tmp / "labelled.csv"), "--index-col", "patient", "--drop",
+                 "patient,diagnosis", "--model", str(tmp / "m.st"), "--set", "epochs=2"]) == 0
+    assert main(["export", "--model", str(tmp / "m.st"), str(tmp / "m.onnx")]) == 0
+    labelled.drop(columns=["mean radius"]).to_csv(tmp / "short.csv")
+    capsys.readouterr()
+    for source in (["--model", str(tmp / "m.st")], ["--onnx", str(tmp / "m.onnx")]):
+        assert main(["score", str(tmp / "short.csv"), "--index-col", "patient", *source]) == 1
+        err = capsys.readouterr().err
+        assert "the data has no column(s) 'mean radius', which the model was fitted on" in err
+        assert "diagnosis" not in err.split(";")[0]
+
+
 def test_score_csv_to_stdout_with_index_column(table, capsys):
     frame, tmp = table
     main(["fit", str(tmp / "rows.csv"), "--index-col", "patient", "--model", str(tmp / "m.st"),
@@ -403,6 +437,13 @@ def test_a_csv_of_8_bit_pixels_scores_with_a_model_fitted_on_uint8_images(tmp_pa
         assert main(["score", str(tmp_path / "px.csv"), *source, "-o", str(out)]) == 0
         np.testing.assert_allclose(pd.read_csv(out, index_col=0)["score"], expected,
                                    rtol=1e-5, atol=1e-4)
+    # streamed (Parquet in and out, an ONNX scorer): int64, as pandas writes Parquet, too
+    pd.DataFrame(images[:5].reshape(5, -1).astype(np.int64),
+                 columns=[str(i) for i in range(64)]).to_parquet(tmp_path / "px.parquet")
+    assert main(["score", str(tmp_path / "px.parquet"), "--onnx", str(tmp_path / "m.onnx"),
+                 "-o", str(tmp_path / "scores.parquet")]) == 0
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "scores.parquet")["score"], expected,
+                               rtol=1e-5, atol=1e-4)
     pd.DataFrame(images[:5].reshape(5, -1).astype(int) * 2).to_csv(tmp_path / "big.csv",
                                                                      index=False)
     assert main(["score", str(tmp_path / "big.csv"), "--onnx", str(tmp_path / "m.onnx")]) == 1

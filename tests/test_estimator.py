@@ -230,10 +230,12 @@ def test_bad_input_to_fit():
 
 @pytest.mark.parametrize("params, match", [
     (dict(latent_dim=0), r"'latent_dim' must be an int in \[1, inf\) or a tuple of at least 2 "
-                         r"positive ints; got 0"),
+                         r"positive ints, such as \(32, 8\); got 0"),
     (dict(contamination=0.7), "'contamination' must be"),
     (dict(score_kind="elbow"), "'score_kind' must be one of 'auto', 'elbo', 'iwae', 'recon_prob'"),
     (dict(hidden_dims=()), "'hidden_dims' must be a non-empty tuple"),
+    (dict(hidden_dims=16), r"tuple of positive ints, such as \(64, 32\), or \(16,\) for one; "
+                           "got 16"),
     (dict(backbone="conv"), "backbone='conv' needs images"),
 ])
 def test_parameters_are_validated_in_fit_with_named_messages(params, match):

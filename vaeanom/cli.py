@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import are_bytes
+from .checks import integer_bytes
 from .fileio import atomic_write, refuse_folder_name
 from .tables import shown_columns
 
@@ -203,8 +203,8 @@ def select_columns(X, columns: list[str] | None = None, drop: list[str] | None =
                    label: str | None = None):
     """The table's ``columns`` in that order, or all but ``drop``; names are matched as
     text, as a CSV spells them. An array, which has no names, takes neither. ``label``
-    (``--label``'s column, already taken out) may be named in either: it is never a
-    feature."""
+    (``--label``'s column, already taken out) and the index (``--index-col``) may be
+    named in either: they are never features."""
     if columns is None and drop is None:
         return X
     option = "--columns" if columns is not None else "--drop"
@@ -213,7 +213,8 @@ def select_columns(X, columns: list[str] | None = None, drop: list[str] | None =
     wanted = _split_names(columns if columns is not None else drop)
     if not wanted:
         raise ValueError(f"{option} names no column; give names separated by commas.")
-    wanted = [name for name in wanted if name != label]
+    not_features = {label, *(str(name) for name in X.index.names if name is not None)}
+    wanted = [name for name in wanted if name not in not_features]
     by_name = {str(name): name for name in X.columns}
     missing = [name for name in wanted if name not in by_name]
     if missing:
@@ -223,7 +224,8 @@ def select_columns(X, columns: list[str] | None = None, drop: list[str] | None =
         raise ValueError(f"{option} names a column twice: {', '.join(map(repr, wanted))}.")
     if columns is not None:
         if not wanted:
-            raise ValueError("--columns names only the --label column; name the features.")
+            raise ValueError("--columns names only the --label or --index-col column; name "
+                             "the features.")
         return X[[by_name[name] for name in wanted]]
     kept = [name for name in X.columns if str(name) not in set(wanted)]
     if not kept:
@@ -359,25 +361,26 @@ def _as_pixels(scorer, table):
     """
     takes_bytes = (getattr(scorer, "pixel_dtype_", None) == "uint8"
                    or getattr(scorer, "input_dtype", None) == np.uint8)
-    if not takes_bytes or not isinstance(table, pd.DataFrame) or table.empty:
-        return table
-    if not all(pd.api.types.is_integer_dtype(dtype) for dtype in table.dtypes):
-        return table
-    return table.astype(np.uint8) if are_bytes(table.to_numpy()) else table
+    return integer_bytes(table) if takes_bytes else table
 
 
 def _model_columns(scorer, table):
     """The table's columns the model was fitted on, by name and in its order, as the
     streamed and engine paths take them; the others are left out, with a warning.
-    A table without all of them is passed on as it is, for the scorer to name what
-    is missing."""
+    A table without all of them is refused, naming only those it lacks (the
+    columns it has besides are no fault of it)."""
     names = getattr(scorer, "feature_names_in_", None)
     if names is None or not isinstance(table, pd.DataFrame):
         return table
     by_name = {str(column): column for column in table.columns}
     names = [str(name) for name in names]
-    if list(by_name) == names or any(name not in by_name for name in names):
+    if list(by_name) == names:
         return table
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"the data has no column(s) {shown_columns(missing)}, which the model "
+                         f"was fitted on; it has {shown_columns(list(by_name))}. Score a file "
+                         "with every column the model takes (others are left out).")
     extra = [name for name in by_name if name not in set(names)]
     if extra:
         logger.warning("leaving out column(s) %s, which the model was not fitted on",
@@ -385,7 +388,8 @@ def _model_columns(scorer, table):
     return table[[by_name[name] for name in names]]
 
 
-INDEX_COL_HELP = "the CSV or Parquet column holding the row index: its name, else its position"
+INDEX_COL_HELP = ("the CSV or Parquet column holding the row index: its name, else its position "
+                  "(default: a CSV's first column if its header is empty, as to_csv writes it)")
 #: engines ``vaeanom score --engine`` runs a Parquet job on (besides streaming in-process)
 ENGINES = ("dask", "spark")
 
@@ -613,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--estimator", choices=DETECTORS, default="VAEDetector")
     fit.add_argument("--model", type=Path, required=True, help="where to save the model")
     fit.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
-                     help="an estimator parameter, e.g. --set latent_dim=8 (repeatable)")
+                     help="an estimator parameter as a Python literal, e.g. --set latent_dim=8 or "
+                          "--set hidden_dims=64,32 (repeatable)")
     fit.add_argument("--index-col", default=None, help=INDEX_COL_HELP)
     fit.add_argument("--label", default=None, metavar="COLUMN",
                      help="the column of class labels: fit a conditional VAE, p(x | label)")

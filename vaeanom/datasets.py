@@ -54,8 +54,10 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
 
     ``index_col`` names the column that becomes the index (CSV and Parquet):
     a column's name, or else its position (``--index-col 2024`` finds a column
-    named "2024" before the 2025th column). .npy files are read with
-    ``allow_pickle=False``: a data file never runs code.
+    named "2024" before the 2025th column). Without it, a CSV's first column with
+    an empty header is the index: that is how ``DataFrame.to_csv`` writes an index,
+    and read as a feature it would tie every score to the row's number. .npy files
+    are read with ``allow_pickle=False``: a data file never runs code.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -74,7 +76,7 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
             index_col = _index_column(index_col, list(pd.read_csv(path, nrows=0).columns), path)
         frame = pd.read_csv(path, index_col=index_col)
         _refuse_other_separators(frame, path)
-        return frame
+        return frame if index_col is not None else _written_index(frame)
     frame = pd.read_parquet(path)
     if index_col is None or str(index_col) in map(str, frame.index.names):  # the file's own
         return frame
@@ -82,6 +84,17 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
         frame = frame.reset_index()      # a named index the file keeps stays, as a column
     column = _index_column(index_col, list(frame.columns), path)
     return frame.set_index(frame.columns[column] if isinstance(column, int) else column)
+
+
+#: what pandas calls a CSV's first column when its header is empty
+UNNAMED_FIRST = "Unnamed: 0"
+
+
+def _written_index(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with an unnamed first column (``to_csv``'s index) as its index."""
+    if frame.shape[1] < 2 or frame.columns[0] != UNNAMED_FIRST:
+        return frame
+    return frame.set_index(UNNAMED_FIRST).rename_axis(None)
 
 
 def _index_column(index_col: int | str, columns: list, path: Path) -> int | str:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import check_count
+from .checks import check_count, integer_bytes
 from .runtime import OnnxModel
 
 #: the columns scoring appends, and their pandas dtypes
@@ -96,6 +96,8 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
         return frame.assign(**{name: pd.Series(dtype=dtype, index=frame.index)
                                for name, dtype in score_columns(model, explain).items()})
     rows = frame[names]
+    if model.input_dtype == np.uint8:      # 0..255 as int64 (Parquet's default) or int32 (Spark)
+        rows = integer_bytes(rows)
     if getattr(model, "feature_names_in_", None) is None:   # fitted on an array
         rows = rows.to_numpy()
     else:                                  # the data's names for the model's columns

@@ -88,9 +88,9 @@ class IntTuple(Rule):
                 and all(Number(1, integer=True).accepts(v) for v in value))
 
     def describe(self) -> str:
-        if self.min_length == 1:
-            return "a non-empty tuple of positive ints"
-        return f"a tuple of at least {self.min_length} positive ints"
+        if self.min_length == 1:   # a bare 16 is the usual slip
+            return "a non-empty tuple of positive ints, such as (64, 32), or (16,) for one"
+        return f"a tuple of at least {self.min_length} positive ints, such as (32, 8)"
 
 
 @dataclass(frozen=True)
