@@ -119,7 +119,7 @@ def test_fit_on_chosen_columns_then_score_the_whole_file(table, capsys, caplog):
     (["--drop", ","], "--drop names no column; give names separated by commas"),
     (["--columns", " "], "--columns names no column"),
     (["--columns", "mean radius,mean radius"], "--columns names a column twice"),
-    (["--columns", "patient"], "--columns: the data has no column(s) 'patient'"),  # the index
+    (["--columns", "patient"], "--columns names only the --label or --index-col column"),
 ])
 def test_fit_names_a_column_choice_it_cannot_make(table, capsys, option, error):
     _, tmp = table
