@@ -194,6 +194,17 @@ def test_transform_to_pandas_names_latent_columns(fitted):
     np.testing.assert_allclose(out.to_numpy(), det.encode(X.iloc[:5]))
 
 
+def test_save_and_load_keep_set_output(fitted, tmp_path):
+    """pickle and clone keep set_output(transform="pandas"); a saved file did not."""
+    det, X = fitted
+    pandas_out = pickle.loads(pickle.dumps(det)).set_output(transform="pandas")
+    pandas_out.save(tmp_path / "pandas.st")
+    loaded = VAEDetector.load(tmp_path / "pandas.st").transform(X.iloc[:3])
+    pd.testing.assert_frame_equal(loaded, pandas_out.transform(X.iloc[:3]))
+    det.save(tmp_path / "numpy.st")
+    assert isinstance(VAEDetector.load(tmp_path / "numpy.st").transform(X.iloc[:3]), np.ndarray)
+
+
 def test_columns_reordered_or_missing_are_rejected(fitted):
     det, X = fitted
     with pytest.raises(ValueError, match="Feature names"):

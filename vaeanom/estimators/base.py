@@ -685,6 +685,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                     else "it was not written by a vaeanom detector")
             raise ValueError(f"{what} holds a {str(holds)[:40]}, not a {cls.__name__}; {hint}.")
         detector = cls(**persistence.checked_params(cls, meta["params"], what))
+        if "transform_output" in meta:        # set_output(transform=...) when it was saved
+            detector.set_output(transform=meta["transform_output"])
         for name, value in persistence.checked_fitted(cls, meta["fitted"], what).items():
             setattr(detector, name, value)
         arrays = {k.removeprefix("array."): v for k, v in tensors.items() if k.startswith("array.")}

@@ -65,6 +65,9 @@ def save(detector, path: str | os.PathLike) -> None:
                 "vaeanom_version": __version__, "estimator": type(detector).__name__,
                 "params": json.dumps(jsonable_params(detector.get_params(deep=False))),
                 "fitted": json.dumps(fitted), "sha256": digest.PLACEHOLDER.decode()}
+    output = _transform_output(detector)
+    if output is not None:    # an optional key: older vaeanom reads the file without it
+        metadata["transform_output"] = output
     data = digest.seal(save_tensors(tensors, metadata=metadata), _MARKER)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
@@ -97,7 +100,26 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
     for key in ("params", "fitted"):
         if not isinstance(meta[key], dict):
             raise ValueError(f"{what}: its {key} are not a JSON object; the file is corrupt.")
+    if "transform_output" in metadata:
+        meta["transform_output"] = metadata["transform_output"]
+        if meta["transform_output"] not in TRANSFORM_OUTPUTS:
+            raise ValueError(f"{what}: its transform output is not one of {TRANSFORM_OUTPUTS}; "
+                             "the file is corrupt.")
     return meta, tensors
+
+
+#: what ``set_output(transform=...)`` may have set on a saved detector
+TRANSFORM_OUTPUTS = ("pandas", "polars")
+
+
+def _transform_output(detector) -> str | None:
+    """What ``set_output(transform=...)`` set, when it is not the default (numpy).
+
+    scikit-learn keeps it in ``_sklearn_output_config`` and has no public getter;
+    pickle and ``clone`` keep it, so ``save`` does too.
+    """
+    output = getattr(detector, "_sklearn_output_config", {}).get("transform")
+    return output if output in TRANSFORM_OUTPUTS else None
 
 
 def _header_metadata(data: bytes, what: str) -> dict[str, str]:
