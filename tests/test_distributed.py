@@ -77,6 +77,36 @@ def test_a_partition_keeps_its_rows_and_columns(scorer, table, cancer):
                                   OnnxModel(bare).score_samples(cancer[0].to_numpy()))
 
 
+@pytest.mark.parametrize("dtype", ["Float64", "double[pyarrow]", "float32[pyarrow]"])
+def test_nullable_and_pyarrow_columns_score_like_numpy_ones(scorer, cancer, dtype):
+    """Such columns (``dtype_backend="pyarrow"``, Arrow batches) made to_numpy() an object
+    array, which a scorer fitted on an array refused as not numeric."""
+    named, bare = scorer
+    X = cancer[0].iloc[:40]
+    columns = list(X.columns)
+    for model in (named, bare):
+        np.testing.assert_array_equal(score_partition(X.astype(dtype), model, columns)["score"],
+                                      score_partition(X.astype(dtype.split("[")[0].lower()),
+                                                      model, columns)["score"])
+
+
+def test_an_image_scorer_takes_8_bit_pixels_in_any_integer_dtype(tmp_path):
+    """uint8 pixels arrive as int64 (Parquet's default), int32 (Spark has no unsigned byte),
+    Int64 or uint8[pyarrow]: all are bytes when every value is a whole number in 0..255."""
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images[:100] * 16).clip(0, 255).astype(np.uint8)
+    path = VAEDetector(**QUICK).fit(images).export_onnx(tmp_path / "images.onnx")
+    pixels, columns = pd.DataFrame(images[:8].reshape(8, -1)), list(range(64))
+    expected = score_partition(pixels, path, columns)["score"]
+    np.testing.assert_allclose(expected, OnnxModel(path).score_samples(images[:8]), rtol=1e-6)
+    for dtype in ("int64", "int32", "Int64", "uint8[pyarrow]"):
+        np.testing.assert_array_equal(score_partition(pixels.astype(dtype), path, columns)["score"],
+                                      expected, err_msg=dtype)
+    with pytest.raises(ValueError, match="pixels must be in"):
+        score_partition(pixels.astype("int64") * 2, path, columns)
+
+
 def _explained(frame: pd.DataFrame, model_path, X: pd.DataFrame, k: int) -> None:
     """``frame``'s appended columns are OnnxModel.score_frame(X, explain=k)'s, row for row."""
     expected = OnnxModel(model_path).score_frame(X, explain=k)
@@ -94,6 +124,8 @@ def test_a_partition_carries_each_rows_top_features_when_asked(scorer, table, ca
     empty = score_partition(table.iloc[:0], named, explain=2)
     assert list(empty.columns)[-4:] == ["feature_1", "contribution_1", "feature_2",
                                         "contribution_2"]
+    full = score_partition(table, named, explain=2)      # an empty partition's dtypes too
+    assert (empty.dtypes[-6:] == full.dtypes[-6:]).all(), (empty.dtypes, full.dtypes)
     assert len(score_partition(table, named, explain=99).columns) == len(table.columns) + 62
     with pytest.raises(ValueError, match="has no explanations; export the scorer with"):
         score_partition(table, bare, list(cancer[0].columns), explain=2)

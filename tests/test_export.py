@@ -155,7 +155,7 @@ def test_an_explaining_scorer_gives_explain_and_the_same_scores(data, rows, imag
     if data == "rows":
         assert list(got.columns) == list(expected.columns) and got.index.equals(X.index[:64])
         got, expected = got.to_numpy(), expected.to_numpy()
-    assert got.shape == expected.shape
+    assert got.shape == expected.shape and got.dtype == expected.dtype == np.float64
     _close(got, expected, rtol=1e-4)
     np.testing.assert_array_equal(model.score_samples(X[:64]),
                                   OnnxModel(exported[data, "scorer"]).score_samples(X[:64]))

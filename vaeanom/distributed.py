@@ -95,7 +95,7 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
     if len(frame) == 0:
         return frame.assign(**{name: pd.Series(dtype=dtype, index=frame.index)
                                for name, dtype in score_columns(model, explain).items()})
-    rows = frame[names]
+    rows = numpy_dtypes(frame[names])
     if model.input_dtype == np.uint8:      # 0..255 as int64 (Parquet's default) or int32 (Spark)
         rows = integer_bytes(rows)
     if getattr(model, "feature_names_in_", None) is None:   # fitted on an array
@@ -105,6 +105,20 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
     y = None if label is None else frame[_column(frame.columns, label)].to_numpy()
     scored = model.score_frame(rows, explain=explain, y=y)
     return frame.assign(**{name: scored[name].to_numpy() for name in scored})  # index may repeat
+
+
+def numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each nullable (Int64, Float64) or pyarrow numeric column in its numpy
+    dtype, float64 with NaN where it has holes. ``dtype_backend="pyarrow"`` readers and
+    Arrow batches give such columns, whose ``to_numpy()`` is an object array that a model
+    fitted on an array (every image model) would refuse as not numeric."""
+    converted = {}
+    for name, column in frame.items():
+        numpy_dtype = getattr(column.dtype, "numpy_dtype", None)
+        if isinstance(column.dtype, np.dtype) or numpy_dtype is None or numpy_dtype.kind not in "iuf":
+            continue
+        converted[name] = np.float64 if column.isna().any() else numpy_dtype
+    return frame.astype(converted) if converted else frame
 
 
 def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequence,

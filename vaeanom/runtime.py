@@ -212,7 +212,7 @@ class OnnxModel:
         if k:
             from .explanations import top_features
 
-            top = top_features(pd.DataFrame(outputs["contributions"],
+            top = top_features(pd.DataFrame(_as_float64(outputs["contributions"]),
                                             columns=self._feature_labels(X)), k)
             frame = frame.assign(**{c: top[c].to_numpy() for c in top})  # X's index may repeat
         return frame
@@ -223,7 +223,7 @@ class OnnxModel:
         is missing); images: an array (n, H, W). Needs a scorer exported with explain=True.
         """
         self.require_explanations()
-        contributions = self.run(X)["contributions"]
+        contributions = _as_float64(self.run(X)["contributions"])   # as the detector's
         if self.is_image:
             return contributions
         import pandas as pd
@@ -708,6 +708,11 @@ _NOT_FINITE = {
     "images": "Images must be complete: every pixel a finite number.",
     "latents": "Latents must be finite: pass codes from encode, or draws of the prior's scale.",
 }
+
+
+def _as_float64(values: np.ndarray) -> np.ndarray:
+    """A graph's float32 output in the dtype the detector returns it in (and scores have)."""
+    return np.asarray(values, dtype=np.float64)
 
 
 def _numeric_array(values, name: str, allow_nan: bool = False,
