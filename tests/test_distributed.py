@@ -318,6 +318,29 @@ def test_streams_keep_every_kind_of_index_and_take_array_models_by_position(scor
                                   OnnxModel(bare).score_samples(X.to_numpy()))
 
 
+def test_dask_partitions_of_a_file_with_empty_row_groups_have_valid_divisions(cancer,
+                                                                             tmp_path):
+    """An empty row group at the end (as a writer that wrote no more rows leaves) made a
+    partition of its own, whose division ran backwards: (0, 30, 29)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vaeanom.distributed import parquet_partitions
+
+    rows = pa.Table.from_pandas(cancer[0].iloc[:30])
+    with pq.ParquetWriter(tmp_path / "tail.parquet", rows.schema) as writer:
+        writer.write_table(rows)
+        writer.write_table(rows.slice(0, 0))
+    columns = list(cancer[0].columns[:3])
+    parts = parquet_partitions(tmp_path / "tail.parquet", columns, partition_rows=30)
+    assert parts.divisions == (0, 29) and parts.npartitions == 1
+    pd.testing.assert_frame_equal(parts.compute(scheduler="sync"), cancer[0].iloc[:30][columns])
+    with pq.ParquetWriter(tmp_path / "none.parquet", rows.schema) as writer:
+        writer.write_table(rows.slice(0, 0))
+    nothing = parquet_partitions(tmp_path / "none.parquet", columns)
+    assert not nothing.known_divisions and len(nothing.compute(scheduler="sync")) == 0
+
+
 def test_columns_can_be_named_differently_from_the_fitted_names(scorer, cancer):
     named, _ = scorer
     X = cancer[0]

@@ -437,12 +437,16 @@ def parquet_partitions(source: str | os.PathLike, columns: Sequence[str],
         while group < metadata.num_row_groups and (size == 0 or size < partition_rows):
             size += metadata.row_group(group).num_rows
             group += 1
+        if size == 0 and parts:   # empty row groups at the end join the last partition
+            path, groups, before = parts[-1]
+            parts[-1] = (path, (*groups, *range(first, group)), before)
+            continue
         parts.append((os.fspath(source), tuple(range(first, group)), rows))
         offsets.append(rows)
         rows += size
     read = _RowGroupReader(index_columns, index_range, list(columns))
     divisions = None
-    if not index_columns and parts and int(index_range.get("step", 1)) > 0:
+    if not index_columns and rows and int(index_range.get("step", 1)) > 0:
         start, step = int(index_range.get("start", 0)), int(index_range.get("step", 1))
         divisions = (*(start + step * o for o in offsets), start + step * (rows - 1))
     return dd.from_map(read, parts, meta=read.empty(schema), divisions=divisions,
