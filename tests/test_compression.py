@@ -299,12 +299,37 @@ def test_cli_refuses_pngs_it_would_misread_by_name(saved_codec, tmp_path, capsys
     Image.fromarray(images[0]).convert("RGBA").save(tmp_path / "alpha.png")
     Image.fromarray(images[0].astype(np.uint16) * 257).save(tmp_path / "grey16.png")
     _png_16_bit_rgb(tmp_path / "rgb16.png")
+    colour = np.stack([images[0], images[0], 255 - images[0]], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
     for name, said in (("alpha", "has an alpha channel"), ("grey16", "PNG; vaeanom compresses"),
-                       ("rgb16", "is a 16-bit RGB PNG")):
+                       ("rgb16", "is a 16-bit RGB PNG"),
+                       ("colour", "is a colour (RGB) PNG, but the model was fitted on grey")):
         assert main(["compress", "--model", str(model), str(tmp_path / f"{name}.png"),
                      str(tmp_path / f"{name}.vq")]) == 1
         assert said in capsys.readouterr().err, name
         assert not (tmp_path / f"{name}.vq").exists()
+
+
+def test_a_grey_image_saved_as_rgb_compresses_as_the_grey_image(saved_codec, tmp_path):
+    """Many grey images are saved with three equal channels; a grey model refused them."""
+    model, _, images = saved_codec
+    Image.fromarray(images[0]).save(tmp_path / "grey.png")
+    Image.fromarray(images[0]).convert("RGB").save(tmp_path / "rgb.png")
+    for name in ("grey", "rgb"):
+        assert main(["compress", "--model", str(model), str(tmp_path / f"{name}.png"),
+                     str(tmp_path / f"{name}.vq")]) == 0
+    assert (tmp_path / "rgb.vq").read_bytes() == (tmp_path / "grey.vq").read_bytes()
+
+
+def test_decompress_names_the_formats_it_writes(saved_codec, tmp_path, capsys):
+    model, _, images = saved_codec
+    Image.fromarray(images[0]).save(tmp_path / "grey.png")
+    assert main(["compress", "--model", str(model), str(tmp_path / "grey.png"),
+                 str(tmp_path / "grey.vq")]) == 0
+    assert main(["decompress", "--model", str(model), str(tmp_path / "grey.vq"),
+                 str(tmp_path / "back.jpg")]) == 1
+    assert "decompress writes a .png (one image) or a .npy file" in capsys.readouterr().err
+    assert not (tmp_path / "back.jpg").exists()
 
 
 def test_a_wide_image_whose_grid_is_one_row_of_the_fitted_size_round_trips(codecs):

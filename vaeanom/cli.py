@@ -445,7 +445,9 @@ def _png_files(folder: Path) -> list[Path]:
 def _read_png(path: Path, channels: int | None = None) -> np.ndarray:
     """A PNG's 8-bit pixels, (H, W) or (C, H, W). A palette image becomes its colours
     (grey for a grey model), not its palette indices; ``channels`` 1 (a model fitted
-    on (n, 1, H, W)) gives a grey image its channel axis."""
+    on (n, 1, H, W)) gives a grey image its channel axis. For a grey model (``channels``
+    None or 1), an RGB image whose three channels are equal is the grey image it holds
+    (many grey images are saved so); one in colour is refused."""
     from PIL import Image
 
     with Image.open(path) as image:
@@ -459,9 +461,20 @@ def _read_png(path: Path, channels: int | None = None) -> np.ndarray:
             raise ValueError(f"{str(path)!r} is a {mode} PNG; vaeanom compresses 8-bit "
                              "grey or RGB images: save it with 8 bits per channel first.")
         pixels = np.asarray(image)
+    if pixels.ndim == 3 and channels != 3:
+        pixels = _grey_of(pixels, path)
     if pixels.ndim == 2:
         return pixels[None] if channels == 1 else pixels
     return pixels.transpose(2, 0, 1)  # HWC -> CHW
+
+
+def _grey_of(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W, 3) pixels with three equal channels -> (H, W), exactly; else refused."""
+    if (rgb == rgb[..., :1]).all():
+        return rgb[..., 0]
+    raise ValueError(f"{str(path)!r} is a colour (RGB) PNG, but the model was fitted on grey "
+                     "images: convert it to grey first (Pillow: Image.open(path).convert('L')), "
+                     "or use a model fitted on RGB images.")
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -530,7 +543,10 @@ def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
         if out.suffix.lower() == ".npy":
             atomic_write(out, lambda tmp: _save_npy(tmp, decoded))
             return [out]
-        if out.suffix.lower() != ".png" or len(decoded) != 1:
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"{str(out)!r}: decompress writes a .png (one image) or a .npy "
+                             f"file (any number); this blob holds {len(decoded)} image(s).")
+        if len(decoded) != 1:
             raise ValueError(f"{str(out)!r}: write {len(decoded)} images to a .npy file "
                              "(a .png holds one image).")
         images = {out: decoded[0]}
