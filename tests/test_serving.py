@@ -440,6 +440,36 @@ def test_serve_refuses_a_limit_that_would_refuse_every_request_before_starting(r
         serve(repo, **limit)
 
 
+@pytest.mark.parametrize("policy, served", [
+    ("", ["3"]),                                              # Triton's default: the latest
+    ("version_policy: { latest: { num_versions: 2 } }", ["2", "3"]),
+    ("version_policy: { all: { } }", ["1", "2", "3"]),
+    ("version_policy: { specific: { versions: [1, 3] } }", ["1", "3"]),
+])
+def test_the_config_s_version_policy_chooses_the_versions_served(repo, tmp_path, policy,
+                                                                 served):
+    from vaeanom.serving import repository
+
+    folder = tmp_path / "versions" / "cancer"
+    shutil.copytree(repo / "cancer", folder)
+    for version in ("2", "3"):
+        shutil.copytree(folder / "1", folder / version)
+    config = folder / "config.pbtxt"
+    config.write_text(config.read_text() + policy + "\n")
+    assert list(repository.load(folder.parent)["cancer"]) == served
+
+
+def test_a_version_policy_naming_a_missing_version_is_refused(repo, tmp_path):
+    from vaeanom.serving import repository
+
+    folder = tmp_path / "versions" / "cancer"
+    shutil.copytree(repo / "cancer", folder)
+    config = folder / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy: { specific: { versions: [2] } }\n")
+    with pytest.raises(ValueError, match=r"names version\(s\) \[2\], which have no folder"):
+        repository.load(folder.parent)
+
+
 def test_a_model_that_does_not_load_stops_serve_before_it_listens(repo, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(repo / "cancer", broken / "cancer")

@@ -6,7 +6,9 @@ is Triton's own: ``REPO/<name>/config.pbtxt`` and ``REPO/<name>/<version>/model.
 (``tritonclient.grpc.model_config_pb2``) and protobuf's ``text_format``, so
 whatever Triton accepts parses here, and the settings Triton's dynamic
 batcher reads (``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds``)
-mean the same. Every version folder is served; the highest is the default.
+mean the same. So does ``version_policy``: the latest version only when the config
+sets none (Triton's default), ``latest { num_versions: N }``, ``all {}`` or
+``specific { versions: [...] }``. The highest version served is the default.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def _load_model(folder: Path, model_options: dict) -> dict[str, ServedModel]:
     if not versions:
         raise ValueError(f"model folder {str(folder)!r} has no version folder (<version>/"
                          "model.onnx).")
+    versions = _chosen_versions(versions, config.version_policy, config_path)
     if config.max_batch_size < 1:
         raise ValueError(f"{str(config_path)!r} has max_batch_size {config.max_batch_size}: "
                          "vaeanom models take a batch dimension; set max_batch_size >= 1.")
@@ -88,3 +91,23 @@ def _load_model(folder: Path, model_options: dict) -> dict[str, ServedModel]:
             dynamic_batching=batching,
             max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds)
     return served
+
+
+def _chosen_versions(versions: list[Path], policy, config_path: Path) -> list[Path]:
+    """The version folders (sorted by number) that ``version_policy`` serves, as Triton
+    chooses them; a ``specific`` version without its folder is refused by name."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return versions
+    if kind == "specific":
+        wanted = set(policy.specific.versions)
+        missing = sorted(wanted - {int(p.name) for p in versions})
+        if missing:
+            raise ValueError(f"{str(config_path)!r}: version_policy names version(s) {missing}, "
+                             "which have no folder; add them or drop them from the policy.")
+        return [p for p in versions if int(p.name) in wanted]
+    count = policy.latest.num_versions if kind == "latest" else 1
+    if count < 1:
+        raise ValueError(f"{str(config_path)!r}: version_policy latest num_versions must be "
+                         f">= 1; got {count}.")
+    return versions[-count:]
