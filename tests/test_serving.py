@@ -391,6 +391,8 @@ BAD_REQUESTS = {
                     {}, 400, "ragged list"),
     "text in a numbers record": ("/v1/models/digits/score", b'[{"x0": "a"}]', {}, 400,
                                  "column 'x0'"),
+    "a record without a column": ("/v1/models/cancer/score", b'[{"mean radius": 12.0}]', {},
+                                  400, "record 0 lacks 'mean texture'"),
 }
 
 

@@ -507,7 +507,9 @@ def _by_column(contributions: np.ndarray, columns: list[str]) -> list[dict]:
 
 
 def _frame(model, records: list[dict]):
-    """Records -> a DataFrame in the fitted column order (missing keys are missing values)."""
+    """Records -> a DataFrame in the fitted column order. Missing keys are missing values
+    for a model that takes them (fitted with holes); others name the first record
+    that lacks a column."""
     import pandas as pd
 
     from ..tables import shown_columns
@@ -519,15 +521,29 @@ def _frame(model, records: list[dict]):
         raise ValueError(f"unknown column(s) {shown_columns(unknown, 5)}; the model takes "
                          f"{shown_columns(columns, 10)}.")
     frame = pd.DataFrame.from_records(records, columns=columns)
+    if names is None:
+        values = np.empty(frame.shape)
+        for i, column in enumerate(frame.columns):
+            try:
+                values[:, i] = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            except (ValueError, TypeError, OverflowError) as err:
+                raise ValueError(f"column {column!r}: {err}; this model takes numbers.") from None
+    if model.table_schema is None:
+        _refuse_missing_keys(records, columns)
     if names is not None:
         return frame
-    values = np.empty(frame.shape)
-    for i, column in enumerate(frame.columns):
-        try:
-            values[:, i] = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise ValueError(f"column {column!r}: {err}; this model takes numbers.") from None
     return _pixels(values) if model.input_dtype == np.uint8 else values
+
+
+def _refuse_missing_keys(records: list[dict], columns: list[str]) -> None:
+    """Name the first record without every column, for a model that takes no holes."""
+    from ..tables import shown_columns
+
+    for i, record in enumerate(records):
+        missing = [column for column in columns if column not in record]
+        if missing:
+            raise ValueError(f"record {i} lacks {shown_columns(missing, 5)}: this model was "
+                             "fitted on complete rows and takes every column in every record.")
 
 
 def _pixels(values: np.ndarray) -> np.ndarray:
