@@ -61,6 +61,14 @@ def test_a_csv_written_with_its_index_is_read_with_it_as_the_index(tmp_path, can
     assert list(scores.index) == list(X.index + 10_000)
     np.testing.assert_array_equal(scores["score"],
                                   VAEDetector.load(tmp_path / "m.st").score_samples(X))
+    # --drop "Unnamed: 0", the old way round it, still works
+    assert main(["fit", str(tmp_path / "rows.csv"), "--model", str(tmp_path / "d.st"),
+                 "--drop", "Unnamed: 0", "--set", "epochs=2"]) == 0
+    # a model fitted on the row numbers (as before) is told why it no longer scores the file
+    VAEDetector(epochs=2).fit(pd.read_csv(tmp_path / "rows.csv")).save(tmp_path / "old.st")
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "rows.csv"), "--model", str(tmp_path / "old.st")]) == 1
+    assert "the model was fitted on 'Unnamed: 0', the row numbers" in capsys.readouterr().err
 
 
 def test_scoring_a_file_without_a_model_column_names_that_column_only(table, capsys):
@@ -443,6 +451,13 @@ def test_a_csv_of_8_bit_pixels_scores_with_a_model_fitted_on_uint8_images(tmp_pa
     assert main(["score", str(tmp_path / "px.parquet"), "--onnx", str(tmp_path / "m.onnx"),
                  "-o", str(tmp_path / "scores.parquet")]) == 0
     np.testing.assert_allclose(pd.read_parquet(tmp_path / "scores.parquet")["score"], expected,
+                               rtol=1e-5, atol=1e-4)
+    # in memory, from a Parquet file of pandas' nullable integers
+    pd.DataFrame(images[:5].reshape(5, -1), columns=[str(i) for i in range(64)]).astype(
+        "Int64").to_parquet(tmp_path / "nullable.parquet")
+    assert main(["score", str(tmp_path / "nullable.parquet"), "--model",
+                 str(tmp_path / "m.safetensors"), "-o", str(out)]) == 0
+    np.testing.assert_allclose(pd.read_csv(out, index_col=0)["score"], expected,
                                rtol=1e-5, atol=1e-4)
     pd.DataFrame(images[:5].reshape(5, -1).astype(int) * 2).to_csv(tmp_path / "big.csv",
                                                                      index=False)

@@ -90,6 +90,17 @@ def test_nullable_and_pyarrow_columns_score_like_numpy_ones(scorer, cancer, dtyp
                                                       model, columns)["score"])
 
 
+def test_numpy_dtypes_are_taken_column_by_column():
+    from vaeanom.tables import as_numpy_dtypes
+
+    frame = pd.DataFrame([[0.5, 1, 2], [1.5, None, 3]], columns=["a", "a", "b"])
+    frame = frame.astype({"b": "int64[pyarrow]"})
+    frame.isetitem(1, frame.iloc[:, 1].astype("Int64"))
+    out = as_numpy_dtypes(frame)
+    assert [str(t) for t in out.dtypes] == ["float64", "float64", "int64"]
+    np.testing.assert_array_equal(out.to_numpy(), [[0.5, 1, 2], [1.5, np.nan, 3]])
+
+
 def test_an_image_scorer_takes_8_bit_pixels_in_any_integer_dtype(tmp_path):
     """uint8 pixels arrive as int64 (Parquet's default), int32 (Spark has no unsigned byte),
     Int64 or uint8[pyarrow]: all are bytes when every value is a whole number in 0..255."""
@@ -337,8 +348,12 @@ def test_dask_partitions_of_a_file_with_empty_row_groups_have_valid_divisions(ca
     pd.testing.assert_frame_equal(parts.compute(scheduler="sync"), cancer[0].iloc[:30][columns])
     with pq.ParquetWriter(tmp_path / "none.parquet", rows.schema) as writer:
         writer.write_table(rows.slice(0, 0))
-    nothing = parquet_partitions(tmp_path / "none.parquet", columns)
-    assert not nothing.known_divisions and len(nothing.compute(scheduler="sync")) == 0
+    with pq.ParquetWriter(tmp_path / "no_groups.parquet", rows.schema):
+        pass
+    for name in ("none", "no_groups"):
+        nothing = parquet_partitions(tmp_path / f"{name}.parquet", columns).compute(
+            scheduler="sync")
+        assert len(nothing) == 0 and list(nothing.columns) == columns, name
 
 
 def test_columns_can_be_named_differently_from_the_fitted_names(scorer, cancer):

@@ -461,15 +461,22 @@ def test_the_config_s_version_policy_chooses_the_versions_served(repo, tmp_path,
     assert list(repository.load(folder.parent)["cancer"]) == served
 
 
-def test_a_version_policy_naming_a_missing_version_is_refused(repo, tmp_path):
+def test_a_version_policy_is_read_as_triton_reads_it(repo, tmp_path, caplog):
+    """A listed version without its folder is left out with a warning, a folder with a
+    leading zero is no version, and a policy that leaves none is refused."""
     from vaeanom.serving import repository
 
     folder = tmp_path / "versions" / "cancer"
     shutil.copytree(repo / "cancer", folder)
-    config = folder / "config.pbtxt"
-    config.write_text(config.read_text() + "version_policy: { specific: { versions: [2] } }\n")
-    with pytest.raises(ValueError, match=r"names version\(s\) \[2\], which have no folder"):
-        repository.load(folder.parent)
+    shutil.copytree(folder / "1", folder / "01")
+    config, text = folder / "config.pbtxt", (folder / "config.pbtxt").read_text()
+    config.write_text(text + "version_policy: { specific: { versions: [1, 2] } }\n")
+    assert list(repository.load(folder.parent)["cancer"]) == ["1"]
+    assert "names version(s) [2], which have no folder" in caplog.text
+    for policy in ("specific: { }", "specific: { versions: [2] }", "latest: { num_versions: 0 }"):
+        config.write_text(text + f"version_policy: {{ {policy} }}\n")
+        with pytest.raises(ValueError, match="its version_policy leaves no version to serve"):
+            repository.load(folder.parent)
 
 
 def test_a_model_that_does_not_load_stops_serve_before_it_listens(repo, tmp_path):

@@ -200,21 +200,6 @@ def are_bytes(values: np.ndarray) -> bool:
                 and values.min(initial=0) >= 0 and values.max(initial=0) <= 255)
 
 
-def integer_bytes(table):
-    """A DataFrame of integer columns holding only whole numbers in 0..255, as uint8;
-    anything else unchanged. For a model that takes 8-bit pixels, fed from a file that
-    cannot carry the dtype: pandas reads a CSV's 0..255 as int64, Parquet writers
-    store int64 by default and Spark has no unsigned byte. Anything not converted is
-    left for the model to refuse with its own message."""
-    import pandas as pd
-
-    if not isinstance(table, pd.DataFrame) or table.empty:
-        return table
-    if not all(pd.api.types.is_integer_dtype(dtype) for dtype in table.dtypes):
-        return table
-    return table.astype(np.uint8) if are_bytes(table.to_numpy()) else table
-
-
 def finite_decoded(decoded: np.ndarray, what: str = "Z") -> np.ndarray:
     """``decoded`` unchanged, or ValueError naming the latent rows whose decoding overflowed."""
     per_row = np.isfinite(decoded).reshape(len(decoded), int(np.prod(decoded.shape[1:])))

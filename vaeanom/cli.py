@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import integer_bytes
 from .fileio import atomic_write, refuse_folder_name
-from .tables import shown_columns
+from .tables import UNNAMED_FIRST, integer_bytes, shown_columns
 
 #: the estimators ``vaeanom fit`` can fit (kept in step with vaeanom.estimators.DETECTORS,
 #: which a test checks, so that ``--help`` does not import torch)
@@ -214,6 +213,8 @@ def select_columns(X, columns: list[str] | None = None, drop: list[str] | None =
     if not wanted:
         raise ValueError(f"{option} names no column; give names separated by commas.")
     not_features = {label, *(str(name) for name in X.index.names if name is not None)}
+    if UNNAMED_FIRST not in X.columns:     # read as the index (read_data): never a feature
+        not_features.add(UNNAMED_FIRST)
     wanted = [name for name in wanted if name not in not_features]
     by_name = {str(name): name for name in X.columns}
     missing = [name for name in wanted if name not in by_name]
@@ -377,6 +378,10 @@ def _model_columns(scorer, table):
     if list(by_name) == names:
         return table
     missing = [name for name in names if name not in by_name]
+    if missing == [UNNAMED_FIRST]:
+        raise ValueError(f"the model was fitted on {UNNAMED_FIRST!r}, the row numbers "
+                         "DataFrame.to_csv writes, which vaeanom now reads as the index: its "
+                         "scores depended on each row's number. Refit it on the file.")
     if missing:
         raise ValueError(f"the data has no column(s) {shown_columns(missing)}, which the model "
                          f"was fitted on; it has {shown_columns(list(by_name))}. Score a file "
@@ -461,7 +466,7 @@ def _read_png(path: Path, channels: int | None = None) -> np.ndarray:
             raise ValueError(f"{str(path)!r} is a {mode} PNG; vaeanom compresses 8-bit "
                              "grey or RGB images: save it with 8 bits per channel first.")
         pixels = np.asarray(image)
-    if pixels.ndim == 3 and channels != 3:
+    if pixels.ndim == 3 and channels in (None, 1):
         pixels = _grey_of(pixels, path)
     if pixels.ndim == 2:
         return pixels[None] if channels == 1 else pixels
@@ -539,13 +544,13 @@ def run_decompress(model: Path, source: Path, out: Path) -> list[Path]:
     if source.is_dir():
         images = _decompress_folder(detector, source, out)
     else:
+        if out.suffix.lower() not in (".png", ".npy"):
+            raise ValueError(f"{str(out)!r}: decompress writes a .png (one image) or a .npy "
+                             "file (any number of images).")
         decoded = detector.decompress(source.read_bytes())
         if out.suffix.lower() == ".npy":
             atomic_write(out, lambda tmp: _save_npy(tmp, decoded))
             return [out]
-        if out.suffix.lower() != ".png":
-            raise ValueError(f"{str(out)!r}: decompress writes a .png (one image) or a .npy "
-                             f"file (any number); this blob holds {len(decoded)} image(s).")
         if len(decoded) != 1:
             raise ValueError(f"{str(out)!r}: write {len(decoded)} images to a .npy file "
                              "(a .png holds one image).")

@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.datasets import load_breast_cancer, load_digits
 
 from .fileio import atomic_write
+from .tables import UNNAMED_FIRST
 
 
 class OneClassSplit(NamedTuple):
@@ -56,7 +57,8 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
     a column's name, or else its position (``--index-col 2024`` finds a column
     named "2024" before the 2025th column). Without it, a CSV's first column with
     an empty header is the index: that is how ``DataFrame.to_csv`` writes an index,
-    and read as a feature it would tie every score to the row's number. .npy files
+    and read as a feature it would tie every score to the row's number (pandas names
+    such a column "Unnamed: 0", and a header spelled so is read the same). .npy files
     are read with ``allow_pickle=False``: a data file never runs code.
     """
     path = Path(path)
@@ -84,10 +86,6 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
         frame = frame.reset_index()      # a named index the file keeps stays, as a column
     column = _index_column(index_col, list(frame.columns), path)
     return frame.set_index(frame.columns[column] if isinstance(column, int) else column)
-
-
-#: what pandas calls a CSV's first column when its header is empty
-UNNAMED_FIRST = "Unnamed: 0"
 
 
 def _written_index(frame: pd.DataFrame) -> pd.DataFrame:

@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checks import check_count, integer_bytes
+from .checks import check_count
 from .runtime import OnnxModel
+from .tables import as_numpy_dtypes, integer_bytes
 
 #: the columns scoring appends, and their pandas dtypes
 SCORE_COLUMNS = {"score": "float64", "is_outlier": "bool"}
@@ -95,7 +96,7 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
     if len(frame) == 0:
         return frame.assign(**{name: pd.Series(dtype=dtype, index=frame.index)
                                for name, dtype in score_columns(model, explain).items()})
-    rows = numpy_dtypes(frame[names])
+    rows = as_numpy_dtypes(frame[names])
     if model.input_dtype == np.uint8:      # 0..255 as int64 (Parquet's default) or int32 (Spark)
         rows = integer_bytes(rows)
     if getattr(model, "feature_names_in_", None) is None:   # fitted on an array
@@ -105,20 +106,6 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
     y = None if label is None else frame[_column(frame.columns, label)].to_numpy()
     scored = model.score_frame(rows, explain=explain, y=y)
     return frame.assign(**{name: scored[name].to_numpy() for name in scored})  # index may repeat
-
-
-def numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each nullable (Int64, Float64) or pyarrow numeric column in its numpy
-    dtype, float64 with NaN where it has holes. ``dtype_backend="pyarrow"`` readers and
-    Arrow batches give such columns, whose ``to_numpy()`` is an object array that a model
-    fitted on an array (every image model) would refuse as not numeric."""
-    converted = {}
-    for name, column in frame.items():
-        numpy_dtype = getattr(column.dtype, "numpy_dtype", None)
-        if isinstance(column.dtype, np.dtype) or numpy_dtype is None or numpy_dtype.kind not in "iuf":
-            continue
-        converted[name] = np.float64 if column.isna().any() else numpy_dtype
-    return frame.astype(converted) if converted else frame
 
 
 def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequence,
@@ -424,7 +411,8 @@ def parquet_partitions(source: str | os.PathLike, columns: Sequence[str],
     """A dask DataFrame of a Parquet file's ``columns``, read by row groups, with the
     file's index: its stored index columns, or the row number where pandas stored
     a range index (``dd.read_parquet`` restarts that at 0 in every partition, which
-    would lose the rows' identity). Divisions are known for a range index."""
+    would lose the rows' identity). Divisions are known for a range index of some
+    rows; a file without rows is one empty partition."""
     dd = _engine("dask.dataframe", "dask")
     import pyarrow.parquet as pq
 
@@ -445,6 +433,8 @@ def parquet_partitions(source: str | os.PathLike, columns: Sequence[str],
         offsets.append(rows)
         rows += size
     read = _RowGroupReader(index_columns, index_range, list(columns))
+    if not parts:                          # a file written without any row group
+        return dd.from_pandas(read.empty(schema), npartitions=1)
     divisions = None
     if not index_columns and rows and int(index_range.get("step", 1)) > 0:
         start, step = int(index_range.get("start", 0)), int(index_range.get("step", 1))

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .checks import TABLE_MODEL
+from .checks import TABLE_MODEL, are_bytes
 
 #: a categorical column with at least this many categories, one for at least
 #: half of its observed rows, looks like an identifier (see TableSchema.learn)
@@ -61,6 +61,46 @@ def numbers_of(X: pd.DataFrame) -> np.ndarray | None:
         return None
     columns = [_numeric(column, name) for name, column in X.items()]
     return np.column_stack(columns) if columns else np.empty((len(X), 0))
+
+
+#: what pandas calls a CSV's first column when its header is empty, as ``to_csv`` writes
+#: an index: read as the index, never as a feature (:func:`vaeanom.datasets.read_data`)
+UNNAMED_FIRST = "Unnamed: 0"
+
+
+def as_numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each nullable (Int64, Float64) or pyarrow numeric column in its numpy
+    dtype, float64 with NaN where it has holes; other columns as they are.
+
+    ``dtype_backend="pyarrow"`` readers, Arrow batches and pandas' nullable types give
+    such columns, whose ``to_numpy()`` is an object array: a model fitted on an array
+    (every image model) would refuse it as not numeric. Columns are converted by
+    position, so two columns sharing a label keep their own dtypes.
+    """
+    converted = frame
+    for position, (_, column) in enumerate(frame.items()):
+        numpy_dtype = getattr(column.dtype, "numpy_dtype", None)
+        if isinstance(column.dtype, np.dtype) or numpy_dtype is None or numpy_dtype.kind not in "iuf":
+            continue
+        if converted is frame:
+            converted = frame.copy()
+        converted.isetitem(position, column.astype(np.float64 if column.isna().any()
+                                                   else numpy_dtype))
+    return converted
+
+
+def integer_bytes(table):
+    """A DataFrame of integer columns holding only whole numbers in 0..255, as uint8;
+    anything else unchanged. For a model that takes 8-bit pixels, fed from a file that
+    cannot carry the dtype: pandas reads a CSV's 0..255 as int64, Parquet writers
+    store int64 by default and Spark has no unsigned byte. Anything not converted is
+    left for the model to refuse with its own message."""
+    if not isinstance(table, pd.DataFrame) or table.empty:
+        return table
+    table = as_numpy_dtypes(table)
+    if not all(pd.api.types.is_integer_dtype(dtype) for dtype in table.dtypes):
+        return table
+    return table.astype(np.uint8) if are_bytes(table.to_numpy()) else table
 
 
 def non_numeric_columns(X: pd.DataFrame) -> list[str]:

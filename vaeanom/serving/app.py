@@ -508,8 +508,8 @@ def _by_column(contributions: np.ndarray, columns: list[str]) -> list[dict]:
 
 def _frame(model, records: list[dict]):
     """Records -> a DataFrame in the fitted column order. Missing keys are missing values
-    for a model that takes them (fitted with holes); others name the first record
-    that lacks a column."""
+    for a table model (fitted on categories or holes), which takes them; for others
+    the first record that lacks a column is named."""
     import pandas as pd
 
     from ..tables import shown_columns
@@ -540,6 +540,8 @@ def _refuse_missing_keys(records: list[dict], columns: list[str]) -> None:
     from ..tables import shown_columns
 
     for i, record in enumerate(records):
+        if len(record) == len(columns):   # unknown keys were refused: this one has them all
+            continue
         missing = [column for column in columns if column not in record]
         if missing:
             raise ValueError(f"record {i} lacks {shown_columns(missing, 5)}: this model was "

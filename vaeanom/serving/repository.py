@@ -8,15 +8,20 @@ whatever Triton accepts parses here, and the settings Triton's dynamic
 batcher reads (``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds``)
 mean the same. So does ``version_policy``: the latest version only when the config
 sets none (Triton's default), ``latest { num_versions: N }``, ``all {}`` or
-``specific { versions: [...] }``. The highest version served is the default.
+``specific { versions: [...] }`` (a listed version without its folder is left
+out with a warning; a policy that leaves none is refused). The highest version
+served is the default.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime import OnnxModel
+
+logger = logging.getLogger(__name__)
 
 #: what a single .onnx file is served with (Triton's defaults for a dynamic batcher)
 DEFAULT_MAX_BATCH_SIZE = 4096
@@ -72,7 +77,7 @@ def _load_model(folder: Path, model_options: dict) -> dict[str, ServedModel]:
     if name != folder.name:
         raise ValueError(f"{str(config_path)!r} names the model {name!r}, but its folder is "
                          f"{folder.name!r}; Triton requires them to match.")
-    versions = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
+    versions = sorted((p for p in folder.iterdir() if p.is_dir() and _is_version(p.name)),
                       key=lambda p: int(p.name))
     if not versions:
         raise ValueError(f"model folder {str(folder)!r} has no version folder (<version>/"
@@ -93,21 +98,31 @@ def _load_model(folder: Path, model_options: dict) -> dict[str, ServedModel]:
     return served
 
 
+def _is_version(name: str) -> bool:
+    """A version folder's name, as Triton reads one: digits, without a leading zero
+    (Triton ignores ``01``, which would be version 1 twice)."""
+    return name.isdigit() and (name == "0" or not name.startswith("0"))
+
+
 def _chosen_versions(versions: list[Path], policy, config_path: Path) -> list[Path]:
     """The version folders (sorted by number) that ``version_policy`` serves, as Triton
-    chooses them; a ``specific`` version without its folder is refused by name."""
+    chooses them: a ``specific`` version without its folder is left out with a warning,
+    and a policy that leaves none is refused."""
     kind = policy.WhichOneof("policy_choice")
-    if kind == "all":
-        return versions
     if kind == "specific":
         wanted = set(policy.specific.versions)
         missing = sorted(wanted - {int(p.name) for p in versions})
         if missing:
-            raise ValueError(f"{str(config_path)!r}: version_policy names version(s) {missing}, "
-                             "which have no folder; add them or drop them from the policy.")
-        return [p for p in versions if int(p.name) in wanted]
-    count = policy.latest.num_versions if kind == "latest" else 1
-    if count < 1:
-        raise ValueError(f"{str(config_path)!r}: version_policy latest num_versions must be "
-                         f">= 1; got {count}.")
-    return versions[-count:]
+            logger.warning("%s: version_policy names version(s) %s, which have no folder",
+                           config_path, missing)
+        chosen = [p for p in versions if int(p.name) in wanted]
+    elif kind == "all":
+        chosen = versions
+    else:
+        count = policy.latest.num_versions if kind == "latest" else 1
+        chosen = versions[-count:] if count > 0 else []
+    if not chosen:
+        raise ValueError(f"{str(config_path)!r}: its version_policy leaves no version to serve "
+                         f"(version folders: {[p.name for p in versions]}); name one that "
+                         "exists.")
+    return chosen
