@@ -5,19 +5,26 @@ import os
 # Lets scikit-learn run its array-API check on numpy too (read when scipy is imported).
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import settings  # noqa: E402
-from sklearn.datasets import load_breast_cancer, load_digits  # noqa: E402
-
-# Each pytest-xdist worker gets its share of the cores. torch starts one thread per core in
-# every process, and OpenMP threads that outnumber the cores wait for each other: with two
+# Each pytest-xdist worker gets its share of the cores, and so do the processes a test
+# starts (OMP_NUM_THREADS is inherited). torch starts one thread per core in every
+# process, and OpenMP threads that outnumber the cores wait for each other: with two
 # workers of two threads on two cores, tests/test_rows_default.py and test_tables.py took
 # over 6.7 minutes instead of 77 s.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+    _THREADS = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+
+import torch  # noqa: E402
+
+if _WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from sklearn.datasets import load_breast_cancer, load_digits  # noqa: E402
+
 
 # Property tests draw the same examples on every run, so that a run that lands is not
 # decided by luck; VAEANOM_HYPOTHESIS=explore draws new ones (and keeps failures found
