@@ -266,6 +266,10 @@ def test_spark_local_scores_arrow_batches_like_onnx_model(spark, scorer, given, 
     assert len(seen) and not seen["torch"].any()
     with pytest.raises(ValueError, match=r"already has column\(s\) \['Score'\].*ignores case"):
         score_spark(sdf.withColumnRenamed("key", "Score"), named)   # Spark: `score` ambiguous
+    # input columns are found ignoring case too, as Spark finds them
+    shouted = sdf.select(*(sdf[c].alias(c.upper()) for c in sdf.columns))
+    out = score_spark(shouted, named).toPandas().set_index("ROW").loc[table.index]
+    np.testing.assert_array_equal(out["score"], OnnxModel(named).score_samples(cancer[0]))
 
 
 # -------------------------------------------------------------- streaming
@@ -354,6 +358,19 @@ def test_dask_partitions_of_a_file_with_empty_row_groups_have_valid_divisions(ca
         nothing = parquet_partitions(tmp_path / f"{name}.parquet", columns).compute(
             scheduler="sync")
         assert len(nothing) == 0 and list(nothing.columns) == columns, name
+
+
+def test_names_found_ignoring_case_where_spark_ignores_it(scorer, cancer):
+    from vaeanom.distributed import input_columns
+
+    model, names = OnnxModel(scorer[0]), list(cancer[0].columns)
+    shouted = [name.upper() for name in names]
+    assert input_columns(model, None, shouted, fold_case=True) == shouted
+    assert input_columns(model, None, [*shouted, names[0]], fold_case=True)[0] == names[0]
+    with pytest.raises(ValueError, match="the data has no column"):
+        input_columns(model, None, shouted)
+    with pytest.raises(ValueError, match="which Spark cannot tell apart"):
+        input_columns(model, None, [*shouted, names[0].title()], fold_case=True)
 
 
 def test_columns_can_be_named_differently_from_the_fitted_names(scorer, cancer):

@@ -112,8 +112,10 @@ def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequenc
                   fold_case: bool = False, explain: int = 0, label: str | None = None) -> list:
     """The data's labels of the columns to score, in the model's order, checked against
     the model and the data; errors say what to pass. ``columns`` may give labels as
-    strings (``["0", "1"]`` finds integer labels 0 and 1). ``fold_case``: the clash
-    with the appended columns ignores case, as Spark's column names do by default.
+    strings (``["0", "1"]`` finds integer labels 0 and 1). ``fold_case``: names are
+    found, and clash with the appended columns, ignoring case, as Spark's column names
+    are by default (an exact match wins; a name two columns share but for case is
+    refused as ambiguous).
     ``explain=k`` needs a scorer exported with explanations; ``label``, a scorer that
     takes labels (and one that takes them needs it)."""
     if model.part != "scorer":
@@ -130,7 +132,7 @@ def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequenc
         columns = model.feature_columns
     columns = [str(c) for c in columns]
     _refuse_ambiguous(model, columns)
-    by_label = {str(label): label for label in available}
+    by_label = _labels_by_name(available, columns, fold_case)
     missing = [c for c in columns if c not in by_label]
     if missing:
         raise ValueError(f"the data has no column(s) {missing[:5]}; it has "
@@ -139,6 +141,26 @@ def input_columns(model: OnnxModel, columns: Sequence | None, available: Sequenc
         raise ValueError(f"the label column {str(label)!r} is one of the model's inputs; "
                          "name the column that holds each row's label.")
     return [by_label[c] for c in columns]
+
+
+def _labels_by_name(available: Sequence, names: list[str], fold_case: bool) -> dict:
+    """{name: the data's label} for each of ``names`` the data has: matched as text, and
+    with ``fold_case`` ignoring case where no column has the exact name."""
+    by_label = {str(label): label for label in available}
+    if not fold_case:
+        return by_label
+    folded: dict[str, list] = {}
+    for label in available:
+        folded.setdefault(str(label).lower(), []).append(label)
+    for name in names:
+        matches = folded.get(name.lower(), [])
+        if name not in by_label and len(matches) > 1:
+            raise ValueError(f"the data has columns {[str(m) for m in matches]}, which Spark "
+                             f"cannot tell apart (it ignores case); rename all but one to score "
+                             f"{name!r}.")
+        if name not in by_label and matches:
+            by_label[name] = matches[0]
+    return by_label
 
 
 def _check_label(model: OnnxModel, label: str | None, available: Sequence) -> None:
@@ -299,13 +321,16 @@ def _engine(module: str, extra: str):
 
 
 def _check_model(model_path, columns, available, fold_case: bool = False,
-                 explain: int = 0, label: str | None = None) -> tuple[Path, dict[str, str]]:
+                 explain: int = 0, label: str | None = None) -> tuple[Path, dict[str, str], list]:
     """Open the model here once, so that a wrong path or column fails before any work is
-    sent; the model's resolved path and the columns scoring appends."""
+    sent; the model's resolved path, the columns scoring appends and the data's labels of
+    the input columns (:func:`input_columns`)."""
     path = Path(model_path).resolve()
     model = cached_model(str(path), 1)
-    input_columns(model, columns, list(available), fold_case, explain, label)
-    return path, score_columns(model, explain)
+    inputs = input_columns(model, columns, list(available), fold_case, explain, label)
+    return path, score_columns(model, explain), inputs
+
+
 
 
 # ------------------------------------------------------------------ Dask
@@ -318,8 +343,8 @@ def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence | None = No
     worker (the same path on a shared or local disk).
     """
     _engine("dask.dataframe", "dask")
-    path, appended = _check_model(model_path, columns, ddf.columns, explain=explain,
-                                  label=label)
+    path, appended, _ = _check_model(model_path, columns, ddf.columns, explain=explain,
+                                     label=label)
     meta = ddf._meta.assign(**{name: pd.Series(dtype=dtype) for name, dtype in appended.items()})
     return ddf.map_partitions(score_partition, str(path), columns, threads, explain, label,
                               meta=meta)
@@ -338,16 +363,18 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = N
     _engine("pyspark", "spark")
     from pyspark.sql.types import BooleanType, DoubleType, StringType, StructField, StructType
 
-    case_sensitive = sdf.sparkSession.conf.get("spark.sql.caseSensitive", "false")
-    path, appended = _check_model(model_path, columns, sdf.columns,
-                                  case_sensitive.lower() != "true", explain, label)
+    fold_case = sdf.sparkSession.conf.get("spark.sql.caseSensitive", "false").lower() != "true"
+    path, appended, inputs = _check_model(model_path, columns, sdf.columns, fold_case, explain,
+                                          label)
     shipped = _content_named_copy(path)
     sdf.sparkSession.sparkContext.addFile(str(shipped))
     types = {"float64": DoubleType(), "bool": BooleanType(), "str": StringType()}
     schema = StructType([*sdf.schema.fields, *(  # a hole's contribution is NaN: null in Arrow
         StructField(name, types[dtype], name.startswith("contribution_"))
         for name, dtype in appended.items())])
-    name, columns = shipped.name, None if columns is None else list(columns)
+    name = shipped.name
+    # the executors' batches carry the data's names: give them as Spark matched them
+    columns = [str(name) for name in inputs] if fold_case else columns
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import SparkFiles
@@ -393,7 +420,7 @@ def score_ray(ds, model_path: str | os.PathLike, columns: Sequence | None = None
     which take a whole CPU each, can run beside the actor.
     """
     data = _engine("ray.data", "ray")
-    path, _ = _check_model(model_path, columns, ds.columns(), explain=explain, label=label)
+    path, _, _ = _check_model(model_path, columns, ds.columns(), explain=explain, label=label)
     return ds.map_batches(_RayScorer, batch_format="pandas", num_cpus=cpus_per_worker,
                           compute=data.ActorPoolStrategy(min_size=1, max_size=workers),
                           fn_constructor_args=(str(path), None if columns is None
