@@ -208,6 +208,16 @@ def check_frame(frame, n, what):
         f"{what}: a row with a finite score has non-finite terms:\n{frame[scored]}"
 
 
+def _holes(X, shape: tuple[int, int]) -> np.ndarray:
+    """Where X's entries are missing, as an (n, features) mask (none for images)."""
+    if isinstance(X, pd.DataFrame):
+        return X.isna().to_numpy().reshape(shape)
+    values = np.asarray(X)
+    if values.dtype.kind != "f" or values.size != shape[0] * shape[1]:
+        return np.zeros(shape, dtype=bool)
+    return np.isnan(values).reshape(shape)
+
+
 def check_output(name: str, value, n, owner, X=None) -> None:
     """Validate what ``owner.name(X)`` returned for an input of n rows."""
     what = f"{type(owner).__name__}.{name}"
@@ -225,9 +235,10 @@ def check_output(name: str, value, n, owner, X=None) -> None:
         assert isinstance(value, np.ndarray) and value.dtype.kind == "f" and len(value) == n
         unscored = owner.score_samples(X) == -np.inf
         flat = value.reshape(len(value), -1)
-        assert not np.isnan(flat).any(), f"{what} returned NaN contributions"
-        assert np.isfinite(flat[~unscored]).all(), f"{what}: non-finite contributions in a " \
-            "row with a finite score"
+        holes = _holes(X, flat.shape)          # a missing entry's contribution is NaN
+        assert (np.isnan(flat) == holes).all(), f"{what}: NaN contributions are not the holes"
+        assert np.isfinite(flat[~unscored][~holes[~unscored]]).all(), \
+            f"{what}: non-finite contributions in a row with a finite score"
     elif name == "run":  # the graph's raw outputs: shapes and types; scores never NaN
         assert isinstance(value, dict) and value, f"{what} returned {value!r}"
         for key, array in value.items():
@@ -1369,6 +1380,8 @@ def test_regressions_in_fit_parameters(cases, tmp_path):
     ("vq_rows", lambda m, t: _fitted(m, offset_=10 ** 400), "offset_"),
     ("vae_rows", lambda m, t: t.__setitem__("array.latent_bank_", t["array.latent_bank_"].sum()),
      "latent_bank_"),
+    ("vq_images", lambda m, t: m.__setitem__("params", json.dumps(
+        {**json.loads(m["params"]), "code_dim": 2 ** 70})), "cannot be built"),
 ])
 def test_regressions_in_crafted_model_files(cases, tmp_path, key, edit, message):
     path = _resealed(cases[key], tmp_path, edit)

@@ -706,8 +706,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         for name, value in arrays.items():
             setattr(detector, name, value.numpy())
         detector._check_standardisation(what)
-        with torch.device("meta"):  # shapes only: nothing is allocated
-            skeleton = detector._build_model(detector._model_shape(), detector.is_image_)
+        skeleton = detector._skeleton(what)
         persistence.check_shapes(weights, {k: tuple(v.shape)
                                            for k, v in skeleton.state_dict().items()}, what)
         persistence.check_values(weights, what)  # a NaN weight makes every score NaN
@@ -717,6 +716,17 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         detector.model_ = model.to(training.resolve_device(device)).eval()
         detector._remember_fitted_params()
         return detector
+
+    def _skeleton(self, what: str):
+        """The network the loaded parameters describe, shapes only (nothing is allocated);
+        sizes no tensor can have (an edited ``code_dim`` of 2**70) are refused by name."""
+        try:
+            with torch.device("meta"):
+                return self._build_model(self._model_shape(), self.is_image_)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            reason = str(err).splitlines()[0][:200]
+            raise ValueError(f"{what}: its parameters describe a network that cannot be built "
+                             f"({reason}); the file is corrupt or was edited.") from None
 
     def _required_arrays(self) -> tuple[str, ...]:
         """The saved arrays a file for this detector (parameters and fitted values set) must
