@@ -96,9 +96,8 @@ def score_partition(frame: pd.DataFrame, model_path: str | os.PathLike,
     if len(frame) == 0:
         return frame.assign(**{name: pd.Series(dtype=dtype, index=frame.index)
                                for name, dtype in score_columns(model, explain).items()})
-    rows = as_numpy_dtypes(frame[names])
-    if model.input_dtype == np.uint8:      # 0..255 as int64 (Parquet's default) or int32 (Spark)
-        rows = integer_bytes(rows)
+    rows = frame[names]    # in numpy dtypes; 8-bit pixels may come as int64 or int32 (Spark)
+    rows = integer_bytes(rows) if model.input_dtype == np.uint8 else as_numpy_dtypes(rows)
     if getattr(model, "feature_names_in_", None) is None:   # fitted on an array
         rows = rows.to_numpy()
     else:                                  # the data's names for the model's columns
@@ -154,12 +153,13 @@ def _labels_by_name(available: Sequence, names: list[str], fold_case: bool) -> d
         folded.setdefault(str(label).lower(), []).append(label)
     for name in names:
         matches = folded.get(name.lower(), [])
-        if name not in by_label and len(matches) > 1:
+        if name in by_label or not matches:
+            continue
+        if len(matches) > 1:
             raise ValueError(f"the data has columns {[str(m) for m in matches]}, which Spark "
                              f"cannot tell apart (it ignores case); rename all but one to score "
                              f"{name!r}.")
-        if name not in by_label and matches:
-            by_label[name] = matches[0]
+        by_label[name] = matches[0]
     return by_label
 
 
@@ -331,8 +331,6 @@ def _check_model(model_path, columns, available, fold_case: bool = False,
     return path, score_columns(model, explain), inputs
 
 
-
-
 # ------------------------------------------------------------------ Dask
 def score_dask(ddf, model_path: str | os.PathLike, columns: Sequence | None = None,
                threads: int | None = 1, explain: int = 0, label: str | None = None):
@@ -374,7 +372,7 @@ def score_spark(sdf, model_path: str | os.PathLike, columns: Sequence | None = N
         for name, dtype in appended.items())])
     name = shipped.name
     # the executors' batches carry the data's names: give them as Spark matched them
-    columns = [str(name) for name in inputs] if fold_case else columns
+    columns = [str(label) for label in inputs] if fold_case else columns
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import SparkFiles

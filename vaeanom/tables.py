@@ -79,8 +79,8 @@ def as_numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """
     converted = frame
     for position, (_, column) in enumerate(frame.items()):
-        numpy_dtype = getattr(column.dtype, "numpy_dtype", None)
-        if isinstance(column.dtype, np.dtype) or numpy_dtype is None or numpy_dtype.kind not in "iuf":
+        numpy_dtype = getattr(column.dtype, "numpy_dtype", None)   # None for numpy's own
+        if numpy_dtype is None or numpy_dtype.kind not in "iuf":
             continue
         if converted is frame:
             converted = frame.copy()

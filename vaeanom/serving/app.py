@@ -521,18 +521,22 @@ def _frame(model, records: list[dict]):
         raise ValueError(f"unknown column(s) {shown_columns(unknown, 5)}; the model takes "
                          f"{shown_columns(columns, 10)}.")
     frame = pd.DataFrame.from_records(records, columns=columns)
-    if names is None:
-        values = np.empty(frame.shape)
-        for i, column in enumerate(frame.columns):
-            try:
-                values[:, i] = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
-            except (ValueError, TypeError, OverflowError) as err:
-                raise ValueError(f"column {column!r}: {err}; this model takes numbers.") from None
+    rows = frame if names is not None else _numbers(frame)   # text in numbers is named first
     if model.table_schema is None:
         _refuse_missing_keys(records, columns)
-    if names is not None:
-        return frame
-    return _pixels(values) if model.input_dtype == np.uint8 else values
+    return _pixels(rows) if names is None and model.input_dtype == np.uint8 else rows
+
+
+def _numbers(frame) -> np.ndarray:
+    """A records frame of a model fitted on an array as float64 (n, d), NaN where missing;
+    a value that is not a number is named by its column."""
+    values = np.empty(frame.shape)
+    for i, column in enumerate(frame.columns):
+        try:
+            values[:, i] = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ValueError(f"column {column!r}: {err}; this model takes numbers.") from None
+    return values
 
 
 def _refuse_missing_keys(records: list[dict], columns: list[str]) -> None:
