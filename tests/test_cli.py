@@ -163,6 +163,20 @@ def test_a_semicolon_csv_is_named_instead_of_fitted_as_one_text_column(tmp_path,
     assert read_data(tmp_path / "one.csv").columns.tolist() == ["pressure|kPa"]  # one column
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("x;city\n1.5;Oslo\n2.5;Paris, FR\n", "';'"),       # a comma in a text field
+    ("x;y\n1,5;2\n2,5;3,25\n", "';'"),                   # decimal commas, a varying count
+    ("x\ty\tcity\n1.5\t2\tParis, FR\n2.5\t3\tOslo\n", "tabs"),
+    ("\ufeffa|b\r\n1|2\r\n", "'|'"),                       # BOM and CRLF
+])
+def test_other_separators_are_named_before_pandas_misreads_them(tmp_path, text, shown):
+    """These files got pandas' tokenizing error, or (the tab file, whose comma moved the
+    first field into the index) 'every entry missing'."""
+    (tmp_path / "data.csv").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=f"look separated by {shown}.*decimal=','"):
+        read_data(tmp_path / "data.csv")
+
+
 def test_score_takes_a_hierarchical_model(table):
     """A model that scores by its bound alone writes score and is_outlier, as its ONNX
     scorer does (score_frame used to refuse it, so `vaeanom score --model` failed)."""

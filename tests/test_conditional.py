@@ -116,6 +116,17 @@ def test_a_failed_fit_keeps_no_labels(digits):
     assert not any(name.startswith("_fit") for name in vars(detector))
 
 
+def test_continuous_labels_are_refused_at_fit(digits):
+    """A measurement given as y would make each distinct value a class of one row."""
+    x, _, _, _ = digits
+    detector = VAEDetector(conditional=True, epochs=1)
+    with pytest.raises(ValueError, match=r"continuous values \(e.g. 0.5\).*pd.qcut"):
+        detector.fit(x[:50], np.arange(50) / 2)
+    assert not hasattr(detector, "classes_")
+    whole = VAEDetector(conditional=True, epochs=1, random_state=0).fit(x[:50], np.arange(50.) % 3)
+    assert whole.classes_.tolist() == [0.0, 1.0, 2.0]       # whole floats are classes
+
+
 def test_files_without_label_offset_say_refit(digits, cvae):
     x, y, _, _ = digits
     old = copy.deepcopy(cvae)

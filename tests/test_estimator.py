@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
-from vaeanom import TrainingDivergedError, VAEDetector
+from vaeanom import TrainingDivergedError, VAEDetector, VQVAEDetector
 from vaeanom.datasets import breast_cancer_one_class, digits_one_class
 from vaeanom.scoring import IMAGE_SCORE_KINDS, SCORE_KINDS
 
@@ -233,10 +233,34 @@ def test_bad_input_to_fit():
         VAEDetector(**FAST).fit(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="no observed value"):
         VAEDetector(**FAST).fit(np.array([[1.0, np.nan], [2.0, np.nan]]))
-    with pytest.raises(ValueError, match="infinity"):
+    with pytest.raises(ValueError, match="infinity in feature 1"):
         VAEDetector(**FAST).fit(np.array([[1.0, np.inf], [2.0, 3.0]]))
     with pytest.raises(NotFittedError):
         VAEDetector().score_samples(np.zeros((2, 3)))
+    with pytest.raises(NotFittedError):    # not the AttributeError a failing property gave
+        VAEDetector().preprocessing_
+    with pytest.raises(NotFittedError):
+        VQVAEDetector().reconstruct(np.zeros((2, 3)))
+
+
+def test_infinities_are_refused_by_column_name(cancer):
+    """A model of complete numbers names the column, as the table model always did (it
+    passed scikit-learn's 'Input X contains infinity' on)."""
+    X, _ = cancer
+    det = VAEDetector(**FAST).fit(X)
+    with pytest.raises(ValueError, match="infinity in column 'mean area'"):
+        det.score_samples(X.head(3).assign(**{"mean area": np.inf}))
+    with pytest.raises(ValueError, match="infinity in column 'worst area'"):
+        VAEDetector(**FAST).fit(X.assign(**{"worst area": -np.inf}))
+
+
+def test_one_image_without_its_batch_axis_is_told_how_to_add_it(digit_images):
+    images, _ = digit_images
+    for det in (VAEDetector(**FAST).fit(images[:100]),
+                VQVAEDetector(conv_channels=(4, 8), epochs=1, random_state=0).fit(images[:100])):
+        with pytest.raises(ValueError, match=r"one image of shape \(8, 8\).*X\[None\]"):
+            det.score_samples(images[0])
+        assert det.score_samples(images[0][None]).shape == (1,)
 
 
 @pytest.mark.parametrize("params, match", [

@@ -71,6 +71,33 @@ def test_one_rows_explanation_plots(planted, tmp_path):
     det, _, test, _ = planted
     save_explanation(det.explain(test).iloc[0], tmp_path / "row.png", top=5)
     assert (tmp_path / "row.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    save_explanation(det.explain(test.iloc[[3]]), tmp_path / "frame.png", top=5)  # a 1-row frame
+    assert (tmp_path / "frame.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="draw one row, e.g. det.explain"):
+        save_explanation(det.explain(test.iloc[:2]), tmp_path / "two.png")
+
+
+@pytest.mark.parametrize("with_category", [True, False], ids=["table model", "numbers"])
+def test_a_wild_entry_keeps_the_blame(with_category, tmp_path):
+    """A sentinel thousands of standard deviations out (99999 for "unknown") is the top
+    feature, and the other columns stay near their training medians: the encoder sees
+    it capped, so it cannot throw the code, and the blame, onto them. It used to give
+    the normal columns 300 times its own contribution. The ONNX explainer agrees."""
+    from vaeanom import OnnxModel
+
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"a": rng.normal(size=100), "b": rng.normal(size=100),
+                          "d": rng.normal(size=100) * 10 + 50})
+    if with_category:
+        table["c"] = rng.choice(["x", "y"], 100)
+    det = VAEDetector(hidden_dims=(32,), random_state=0).fit(table)
+    rows = table.head(4).assign(d=[90.0, 999.0, 99999.0, 1e7])
+    contributions = det.explain(rows)
+    assert (contributions.idxmax(axis=1) == "d").all()
+    others = contributions.drop(columns="d")
+    assert (others.abs() < 5).all().all(), others
+    runtime = OnnxModel(det.export_onnx(tmp_path / "m.onnx", explain=True))
+    np.testing.assert_allclose(runtime.explain(rows), contributions, rtol=1e-4, atol=1e-3)
 
 
 def test_a_model_saved_before_explanations_loads_and_says_to_refit(planted, tmp_path):

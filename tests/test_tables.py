@@ -282,13 +282,16 @@ def test_holes_of_every_kind_are_scored_without_imputation(table_model):
 
 
 @pytest.mark.parametrize("column, message", [
-    (pd.Series(pd.date_range("2020-01-01", periods=40)), r"'t' holds datetime64.*dt.dayofweek"),
+    (pd.Series(pd.date_range("2020-01-01", periods=40)), r"'t' holds datetime64.*dt.day_of_week"),
     (pd.Series(pd.to_timedelta(np.arange(40), unit="s")),
      r"'t' holds timedelta64.*dt.total_seconds\(\)"),
     (pd.Series(np.ones(40) * 1j), r"'t' holds complex numbers"),
     (pd.Series(np.full(40, np.nan)), r"no observed value in column 't'.*drop it before fit"),
     (pd.Series(pd.period_range("2020-01", periods=40, freq="M")), r"'t' holds period\[M\]"),
-    (pd.Series(pd.date_range("2020-01-01", periods=40)).dt.date, r"'t' holds date values"),
+    (pd.Series(pd.date_range("2020-01-01", periods=40)).dt.date,
+     r"'t' holds date values.*t = pd.to_datetime\(X\['t'\]\)"),
+    (pd.Series(pd.date_range("2020-01-01", periods=40, freq="h")).dt.time,
+     r"'t' holds time values.*3600 \* t.hour \+ 60 \* t.minute \+ t.second"),
     (pd.Series(np.ones(40) * 1j, dtype=object), r"'t' holds complex numbers"),
 ])
 def test_columns_it_cannot_model_are_refused_by_name_at_fit(column, message):
@@ -307,6 +310,47 @@ def test_a_pyarrow_duration_column_is_refused_as_a_duration():
     seconds = pd.Series(pd.to_timedelta(np.arange(40), unit="s")).astype("duration[ns][pyarrow]")
     with pytest.raises(ValueError, match=r"'t' holds duration.*dt.total_seconds"):
         VAEDetector(**QUICK).fit(train.assign(t=seconds))
+
+
+def test_the_fixes_the_time_errors_suggest_run():
+    """Each refusal's example turns the column into numbers as written (for dates held as
+    objects, .dt needs pd.to_datetime first; a time of day has no day of the week)."""
+    import datetime
+    import re
+
+    pa = pytest.importorskip("pyarrow")
+    days = pd.Series(pd.date_range("2020-01-01", periods=40)).dt.date
+    columns = {"dates": days, "times": pd.Series([datetime.time(h % 24, 30) for h in range(40)]),
+               "arrow dates": days.astype(pd.ArrowDtype(pa.date32())),
+               "arrow times": pd.Series([datetime.time(h % 24, 30) for h in range(40)],
+                                        dtype=pd.ArrowDtype(pa.time64("us")))}
+    for name, column in columns.items():
+        X = pd.DataFrame({"n0": np.arange(40.0), "t": column})
+        with pytest.raises(ValueError) as refused:
+            VAEDetector(**QUICK).fit(X)
+        example = re.search(r"e\.g\. (.*?)(?: \(seconds since midnight\))?, or drop",
+                            str(refused.value)).group(1)
+        namespace = {"X": X, "pd": pd}
+        for statement in example.replace("; then ", "\n").split(" or "):
+            statement = statement if statement.startswith("t = ") else f"out = {statement}"
+            exec(statement, namespace)                                   # noqa: S102
+        assert pd.api.types.is_numeric_dtype(namespace["out"]), name
+
+
+def test_pyarrow_decimals_with_holes_are_numbers():
+    """What read_parquet or read_sql give with dtype_backend="pyarrow" for a SQL NUMERIC
+    column with NULLs: its holes were pd.NA, which no float() takes."""
+    pa = pytest.importorskip("pyarrow")
+    train = generated_table(60, seed=1)[["n0", "n1"]]
+    train.loc[train.index[::7], "n1"] = np.nan
+    decimals = train.assign(n1=train["n1"].round(2).map(
+        lambda v: None if pd.isna(v) else decimal.Decimal(f"{v:.2f}")).astype(
+        pd.ArrowDtype(pa.decimal128(9, 2))))
+    floats = train.assign(n1=train["n1"].round(2))
+    det = VAEDetector(**QUICK).fit(decimals)
+    expected = VAEDetector(**QUICK).fit(floats).score_samples(floats)
+    np.testing.assert_array_equal(det.score_samples(decimals), expected)
+    np.testing.assert_array_equal(det.score_samples(floats), expected)
 
 
 @pytest.mark.parametrize("convert", [
@@ -487,7 +531,7 @@ def test_onnx_table_input_errors_are_named(table_model, table_exports):
         model.score_samples(train[train.columns[::-1]])
     with pytest.raises(ValueError, match="numeric in fit"):
         model.score_samples(train.iloc[:2].assign(n0="text"))
-    with pytest.raises(ValueError, match=r"'n0' holds datetime64.*dt.dayofweek"):
+    with pytest.raises(ValueError, match=r"'n0' holds datetime64.*dt.day_of_week"):
         model.score_samples(train.iloc[:2].assign(n0=pd.date_range("2020-01-01", periods=2)))
 
 

@@ -127,6 +127,20 @@ def test_scores_do_not_depend_on_batch(digits_vq):
                                   detector.encode(images[:50][::-1]))
 
 
+def test_transform_keeps_one_width_and_encode_takes_any_size(digit_images):
+    """transform is the transformer API: its width is get_feature_names_out's, so images of
+    another size (which a conv model encodes) are refused there, pointing at encode."""
+    images, _ = digit_images
+    det = VQVAEDetector(conv_channels=(4, 8), code_dim=4, codebook_size=8, epochs=1,
+                        random_state=0).fit(images[:100])
+    width = det.get_feature_names_out().size
+    assert det.set_output(transform="pandas").transform(images[:3]).shape == (3, width)
+    bigger = np.tile(images[:3], (1, 2, 2))
+    with pytest.raises(ValueError, match=r"images of shape \(16, 16\)\. encode\(X\) takes"):
+        det.transform(bigger)
+    assert det.encode(bigger).shape == (3, *det.code_grid_for((16, 16)))
+
+
 def test_sample_decodes_codes_drawn_from_their_frequencies(digits_vq):
     detector, _, _ = digits_vq
     first = detector.sample(3, random_state=1)

@@ -100,15 +100,21 @@ def check_missing_values(rows: np.ndarray, feature_names: Sequence[str] | None =
                          what: str = "X") -> None:
     """Rows with holes (NaN) as the table model takes them: infinities and rows with no
     observed entry at all are refused, by name."""
+    check_no_infinity(rows, feature_names, what)
+    empty = np.flatnonzero(np.isnan(rows).all(axis=1)) if rows.size else []
+    if len(empty):
+        raise ValueError(f"row(s) {list(map(int, empty[:5]))} of {what} have every entry "
+                         "missing: there is nothing to score. Drop them (X.dropna(how='all')).")
+
+
+def check_no_infinity(rows: np.ndarray, feature_names: Sequence[str] | None = None,
+                      what: str = "X") -> None:
+    """Refuse infinities, naming the columns that hold them (up to five)."""
     infinite = np.flatnonzero(np.isinf(rows).any(axis=0)) if rows.size else []
     if len(infinite):
         names = [_feature_label(j, feature_names) for j in infinite[:5]]
         raise ValueError(f"{what} contains infinity in {', '.join(names)}. A missing value is "
                          "NaN (or None, pd.NA, an empty CSV field); replace the infinities.")
-    empty = np.flatnonzero(np.isnan(rows).all(axis=1)) if rows.size else []
-    if len(empty):
-        raise ValueError(f"row(s) {list(map(int, empty[:5]))} of {what} have every entry "
-                         "missing: there is nothing to score. Drop them (X.dropna(how='all')).")
 
 
 def check_observed_columns(rows: np.ndarray, feature_names: Sequence[str] | None = None,

@@ -74,10 +74,10 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
                              "table.")
         return np.load(path, allow_pickle=False)
     if suffix == ".csv":
+        _refuse_other_separators(path)   # before pandas, whose errors would not say it
         if index_col is not None:  # pandas fails obscurely on a missing one in some files
             index_col = _index_column(index_col, list(pd.read_csv(path, nrows=0).columns), path)
         frame = pd.read_csv(path, index_col=index_col)
-        _refuse_other_separators(frame, path)
         return frame if index_col is not None else _written_index(frame)
     frame = pd.read_parquet(path)
     if index_col is None or str(index_col) in map(str, frame.index.names):  # the file's own
@@ -105,22 +105,25 @@ def _index_column(index_col: int | str, columns: list, path: Path) -> int | str:
                      f"its columns are {columns[:8]}.")
 
 
-def _refuse_other_separators(frame: pd.DataFrame, path: Path) -> None:
-    """A CSV that reads as one column whose name holds ';', a tab or '|', as its first
-    values do (or it has none), was written with that separator (common where the comma
-    is the decimal mark): say so instead of fitting one text column. A one-column file
-    whose name merely holds the character, over values that do not, is read as it is."""
-    if frame.shape[1] != 1:
+def _refuse_other_separators(path: Path) -> None:
+    """A CSV whose header has no comma but ';', a tab or '|', as often as its first row
+    has (or it has no row), was written with that separator (common where the comma is
+    the decimal mark): say so, instead of pandas' tokenizing error, a misleading one
+    when a text field holds a comma, or one text column fitted. A one-column file whose
+    name merely holds the character, over values that do not, is read as it is."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
+        lines = (line.rstrip("\r\n") for line in file if line.strip())
+        header, first = next(lines, ""), next(lines, "")
+    if "," in header:
         return
-    name = str(frame.columns[0])
-    first = frame.iloc[:5, 0].dropna().astype(str)
     for separator, shown in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
-        if separator in name and (first.empty or first.str.contains(separator, regex=False).any()):
+        fields = header.count(separator)
+        if fields and (not first or first.count(separator) == fields):
             raise ValueError(
-                f"{str(path)!r} reads as one column named {name!r}: its fields look separated "
-                f"by {shown}, and vaeanom reads comma-separated files. Rewrite it with commas: "
-                f"pd.read_csv(path, sep={separator!r}).to_csv(new_path, index=False) (add "
-                "decimal=',' where commas are its decimal marks).")
+                f"{str(path)!r} reads as one column named {header!r}: its fields look "
+                f"separated by {shown}, and vaeanom reads comma-separated files. Rewrite it "
+                f"with commas: pd.read_csv(path, sep={separator!r}).to_csv(new_path, "
+                "index=False) (add decimal=',' where commas are its decimal marks).")
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> None:

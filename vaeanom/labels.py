@@ -46,8 +46,21 @@ def fit_labels(y, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError("conditional=True learns p(x | y): pass the labels, fit(X, y).")
     labels = _label_array(y, n_rows)
     _check_savable(labels)
+    _check_classes(labels)
     classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     return classes, codes.astype(np.int64), np.log(counts / n_rows).astype(np.float32)
+
+
+def _check_classes(labels: np.ndarray) -> None:
+    """Refuse continuous labels at fit: a float with a fraction is a measurement, not a
+    class, and each distinct value would become a class of its own (scikit-learn's
+    classifiers refuse them too)."""
+    if labels.dtype.kind != "f" or np.all(np.mod(labels, 1) == 0):
+        return
+    example = labels[np.mod(labels, 1) != 0][0]
+    raise ValueError(f"y holds continuous values (e.g. {float(example):g}); a conditional model "
+                     "learns p(x | y) for classes. Give class labels, or bin the values first, "
+                     "e.g. pd.qcut(y, 4, labels=False).")
 
 
 def _check_savable(labels: np.ndarray) -> None:

@@ -59,13 +59,19 @@ def save_score_histograms(scores: np.ndarray, labels: np.ndarray, offset: float,
 
 
 def save_explanation(contributions, path, top: int = 10) -> None:
-    """One row's feature contributions (a row of ``det.explain(X)``) as a bar chart.
+    """One row's feature contributions (a row of ``det.explain(X)``, or its one-row
+    frame, ``det.explain(X.iloc[[i]])``) as a bar chart.
 
     The ``top`` largest, most anomalous at the top; a feature's bar is its
     negative log-likelihood in nats above its training median.
     """
     import pandas as pd
 
+    if isinstance(contributions, pd.DataFrame):
+        if len(contributions) != 1:
+            raise ValueError(f"contributions has {len(contributions)} rows; draw one row, "
+                             "e.g. det.explain(X).iloc[0], or det.explain(X).loc[label].")
+        contributions = contributions.iloc[0]
     row = pd.Series(contributions).astype(float)
     shown = row.sort_values(ascending=False).iloc[:top][::-1]
     figure, ax = _subplots(figsize=(6, 0.35 * len(shown) + 1.2))

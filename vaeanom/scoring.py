@@ -448,27 +448,43 @@ class FeatureContributions(nn.Module):
     towards itself and shift the blame onto the features it disagrees with (a
     wrong category would otherwise move the code and be charged to the
     numbers). One encoder and decoder pass per feature.
+
+    ``bound`` (rows; per feature, in model units) caps what the *encoder* sees
+    of each entry at +-bound; the likelihood still charges the entry as it is.
+    An MLP encoder extrapolates without limit, so one entry thousands of
+    standard deviations out (a sentinel such as 99999) would throw the code far
+    from anything the decoder knows, and every other column's likelihood, hence
+    its blame, with it. Capped, the code stays where the model has been, and
+    the blame stays with the entry. (Categorical codes get an infinite bound.)
     """
 
     def __init__(self, model: VAE, eps: Tensor, reference: Tensor,
-                 leave_one_out: bool = False) -> None:
+                 leave_one_out: bool = False, bound: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.leave_one_out = leave_one_out
         self.register_buffer("eps", eps.reshape(eps.shape[0], 1, -1))  # (L, 1, d)
         self.register_buffer("reference", reference)
+        self.register_buffer("bound", bound)
 
     def forward(self, x: Tensor) -> Tensor:
         """(b, ...) contributions; NaN where x is missing (a hole contributes nothing)."""
+        seen = self._capped(x)
         if self.leave_one_out:
-            nll = torch.stack([self._hidden_nll(x, j) for j in range(x.shape[1])], dim=1)
+            nll = torch.stack([self._hidden_nll(x, seen, j) for j in range(x.shape[1])], dim=1)
         else:
-            nll = -self.model.feature_log_px(x, self.eps)
+            nll = -self.model.feature_log_px(x, self.eps, seen)
         return torch.where(torch.isnan(x), x, nll - self.reference)
 
-    def _hidden_nll(self, x: Tensor, j: int) -> Tensor:
-        """-log p(x_j | z), z ~ q(z | x with column j hidden), for rows x (b, d)."""
-        seen = x.clone()
+    def _capped(self, x: Tensor) -> Tensor:
+        """x as the encoder sees it: each entry within +-bound (NaN stays NaN)."""
+        if self.bound is None:
+            return x
+        return torch.where(x.abs() > self.bound, torch.sign(x) * self.bound, x)
+
+    def _hidden_nll(self, x: Tensor, seen: Tensor, j: int) -> Tensor:
+        """-log p(x_j | z), z ~ q(z | ``seen`` with column j hidden), for rows x (b, d)."""
+        seen = seen.clone()
         seen[:, j] = float("nan")
         return -self.model.feature_log_px(x, self.eps, seen)[:, j]
 

@@ -70,23 +70,36 @@ UNNAMED_FIRST = "Unnamed: 0"
 
 def as_numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with each nullable (Int64, Float64) or pyarrow numeric column in its numpy
-    dtype, float64 with NaN where it has holes; other columns as they are.
+    dtype, float64 with NaN where it has holes; pyarrow decimals as float64; other
+    columns as they are.
 
     ``dtype_backend="pyarrow"`` readers, Arrow batches and pandas' nullable types give
     such columns, whose ``to_numpy()`` is an object array: a model fitted on an array
-    (every image model) would refuse it as not numeric. Columns are converted by
-    position, so two columns sharing a label keep their own dtypes.
+    (every image model) would refuse it as not numeric, and a hole in it (``pd.NA``)
+    is no float. A SQL NUMERIC column read with the pyarrow backend is a decimal.
+    Columns are converted by position, so two columns sharing a label keep their own
+    dtypes.
     """
     converted = frame
     for position, (_, column) in enumerate(frame.items()):
         numpy_dtype = getattr(column.dtype, "numpy_dtype", None)   # None for numpy's own
-        if numpy_dtype is None or numpy_dtype.kind not in "iuf":
+        if _is_arrow_decimal(column.dtype):
+            numpy_dtype = np.dtype(np.float64)
+        elif numpy_dtype is None or numpy_dtype.kind not in "iuf":
             continue
         if converted is frame:
             converted = frame.copy()
         converted.isetitem(position, column.astype(np.float64 if column.isna().any()
                                                    else numpy_dtype))
     return converted
+
+
+def _is_arrow_decimal(dtype) -> bool:
+    arrow_type = getattr(dtype, "pyarrow_dtype", None)
+    if arrow_type is None:
+        return False
+    import pyarrow   # there: the dtype is pyarrow's
+    return pyarrow.types.is_decimal(arrow_type)
 
 
 def integer_bytes(table):
@@ -164,9 +177,13 @@ def check_frame_columns(X) -> None:
     for name, dtype in X.dtypes.items():
         held = (pd.api.types.infer_dtype(X[name], skipna=True) if dtype == object
                 else None)                 # what an object column's values are, in C
-        if pd.api.types.is_datetime64_any_dtype(dtype) or held in ("date", "datetime", "time"):
-            _refuse_time(name, held or dtype, f"X[{name!r}].dt.dayofweek or "
-                                      f"(X[{name!r}] - X[{name!r}].min()).dt.total_seconds()")
+        column = f"X[{name!r}]" if held is None else f"pd.to_datetime(X[{name!r}])"
+        if pd.api.types.is_datetime64_any_dtype(dtype) or held in ("date", "datetime"):
+            _refuse_time(name, held or dtype, f"t = {column}; then t.dt.day_of_week or "
+                                              "(t - t.min()).dt.total_seconds()")
+        if held == "time" or _is_arrow_time(dtype):
+            _refuse_time(name, held or dtype, f"X[{name!r}].map(lambda t: 3600 * t.hour + "
+                                              "60 * t.minute + t.second) (seconds since midnight)")
         if (pd.api.types.is_timedelta64_dtype(dtype) or getattr(dtype, "kind", None) == "m"
                 or held == "timedelta"):
             _refuse_time(name, held or dtype, f"X[{name!r}].dt.total_seconds()")
@@ -175,6 +192,15 @@ def check_frame_columns(X) -> None:
         if pd.api.types.is_complex_dtype(dtype) or held == "complex":
             raise ValueError(f"column {str(name)!r} holds complex numbers; pass real numbers "
                              "(e.g. the real and imaginary parts as two columns).")
+
+
+def _is_arrow_time(dtype) -> bool:
+    """A pyarrow time of day (time32, time64), which pandas sees as no date type at all."""
+    arrow_type = getattr(dtype, "pyarrow_dtype", None)
+    if arrow_type is None:
+        return False
+    import pyarrow   # there: the dtype is pyarrow's
+    return pyarrow.types.is_time(arrow_type)
 
 
 def _refuse_time(name, dtype, example: str) -> None:

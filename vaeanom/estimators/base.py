@@ -11,7 +11,8 @@ and persistence.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -119,6 +120,25 @@ def _seed_from(random_state: Any) -> int:
     return int(random_state)
 
 
+@contextmanager
+def _unchanged_on_failure(estimator: BaseEstimator) -> Iterator[None]:
+    """A fit that raises leaves ``estimator`` as it was: fitted as before, or unfitted.
+
+    ``fit`` sets the standardisation and the columns before the checks that need
+    them; without this, a refused refit left new ``center_`` over the old network
+    (scores silently off, or a shape error), and ``save`` wrote a file that
+    ``load`` calls corrupt. Fitting replaces attributes rather than changing them
+    in place, so the old ones are all it takes to go back.
+    """
+    before = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(before)
+        raise
+
+
 def _comparable(value: Any) -> Any:
     """A parameter value for comparison: lists as tuples (hidden_dims=[32] is (32,))."""
     if isinstance(value, (list, tuple)):
@@ -191,8 +211,13 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """Fit the model to X (rows or images). Returns self.
 
         ``y`` is ignored, except by a conditional model (``VAEDetector(conditional=True)``),
-        which learns p(x | y) for the labels y.
+        which learns p(x | y) for the labels y. A fit that raises (bad data, a
+        diverged training) leaves the detector as it was before the call.
         """
+        with _unchanged_on_failure(self):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         validate_params(self, self._rules)
         x = self._preprocess(X, fitting=True)
         data = self._training_data(x, y)
@@ -239,7 +264,12 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         chunks in the same order give the same model, bit for bit; ``fit`` on
         all the rows stays the reference. A call on a model fitted by ``fit``
         (or loaded) goes on training it, with a fresh optimiser and reservoir.
+        A chunk that is refused leaves the detector as it was before the call.
         """
+        with _unchanged_on_failure(self):
+            return self._partial_fit(X, y)
+
+    def _partial_fit(self, X, y):
         stream = getattr(self, "_stream_", None)
         validate_params(self, self._rules)
         if hasattr(self, "model_"):
@@ -317,11 +347,30 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         stream = self.__dict__.get("_stream_")
         if stream is not None and stream.scoring_pending and name in type(self)._scoring_state:
             stream.scoring_pending = False
-            self._set_scoring_state(stream.reservoir.distinct_rows(),
-                                    _generator_at(stream.generator_state))
+            with self._params_as_fitted():
+                self._set_scoring_state(stream.reservoir.distinct_rows(),
+                                        _generator_at(stream.generator_state))
             if name in self.__dict__:   # not every model keeps every piece (bounds-only ones)
                 return self.__dict__[name]
+        if isinstance(getattr(type(self), name, None), property):
+            check_is_fitted(self)   # a fitted property raised NotFittedError: say that, not this
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @contextmanager
+    def _params_as_fitted(self) -> Iterator[None]:
+        """The parameters as the last fit or partial_fit call had them, for the duration.
+
+        The scoring state a partial_fit left pending is computed on first use, which may
+        come after ``set_params(score_kind=...)`` (to compare kinds) or a new
+        ``contamination``: the threshold must still be the one of the fitted values, as
+        ``predict`` checks them (:meth:`_threshold`).
+        """
+        now = self.get_params(deep=False)
+        self._set_params(self.__dict__.get("_fitted_params_", {}))
+        try:
+            yield
+        finally:
+            self._set_params(now)
 
     def _set_scoring_state(self, x: Tensor, generator: torch.Generator) -> None:
         """What scoring needs from the training rows x (model units): the subclass's state

@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
-from ..checks import (check_missing_values, check_observed_columns, check_pixels,
-                      image_shape_hint)
-from ..checks import TABLE_MODEL
-from ..tables import (TableSchema, categorical_columns, check_frame_columns, numbers_of,
-                      numbers_only_error, numbers_read_as_numbers, shown_columns)
+from ..checks import (TABLE_MODEL, check_missing_values, check_no_infinity,
+                      check_observed_columns, check_pixels, image_shape_hint)
+from ..tables import (TableSchema, as_numpy_dtypes, categorical_columns, check_frame_columns,
+                      numbers_of, numbers_only_error, numbers_read_as_numbers, shown_columns)
 
 
 def is_image_input(X) -> bool:
@@ -69,6 +68,9 @@ def check_image_shape(estimator, shape: tuple[int, ...], fitted: tuple[int, ...]
 
 def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:
     """Rows of flattened pixels (n, prod(shape)) -> images (n, *shape), dtype kept."""
+    if isinstance(X, np.ndarray) and X.shape == tuple(shape) and len(shape) > 1:
+        raise ValueError(f"X is one image of shape {tuple(shape)}; give a batch of images, "
+                         "(n, *shape): X[None] for this one.")
     rows = check_array(X, dtype="numeric", input_name="X", estimator=estimator)
     if rows.shape[1] != int(np.prod(shape)):
         raise ValueError(f"X has {rows.shape[1]} features, but {type(estimator).__name__} was "
@@ -89,6 +91,8 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
     refuses them: ``refused_by``, e.g. "A VAEDetector with conditional=True".
     """
     check_frame_columns(X)
+    if isinstance(X, pd.DataFrame):
+        X = as_numpy_dtypes(X)   # nullable, pyarrow and decimal numbers: holes as NaN
     X = numbers_read_as_numbers(X) if fitting else X   # scoring reads them by the schema
     text = categorical_columns(X)
     if text and not fitting and (schema is None or not schema.has_categories):
@@ -99,20 +103,24 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
         rows, schema = _check_mixed(estimator, X, fitting=fitting, schema=schema, text=text)
     else:
         rows = validate_data(estimator, X, reset=fitting, dtype=[np.float64, np.float32],
-                             ensure_min_samples=2 if fitting else 1,
-                             ensure_all_finite="allow-nan")
+                             ensure_min_samples=2 if fitting else 1, ensure_all_finite=False)
+        check_no_infinity(rows, _feature_names(estimator))
         if not allow_missing and np.isnan(rows).any():
             raise ValueError(f"X contains NaN (missing values). {refused_by} models complete "
                              f"numeric rows only: impute or drop them, or fit {TABLE_MODEL}, "
                              "which takes holes.")
         schema = TableSchema.learn(rows) if fitting else schema
     if allow_missing:
-        names = getattr(estimator, "feature_names_in_", None)
-        names = None if names is None else [str(n) for n in names]
+        names = _feature_names(estimator)
         check_missing_values(rows, names)
         if fitting:
             check_observed_columns(rows, names)
     return rows, schema
+
+
+def _feature_names(estimator) -> list[str] | None:
+    names = getattr(estimator, "feature_names_in_", None)
+    return None if names is None else [str(n) for n in names]
 
 
 def _as_numbers(X: pd.DataFrame, text: list[str]) -> tuple[pd.DataFrame, list[str]]:

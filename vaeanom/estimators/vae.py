@@ -38,6 +38,10 @@ HIERARCHY_KL_WARMUP = 1 / 3
 BANK_SIZE = 2048
 #: neighbours averaged by the latent kNN score kinds
 N_NEIGHBOURS = 5
+#: explain(): the encoder sees each numeric entry within this many training standard
+#: deviations (the likelihood charges it as it is), so that one wild entry cannot throw
+#: the code, and the blame, onto the other columns (FeatureContributions' ``bound``)
+EXPLAIN_ENCODER_BOUND = 10.0
 
 
 class _Encode(nn.Module):
@@ -434,13 +438,24 @@ class VAEDetector(BaseDetector):
         self.explain_reference_ = _median_observed(nll).astype(np.float32)
 
     def _contributions(self) -> FeatureContributions:
+        device = next(self.model_.parameters()).device
+        return self._contributions_of(self.model_).to(device)
+
+    def _contributions_of(self, model: VAE) -> FeatureContributions:
+        """What ``explain`` computes with ``model`` (the fitted network, or an export's
+        copy of it), in model units."""
         if not hasattr(self, "explain_reference_"):
             raise ValueError("this model was saved by a vaeanom without explanations; "
                              "refit it to use explain().")
-        device = next(self.model_.parameters()).device
-        return FeatureContributions(self.model_, torch.from_numpy(self.noise_).to(device),
-                                    torch.from_numpy(self.explain_reference_).to(device),
-                                    leave_one_out=self._table_schema() is not None)
+        bound = None
+        if not self.is_image_:   # categorical codes are not capped
+            schema = self._table_schema()
+            numeric = (np.ones(self.n_features_in_, dtype=bool) if schema is None
+                       else np.asarray(schema.cardinalities) == 0)
+            bound = torch.from_numpy(np.where(numeric, EXPLAIN_ENCODER_BOUND, np.inf)).float()
+        return FeatureContributions(model, torch.from_numpy(self.noise_),
+                                    torch.from_numpy(self.explain_reference_),
+                                    leave_one_out=self._table_schema() is not None, bound=bound)
 
     def _array_shapes(self, found):
         bank = found.get("latent_bank_")
@@ -605,11 +620,7 @@ class VAEDetector(BaseDetector):
     def onnx_contributions(self, model: VAE) -> nn.Module:
         """What ``explain`` computes, over ``model`` (the export's CPU copy of the network,
         in model units): the scorer's ``contributions`` output with ``explain=True``."""
-        self._contributions()   # refuses models saved before explain() existed
-        contributions = FeatureContributions(
-            model, torch.from_numpy(self.noise_),
-            torch.from_numpy(self.explain_reference_),
-            leave_one_out=self._table_schema() is not None)
+        contributions = self._contributions_of(model)
         if self.is_image_:
             return _PixelMaps(contributions, *self._model_shape()[-2:])
         return contributions

@@ -416,10 +416,27 @@ class VQVAEDetector(BaseDetector):
 
     def reconstruct(self, X) -> np.ndarray:
         """decode(encode(X)) at the size of X: floats in [0, 1] for images."""
+        check_is_fitted(self)
         size = None
         if self._any_size() and inputs.is_image_input(X):
             size = tuple(np.shape(X)[-2:])
         return self.decode(self.encode(X), image_size=size)
+
+    def transform(self, X) -> np.ndarray:
+        """:meth:`encode` as a 2-D array, one row per input, for inputs of the fitted size.
+
+        A transformer's output has one width (``get_feature_names_out``,
+        ``set_output``), so images of another size are refused here; :meth:`encode`
+        takes them.
+        """
+        check_is_fitted(self)
+        if (self._any_size() and inputs.is_image_input(X)
+                and tuple(np.shape(X)[1:]) != tuple(self.input_shape_)):
+            raise ValueError(
+                f"transform gives {self._n_latent_columns()} columns, the codes of images of "
+                f"the fitted shape {tuple(self.input_shape_)}; X holds images of shape "
+                f"{tuple(np.shape(X)[1:])}. encode(X) takes images of any size.")
+        return super().transform(X)
 
     def code_grid_for(self, image_size) -> tuple[int, int]:
         """The code grid (h, w) of images of ``image_size`` (H, W)."""
