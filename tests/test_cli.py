@@ -163,6 +163,20 @@ def test_a_semicolon_csv_is_named_instead_of_fitted_as_one_text_column(tmp_path,
     assert read_data(tmp_path / "one.csv").columns.tolist() == ["pressure|kPa"]  # one column
 
 
+def test_a_library_warning_is_a_log_line_with_the_option_to_use(tmp_path):
+    """Not Python's 'tables.py:394: UserWarning' with its source line, and the fix named as
+    an option of the command, not only as pandas code."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"id": [f"u{i}" for i in range(80)], "a": rng.normal(size=80),
+                  "c": rng.choice(["x", "y"], 80)}).to_csv(tmp_path / "ids.csv", index=False)
+    done = subprocess.run([_console_script(), "fit", "ids.csv", "--model", "m.st", "--set",
+                           "epochs=1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    error = done.stderr
+    assert "WARNING vaeanom: column 'id' has 80 distinct values" in error
+    assert "--drop 'id'" in error and "UserWarning" not in error and ".py:" not in error
+
+
 @pytest.mark.parametrize("text, shown", [
     ("x;city\n1.5;Oslo\n2.5;Paris, FR\n", "';'"),       # a comma in a text field
     ("x;y\n1,5;2\n2,5;3,25\n", "';'"),                   # decimal commas, a varying count

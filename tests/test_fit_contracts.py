@@ -105,6 +105,23 @@ def test_a_streamed_threshold_is_set_under_the_parameters_it_was_trained_with(ca
         assert (det.predict(X) == -1).mean() == pytest.approx(0.1, abs=0.01)
 
 
+def test_a_threshold_set_on_held_out_rows_is_kept_by_save_and_the_export(cancer, tmp_path):
+    """README's recipe for a share of *new* rows: offset_ from held-out normal rows."""
+    from vaeanom import OnnxModel
+
+    X, y = cancer
+    benign = X[y == 1]
+    det = VAEDetector(**FAST).fit(benign.iloc[:150])
+    held_out = det.score_samples(benign.iloc[150:250])
+    det.offset_ = float(np.percentile(held_out, 10))
+    assert (det.predict(benign.iloc[150:250]) == -1).mean() == pytest.approx(0.1, abs=0.01)
+    det.save(tmp_path / "m.st")
+    runtime = OnnxModel(det.export_onnx(tmp_path / "m.onnx"))
+    for model in (VAEDetector.load(tmp_path / "m.st"), runtime):
+        assert model.offset_ == pytest.approx(det.offset_, rel=1e-6)
+        np.testing.assert_array_equal(model.predict(X), det.predict(X))
+
+
 # ------------------------------------------------------------- early stopping
 def test_early_stopping_restores_the_best_epochs_weights(cancer):
     """The val_loss of history_ is a one-sample Monte-Carlo ELBO drawn afresh each epoch,

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -737,6 +738,16 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     if args.command != "serve":   # a server's lines are timestamped, as its workers' are
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():   # the library's warnings as log lines, not source lines
+        warnings.showwarning = _log_warning
+        return _run(args)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logger.warning("%s", message)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             table = run_demo(args.out, epochs=args.epochs, figures=args.figures)

@@ -396,8 +396,8 @@ def _warn_if_identifier(name, n_categories: int, n_observed: int) -> None:
             "an identifier, a timestamp or free text? As a category it says nothing about a "
             "row, and every value fit did not see will make a row look anomalous; fit and "
             "scoring time also grow with rows x categories (10,000 of each: about 2 minutes "
-            f"to fit on 2 cores). Drop it (X.drop(columns=[{name!r}])), make it the index, or "
-            "turn it into numbers.",
+            f"to fit on 2 cores). Drop it (X.drop(columns=[{name!r}]); on the command line "
+            f"--drop {str(name)!r}), make it the index (--index-col), or turn it into numbers.",
             UserWarning, stacklevel=2)
 
 
