@@ -163,6 +163,30 @@ def test_a_semicolon_csv_is_named_instead_of_fitted_as_one_text_column(tmp_path,
     assert read_data(tmp_path / "one.csv").columns.tolist() == ["pressure|kPa"]  # one column
 
 
+def test_an_output_is_never_the_input_or_named_as_another_format(table, capsys):
+    """fit --model rows.csv turned the training CSV into a model file, and export OUT onto
+    the saved model made it ONNX; a model and an export given to the other option are
+    named as what they are."""
+    frame, tmp = table
+    data = str(tmp / "rows.csv")
+    fit = ["fit", data, "--index-col", "patient", "--set", "epochs=1"]
+    for model, match in ((data, "is the input file"), (str(tmp / "m.onnx"), "names a .onnx")):
+        assert main([*fit, "--model", model]) == 1
+        assert match in capsys.readouterr().err
+    assert pd.read_csv(data, index_col="patient").equals(frame)
+    assert main([*fit, "--model", str(tmp / "m.st")]) == 0
+    saved = (tmp / "m.st").read_bytes()
+    for out, match in ((tmp / "m.st", "is the input file"), (tmp / "m.safetensors", "names a")):
+        assert main(["export", "--model", str(tmp / "m.st"), str(out)]) == 1
+        assert match in capsys.readouterr().err
+    assert (tmp / "m.st").read_bytes() == saved
+    assert main(["export", "--model", str(tmp / "m.st"), str(tmp / "s.onnx")]) == 0
+    for option, path, match in (("--model", "s.onnx", "is an ONNX export.*--onnx"),
+                                ("--onnx", "m.st", "is a saved model.*--model")):
+        assert main(["score", data, "--index-col", "patient", option, str(tmp / path)]) == 1
+        assert re.search(match, capsys.readouterr().err)
+
+
 def test_a_library_warning_is_a_log_line_with_the_option_to_use(tmp_path):
     """Not Python's 'tables.py:394: UserWarning' with its source line, and the fix named as
     an option of the command, not only as pandas code."""

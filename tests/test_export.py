@@ -139,6 +139,9 @@ def test_encoder_and_decoder_match_torch(rows, images, exported):
         _close(encoder.encode(X), det.encode(X))
         z = det.encode(X)
         _close(OnnxModel(exported[name, "decoder"]).decode(z), det.decode(z))
+        # the dtypes the detector gives, so a concat or a dtype check does not tell them apart
+        assert encoder.encode(X).dtype == det.encode(X).dtype == np.float64
+        assert OnnxModel(exported[name, "decoder"]).decode(z).dtype == np.float64
     det, X = rows     # a frame of latents, as transform gives under set_output, is not X
     latents = pd.DataFrame(det.encode(X), columns=det.get_feature_names_out())
     _close(OnnxModel(exported["rows", "decoder"]).decode(latents), det.decode(latents))
@@ -418,6 +421,33 @@ def test_a_triton_name_that_is_not_one_plain_folder_is_refused(images, tmp_path,
     with pytest.raises(ValueError, match="Triton model name"):
         det.export_triton(tmp_path / "repo", name)
     assert not (tmp_path / "repo").exists() and not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize("option, match", [
+    ({"version": -1}, "version must be a non-negative int"),
+    ({"version": "abc"}, "version must be a non-negative int"),
+    ({"version": True}, "version must be a non-negative int"),
+    ({"max_batch_size": 2.5}, "max_batch_size must be a non-negative int"),
+    ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
+])
+def test_triton_options_triton_cannot_read_are_refused_before_writing(images, tmp_path,
+                                                                      option, match):
+    """Version folder '-1' or 'abc', or 'max_batch_size: 2.5', were written after a whole
+    export, for a repository neither Triton nor vaeanom serve then loads."""
+    det, _ = images
+    with pytest.raises((TypeError, ValueError), match=match):
+        det.export_triton(tmp_path / "repo", "m", **option)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_triton_config_path_that_is_a_folder_is_refused_before_the_model(images, tmp_path):
+    det, _ = images
+    (tmp_path / "repo" / "m" / "config.pbtxt").mkdir(parents=True)
+    with pytest.raises(ValueError, match="is a folder"):
+        det.export_triton(tmp_path / "repo", "m")
+    assert not (tmp_path / "repo" / "m" / "1").exists()     # no model without its config
+    with pytest.raises(IsADirectoryError, match="give the .onnx file"):
+        OnnxModel(tmp_path / "repo" / "m")
 
 
 def test_triton_repository_layout(images, tmp_path):

@@ -275,6 +275,8 @@ def test_holes_of_every_kind_are_scored_without_imputation(table_model):
     rows.loc[rows.index[5], :] = None
     with pytest.raises(ValueError, match=r"row\(s\) \[5\].*every entry missing"):
         det.score_samples(rows)
+    with pytest.raises(ValueError, match=r"row\(s\) \['p5'\].*every entry missing"):
+        det.score_samples(rows.set_axis([f"p{i}" for i in range(len(rows))]))   # by label
     rows = train.iloc[:2].copy()
     rows.loc[rows.index[0], "n2"] = np.inf
     with pytest.raises(ValueError, match="infinity in column.*'n2'"):
@@ -523,6 +525,8 @@ def test_onnx_table_input_errors_are_named(table_model, table_exports):
     rows.loc[rows.index[1], :] = None
     with pytest.raises(ValueError, match=r"row\(s\) \[1\].*every entry missing"):
         model.score_samples(rows)
+    with pytest.raises(ValueError, match=r"row\(s\) \[1001\].*every entry missing"):
+        model.score_samples(rows.set_axis([1000, 1001, 1002]))                  # by label
     with pytest.raises(ValueError, match="infinity in column 'n2'"):
         model.score_samples(train.iloc[:2].assign(n2=np.inf))
     with pytest.raises(ValueError, match="pass a DataFrame"):

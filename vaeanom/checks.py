@@ -97,14 +97,22 @@ def check_bounds(values: np.ndarray, low: np.ndarray, high: np.ndarray,
 
 
 def check_missing_values(rows: np.ndarray, feature_names: Sequence[str] | None = None,
-                         what: str = "X") -> None:
+                         what: str = "X", index: Sequence | None = None) -> None:
     """Rows with holes (NaN) as the table model takes them: infinities and rows with no
-    observed entry at all are refused, by name."""
+    observed entry at all are refused, by name (rows by their ``index`` labels, when a
+    DataFrame gave them, else by position)."""
     check_no_infinity(rows, feature_names, what)
     empty = np.flatnonzero(np.isnan(rows).all(axis=1)) if rows.size else []
     if len(empty):
-        raise ValueError(f"row(s) {list(map(int, empty[:5]))} of {what} have every entry "
+        named = (list(map(int, empty[:5])) if index is None
+                 else [_plain(index[i]) for i in empty[:5]])
+        raise ValueError(f"row(s) {named} of {what} have every entry "
                          "missing: there is nothing to score. Drop them (X.dropna(how='all')).")
+
+
+def _plain(label):
+    """An index label as it reads in a message: 1002, not np.int64(1002)."""
+    return label.item() if isinstance(label, np.generic) else label
 
 
 def check_no_infinity(rows: np.ndarray, feature_names: Sequence[str] | None = None,

@@ -1,4 +1,4 @@
-"""The ``vaeanom`` command: demo, fit, score, export, compress, decompress.
+"""The ``vaeanom`` command: demo, fit, score, export, serve, compress, decompress.
 
 Each subcommand is a parser builder plus a pure worker; ``main(argv)`` takes
 its arguments so tests run it in-process. Results (the demo's table, scores,
@@ -184,6 +184,8 @@ def run_fit(data: Path, model: Path, params: dict, index_col=None,
     from . import estimators
     from .datasets import read_data
 
+    _refuse_overwriting(model, data, "--model", "the saved model (.safetensors)",
+                        (*DATA_SUFFIXES, ".onnx", ".pbtxt"))
     X = read_data(data, index_col=index_col)
     y, X = (None, X) if label is None else _split_label(X, label, params, estimator)
     X = select_columns(X, columns, drop, label)
@@ -281,11 +283,39 @@ def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+#: suffixes of data files, and of saved models: what a command's output must not be named
+DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npy", ".png", ".json", ".xlsx")
+SAVED_MODEL_SUFFIXES = (".safetensors", ".st")
+
+
+def _refuse_overwriting(output: Path, source: Path, option: str, what: str,
+                        other_formats: tuple[str, ...]) -> None:
+    """An output that is the command's own input, or named as another format, would be
+    overwritten with bytes that are not what its name says (a training CSV became a
+    model file without a word)."""
+    if Path(output).exists() and Path(source).exists() and Path(output).samefile(source):
+        raise ValueError(f"{option} {str(output)!r} is the input file: it would be "
+                         f"overwritten by {what}. Give another path.")
+    if Path(output).suffix.lower() in other_formats:
+        raise ValueError(f"{option} {str(output)!r} names a {Path(output).suffix} file, but "
+                         f"it gets {what}: give it that suffix.")
+
+
+def _is_saved_model(path: Path) -> bool:
+    """True when ``path`` starts as a safetensors file does (an 8-byte header length, then
+    the JSON header)."""
+    with open(path, "rb") as file:
+        return file.read(10)[8:] == b'{"'
+
+
 def load_detector(path: Path):
     """Whichever vaeanom estimator wrote ``path`` (read from the file's metadata)."""
     from . import estimators
     from .estimators.persistence import read
 
+    if Path(path).is_file() and not _is_saved_model(path) and path.suffix.lower() == ".onnx":
+        raise ValueError(f"{str(path)!r} is an ONNX export, not a saved model: score it with "
+                         f"--onnx {str(path)!r}.")
     estimator = read(path)[0]["estimator"]
     if estimator not in estimators.DETECTORS:
         raise ValueError(f"{str(path)!r} holds an unknown estimator {estimator!r}.")
@@ -327,6 +357,9 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         return None
     if onnx is not None:
         from .runtime import OnnxModel
+        if Path(onnx).is_file() and _is_saved_model(onnx):
+            raise ValueError(f"{str(onnx)!r} is a saved model, not an ONNX export: score it "
+                             f"with --model {str(onnx)!r}, or export it first (vaeanom export).")
         scorer = OnnxModel(onnx)
     else:
         scorer = load_detector(model)
@@ -418,6 +451,9 @@ def run_export(model: Path, out: Path | None, part: str, fp16: bool, input_dtype
                          "--triton REPO_DIR, or drop them.")
     name = "vaeanom" if name is None else name
     max_batch_size = 4096 if max_batch_size is None else max_batch_size
+    if out is not None:
+        _refuse_overwriting(out, model, "OUT", "an ONNX file (.onnx)",
+                            (*SAVED_MODEL_SUFFIXES, *DATA_SUFFIXES))
     detector = load_detector(model)
     if triton is not None:
         folder = detector.export_triton(triton, name, part, fp16=fp16, input_dtype=input_dtype,

@@ -40,7 +40,8 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     ``y`` marks anomalies with 1 (or True) and normal rows with 0. Threshold-free
     metrics rank by ``-score_samples`` (ROC-AUC, average precision,
     precision@n with n the number of true anomalies); precision, recall and F1
-    use the fitted threshold, i.e. ``predict``. With ``plots_to``, the ROC
+    use the fitted threshold, i.e. ``predict``; then the counts n_anomalies, n_flagged and
+    n_rows. With ``plots_to``, the ROC
     curve (``roc.png``) and the score histograms by class (``scores.png``)
     are saved there.
     """

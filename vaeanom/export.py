@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__, digest
+from .checks import check_count
 from .fileio import atomic_write
 from .onnx_rewrite import stable_reductions
 from .onnx_format import (DIGEST_KEY, DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, PARTS,
@@ -464,10 +465,14 @@ def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
     model folder."""
     import onnx
 
-    if max_batch_size < 1:
+    if check_count(max_batch_size, "max_batch_size") < 1:
         raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}.")
+    version = check_count(version, "version")   # Triton reads a folder named by a number
     check_triton_name(name)
     folder = Path(repo_dir) / name
+    if (folder / "config.pbtxt").is_dir():   # found now, not after model.onnx is written
+        raise ValueError(f"{str(folder / 'config.pbtxt')!r} is a folder; Triton's model "
+                         "configuration is a file there. Remove it, or export under another name.")
     model_path = export_onnx(detector, folder / str(version) / "model.onnx", part, fp16=fp16,
                              input_dtype=input_dtype, explain=explain, with_label=with_label)
     config = triton_config(name, onnx.load(model_path), max_batch_size)

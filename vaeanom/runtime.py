@@ -255,14 +255,16 @@ class OnnxModel:
 
     # ---------------------------------------------------------- latent API
     def encode(self, X) -> np.ndarray:
-        """The encoder's first output: posterior means (VAE) or code indices (VQ-VAE)."""
+        """The encoder's first output: posterior means (VAE, float64 as the detector's) or
+        code indices (VQ-VAE, int64)."""
         self._require("encoder", "encode")
-        return next(iter(self.run(X).values()))
+        codes = next(iter(self.run(X).values()))
+        return _as_float64(codes) if codes.dtype.kind == "f" else codes
 
     def decode(self, Z) -> np.ndarray:
-        """Latents -> reconstructions in the user's units."""
+        """Latents -> reconstructions in the user's units (float64, as the detector's)."""
         self._require("decoder", "decode")
-        decoded = finite_decoded(self.run(Z)["reconstruction"])
+        decoded = finite_decoded(_as_float64(self.run(Z)["reconstruction"]))
         schema = self.table_schema
         if schema is None or not schema.has_categories:
             return decoded
@@ -424,25 +426,25 @@ class OnnxModel:
             self._check_columns(X)
             if len(X) == 0:
                 raise ValueError("X has 0 rows; pass at least one.")
-            rows = schema.encode(X)
-        elif hasattr(X, "to_frame") and schema.has_categories:   # one row, df.loc[i]
+            return self._checked_table_feeds(schema.encode(X), index=X.index)
+        if hasattr(X, "to_frame") and schema.has_categories:   # one row, df.loc[i]
             raise ValueError("X is a pandas Series; pass a DataFrame with the columns the "
                              "model was fitted on (for one row taken with df.loc[i], use "
                              "df.loc[[i]]).")
-        elif schema.has_categories:
+        if schema.has_categories:
             raise ValueError("this model was fitted on a DataFrame with categorical columns; "
                              "pass a DataFrame with the same columns (numpy arrays hold numbers "
                              "only).")
-        else:
-            rows = _numeric_array(X, "X", allow_nan=True).astype(np.float64)
+        rows = _numeric_array(X, "X", allow_nan=True).astype(np.float64)
         return self._checked_table_feeds(rows)
 
-    def _checked_table_feeds(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Encoded rows (numbers, codes, NaN holes) -> checked graph inputs."""
+    def _checked_table_feeds(self, rows: np.ndarray, index=None) -> dict[str, np.ndarray]:
+        """Encoded rows (numbers, codes, NaN holes) -> checked graph inputs (``index``: a
+        DataFrame's, to name its rows)."""
         schema = self.table_schema
         _check_width(rows, self.n_features_in_, "X")
         names = getattr(self, "feature_names_in_", None)
-        check_missing_values(rows, None if names is None else list(names))
+        check_missing_values(rows, None if names is None else list(names), index=index)
         self.preprocessing.check(rows, self.precision)
         observed = ~np.isnan(rows)
         filled = np.where(observed, rows, 0.0)
@@ -533,6 +535,9 @@ class OnnxModel:
 
 def _read_checked(path: Path) -> tuple[bytes, bool]:
     """The file's bytes and whether they carry a seal (a seal that does not match raises)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder; give the .onnx file (a Triton "
+                                "repository is served with vaeanom serve).")
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {str(path)!r}.")
     data = path.read_bytes()

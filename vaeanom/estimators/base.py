@@ -253,9 +253,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         categories, the network's shape. Later chunks are standardised with
         those statistics, so make the first chunk representative (shuffle the
         row groups if the file is sorted). Adam's state carries over between
-        calls. What scoring needs (the scoring noise, the score units, the
-        latent bank, the threshold ``offset_``) comes from a reservoir of up to
-        ``RESERVOIR_ROWS`` rows drawn uniformly from every chunk so far; it is
+        calls. What scoring needs (a VAE's scoring noise, score units and latent
+        bank, a VQ-VAE's code statistics, and the threshold ``offset_``) comes
+        from a reservoir of up to ``RESERVOIR_ROWS`` rows drawn uniformly from
+        every chunk so far; it is
         computed when first used after a call, so a call costs its training
         steps only, and looking at the model mid-stream changes nothing later.
         ``validation_fraction`` is not used, and ``epochs`` only as the length
@@ -607,7 +608,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         return self._map_chunks(self._make_scorer(), x)
 
     def score_samples(self, X) -> np.ndarray:
-        """Per-row score, higher = more normal (see the ``score_kind`` parameter for its units).
+        """Per-row score, higher = more normal (the class docstring says what it measures).
 
         A score that cannot be computed (NaN or infinite) is returned as -inf,
         the least normal score: such a row is always an outlier.
@@ -677,11 +678,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """Write ``part`` ("scorer", "encoder" or "decoder") to one ONNX file.
 
         The scorer takes raw rows or images and returns ``score_samples``;
-        preprocessing and the fixed Monte-Carlo noise are inside the graph. Load
-        it with :class:`vaeanom.OnnxModel` (no torch) or any ONNX runtime. See
-        :func:`vaeanom.export.export_onnx` for ``fp16``, ``input_dtype``,
-        ``explain`` (the scorer also returns what ``explain`` gives) and
-        ``with_label`` (a conditional model's scorer takes the label too).
+        preprocessing (and a VAE's fixed Monte-Carlo noise) are inside the graph.
+        Load it with :class:`vaeanom.OnnxModel` (no torch) or any ONNX runtime.
+        See :func:`vaeanom.export.export_onnx` for ``fp16``, ``input_dtype``,
+        ``explain`` (a VAEDetector's scorer also returns what ``explain`` gives)
+        and ``with_label`` (a conditional VAE's scorer takes the label too).
         """
         from ..export import export_onnx
         check_is_fitted(self)

@@ -112,7 +112,7 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
         schema = TableSchema.learn(rows) if fitting else schema
     if allow_missing:
         names = _feature_names(estimator)
-        check_missing_values(rows, names)
+        check_missing_values(rows, names, index=X.index if isinstance(X, pd.DataFrame) else None)
         if fitting:
             check_observed_columns(rows, names)
     return rows, schema

@@ -35,6 +35,7 @@ class Number(Rule):
     high: float | None = None
     integer: bool = False
     low_open: bool = False
+    high_open: bool = False
 
     def accepts(self, value: Any) -> bool:
         kind = numbers.Integral if self.integer else numbers.Real
@@ -44,13 +45,13 @@ class Number(Rule):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
-        return self.high is None or value <= self.high
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def describe(self) -> str:
         kind = "an int" if self.integer else "a float"
         left = "(" if self.low_open else "["
         low = "-inf" if self.low is None else self.low
-        high = "inf)" if self.high is None else f"{self.high}]"
+        high = "inf)" if self.high is None else f"{self.high}{')' if self.high_open else ']'}"
         return f"{kind} in {left}{low}, {high}"
 
 

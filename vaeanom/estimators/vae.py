@@ -95,7 +95,8 @@ class VAEDetector(BaseDetector):
         Size of the latent code z. A tuple, e.g. ``(32, 8)``, fits a Markovian
         hierarchical VAE with one latent layer per entry, bottom (next to x)
         to top (:mod:`vaeanom.models.hierarchical`): one KL term per layer,
-        the "elbo", "iwae" and "llr" (Havtorn et al. 2021) scores, and codes
+        the "elbo", "iwae", "llr" (Havtorn et al. 2021) and (images)
+        "elbo_complexity" scores ("auto": "elbo" for rows), and codes
         (``encode``, ``transform``) of ``sum(latent_dim)`` columns, every
         layer side by side. MLP backbone and complete numeric rows or images;
         ``score_frame`` gives score and is_outlier; no ``explain`` yet.
@@ -129,7 +130,7 @@ class VAEDetector(BaseDetector):
         hierarchical VAE and 0 otherwise (the one-layer defaults were chosen
         without it). Validation losses and scores use the full weight.
     score_kind : {"auto", "elbo", "iwae", "recon_prob", "reconstruction", "kl", \
-"elbo_kl", "latent_knn", "elbo_kl_knn", "elbo_complexity"}, default="auto"
+"elbo_kl", "latent_knn", "elbo_kl_knn", "elbo_complexity", "llr"}, default="auto"
         What ``score_samples`` returns: the ELBO or the importance-weighted
         bound (K = ``n_score_samples``) in nats of the preprocessed data, An &
         Cho's reconstruction probability (Monte-Carlo mean of log p(x|z)),
@@ -137,9 +138,11 @@ class VAEDetector(BaseDetector):
         q(z|x) from the prior, the ELBO and KL voting in robust standard units
         of their training distributions, minus the mean distance from the
         row's code to its 5 nearest training codes, the three voting
-        together, or (images only) the ELBO corrected by the image's
-        complexity. "auto" is "elbo_complexity" for images and "elbo_kl_knn"
-        for rows. See :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
+        together, (images only) the ELBO corrected by the image's
+        complexity, or (hierarchical VAEs only) the likelihood ratio of
+        ``latent_dim``. "auto" is "elbo_complexity" for images and "elbo_kl_knn"
+        for rows ("elbo" for the rows of a conditional or hierarchical VAE,
+        which score by their bounds alone). See :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
         name for the ``score(X, y)`` method that model selection calls.)
     n_score_samples : int, default=16
         Monte-Carlo samples of z per row for the ELBO and IWAE bounds; the noise
@@ -155,7 +158,7 @@ class VAEDetector(BaseDetector):
         (images) "elbo_complexity"; "auto" is "elbo" for rows. MLP backbone and
         complete numeric rows or images only; ``score_frame`` gives score and
         is_outlier (given labels with ``y=...``); no ``partial_fit``,
-        ``explain`` or latent interpolation yet.
+        ``explain``, latent interpolation or ``sample_posterior`` yet.
     contamination : float in (0, 0.5] or "auto", default=0.1
         Share of training rows flagged as outliers; sets ``offset_`` (and
         ``label_offset_``). "auto" uses
@@ -743,7 +746,8 @@ class VAEDetector(BaseDetector):
 
     def decode(self, Z, y=None) -> np.ndarray:
         """Mean of p(x|z) (a conditional model: p(x|z, y)) in the user's units
-        (standardisation undone; images in [0, 1])."""
+        (standardisation undone; images about [0, 1]: a Gaussian decoder's mean
+        is not clipped, so clip it to draw it, ``np.clip(images, 0, 1)``)."""
         self._check_fitted_state()
         index = Z.index if isinstance(Z, pd.DataFrame) else None
         Z = check_array(Z, dtype=np.float32, order="C", input_name="Z",  # torch: no neg. strides

@@ -172,7 +172,7 @@ class VQVAEDetector(BaseDetector):
         "backbone": OneOf(("auto", "mlp", "conv")),
         "commitment_weight": Number(0.0),
         "codebook_update": OneOf(("ema", "loss")),
-        "ema_decay": Number(0.0, 1.0),
+        "ema_decay": Number(0.0, 1.0, high_open=True),   # at 1 the codes would never move
         "dead_code_threshold": Number(0.0),
         "lr_schedule": OneOf(("constant", "cosine")),
         "precision": OneOf(("auto", "fp32", "bf16")),

@@ -470,7 +470,7 @@ async def _score(state: _State, request: Request) -> Response:
     served = _served(state, request)
     model = served.model
     if model.part != "scorer":
-        raise ServerError(400, f"model {served.name!r} is an {model.part}; /score needs a scorer.")
+        raise ServerError(400, f"model {served.name!r} is the {model.part}; /score needs a scorer.")
     body = await _body(state, request)
     feeds = await _off_loop(len(body), _read_records, model, body)
     outputs = await _run(state, served, feeds)
