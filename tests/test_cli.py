@@ -206,13 +206,21 @@ def test_a_library_warning_is_a_log_line_with_the_option_to_use(tmp_path):
     ("x;y\n1,5;2\n2,5;3,25\n", "';'"),                   # decimal commas, a varying count
     ("x\ty\tcity\n1.5\t2\tParis, FR\n2.5\t3\tOslo\n", "tabs"),
     ("\ufeffa|b\r\n1|2\r\n", "'|'"),                       # BOM and CRLF
+    ('a;b;c\n1;"x;y";3\n', "';'"),                       # a quoted separator
+    ("a;b\n1;2;\n", "';'"),                               # a trailing separator
+    ("sep=;\na;b\n1;2\n", "';'.*skiprows=1"),              # Excel's first line
 ])
 def test_other_separators_are_named_before_pandas_misreads_them(tmp_path, text, shown):
     """These files got pandas' tokenizing error, or (the tab file, whose comma moved the
     first field into the index) 'every entry missing'."""
     (tmp_path / "data.csv").write_text(text, encoding="utf-8")
-    with pytest.raises(ValueError, match=f"look separated by {shown}.*decimal=','"):
+    with pytest.raises(ValueError, match=f"separated by {shown}.*decimal=','"):
         read_data(tmp_path / "data.csv")
+
+
+def test_a_quoted_name_holding_a_separator_is_one_column(tmp_path):
+    (tmp_path / "one.csv").write_text('"x;y"\n1.5\n2.5\n')
+    assert read_data(tmp_path / "one.csv").columns.tolist() == ["x;y"]
 
 
 def test_score_takes_a_hierarchical_model(table):

@@ -255,6 +255,10 @@ def test_infinities_are_refused_by_column_name(cancer):
 
 
 def test_one_image_without_its_batch_axis_is_told_how_to_add_it(digit_images):
+    from vaeanom.checks import is_one_image
+
+    assert is_one_image((8, 8), (8, 8)) and is_one_image((1, 8, 8), (1, 8, 8))
+    assert not is_one_image((1, 5), (1, 5))      # also one row of 5 pixels: read as that
     images, _ = digit_images
     for det in (VAEDetector(**FAST).fit(images[:100]),
                 VQVAEDetector(conv_channels=(4, 8), epochs=1, random_state=0).fit(images[:100])):

@@ -427,6 +427,7 @@ def test_a_triton_name_that_is_not_one_plain_folder_is_refused(images, tmp_path,
     ({"version": -1}, "version must be a non-negative int"),
     ({"version": "abc"}, "version must be a non-negative int"),
     ({"version": True}, "version must be a non-negative int"),
+    ({"version": 0}, "version must be >= 1"),
     ({"max_batch_size": 2.5}, "max_batch_size must be a non-negative int"),
     ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
 ])
@@ -446,7 +447,7 @@ def test_a_triton_config_path_that_is_a_folder_is_refused_before_the_model(image
     with pytest.raises(ValueError, match="is a folder"):
         det.export_triton(tmp_path / "repo", "m")
     assert not (tmp_path / "repo" / "m" / "1").exists()     # no model without its config
-    with pytest.raises(IsADirectoryError, match="give the .onnx file"):
+    with pytest.raises(FileNotFoundError, match="is a folder, not an ONNX file"):
         OnnxModel(tmp_path / "repo" / "m")
 
 

@@ -154,3 +154,49 @@ def test_the_vq_detector_streams_too(cancer_split):
                   np.array_split(X_train, 4), passes=2)
     assert len(det.history_) == 8 and det.code_counts_.sum() == 200 * det.n_codes
     assert np.isfinite(det.score_samples(X_test)).all()
+
+
+def test_a_chunk_that_fails_midway_leaves_the_stream_as_it_was(cancer_split, monkeypatch):
+    """partial_fit trains the network and Adam's state in place: a chunk that fails after
+    its steps (a divergence, Ctrl-C) must not leave them changed under the old threshold.
+    Going on afterwards gives the bits of a stream that never saw the failed call."""
+    from vaeanom import training
+
+    X_train, X_test, _ = cancer_split
+    chunks = np.array_split(X_train, 4)
+    det, twin = (VAEDetector(epochs=2, random_state=0).partial_fit(chunks[0]) for _ in range(2))
+    before = det.score_samples(X_test)
+    train_chunk = training.train_chunk
+
+    def steps_then_fails(*args, **kwargs):
+        train_chunk(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_chunk", steps_then_fails)
+    with pytest.raises(KeyboardInterrupt):
+        det.partial_fit(chunks[1])
+    monkeypatch.setattr(training, "train_chunk", train_chunk)
+    np.testing.assert_array_equal(det.score_samples(X_test), before)
+    assert len(det.history_) == 1
+    for chunk in chunks[1:]:
+        det.partial_fit(chunk)
+        twin.partial_fit(chunk)
+    np.testing.assert_array_equal(det.score_samples(X_test), twin.score_samples(X_test))
+
+
+def test_a_threshold_that_fails_to_compute_is_computed_on_the_next_use(cancer_split,
+                                                                       monkeypatch):
+    X_train, X_test, _ = cancer_split
+    det = VAEDetector(epochs=2, random_state=0).partial_fit(X_train)
+    set_state = VAEDetector._set_scoring_state
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VAEDetector, "_set_scoring_state", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        det.score_samples(X_test)
+    monkeypatch.setattr(VAEDetector, "_set_scoring_state", set_state)
+    twin = VAEDetector(epochs=2, random_state=0).partial_fit(X_train)
+    np.testing.assert_array_equal(det.predict(X_test), twin.predict(X_test))
+    assert det.offset_ == twin.offset_

@@ -273,9 +273,9 @@ def test_holes_of_every_kind_are_scored_without_imputation(table_model):
     assert np.isnan(explained.iloc[0]["n0"]) and np.isnan(explained.iloc[1]["level"])
     assert explained.iloc[4].notna().all()
     rows.loc[rows.index[5], :] = None
-    with pytest.raises(ValueError, match=r"row\(s\) \[5\].*every entry missing"):
+    with pytest.raises(ValueError, match=r"row\(s\) labelled \[5\].*every entry missing"):
         det.score_samples(rows)
-    with pytest.raises(ValueError, match=r"row\(s\) \['p5'\].*every entry missing"):
+    with pytest.raises(ValueError, match=r"row\(s\) labelled \['p5'\].*every entry missing"):
         det.score_samples(rows.set_axis([f"p{i}" for i in range(len(rows))]))   # by label
     rows = train.iloc[:2].copy()
     rows.loc[rows.index[0], "n2"] = np.inf
@@ -523,9 +523,9 @@ def test_onnx_table_input_errors_are_named(table_model, table_exports):
     model = OnnxModel(table_exports["scorer"])
     rows = train.iloc[:3].copy()
     rows.loc[rows.index[1], :] = None
-    with pytest.raises(ValueError, match=r"row\(s\) \[1\].*every entry missing"):
+    with pytest.raises(ValueError, match=r"row\(s\) labelled \[1\].*every entry missing"):
         model.score_samples(rows)
-    with pytest.raises(ValueError, match=r"row\(s\) \[1001\].*every entry missing"):
+    with pytest.raises(ValueError, match=r"row\(s\) labelled \[1001\].*every entry missing"):
         model.score_samples(rows.set_axis([1000, 1001, 1002]))                  # by label
     with pytest.raises(ValueError, match="infinity in column 'n2'"):
         model.score_samples(train.iloc[:2].assign(n2=np.inf))

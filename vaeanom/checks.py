@@ -97,22 +97,17 @@ def check_bounds(values: np.ndarray, low: np.ndarray, high: np.ndarray,
 
 
 def check_missing_values(rows: np.ndarray, feature_names: Sequence[str] | None = None,
-                         what: str = "X", index: Sequence | None = None) -> None:
+                         what: str = "X", index=None) -> None:
     """Rows with holes (NaN) as the table model takes them: infinities and rows with no
-    observed entry at all are refused, by name (rows by their ``index`` labels, when a
-    DataFrame gave them, else by position)."""
+    observed entry at all are refused, by name (rows by the labels of ``index``, a
+    DataFrame's pandas Index, when there is one; else by position)."""
     check_no_infinity(rows, feature_names, what)
     empty = np.flatnonzero(np.isnan(rows).all(axis=1)) if rows.size else []
     if len(empty):
-        named = (list(map(int, empty[:5])) if index is None
-                 else [_plain(index[i]) for i in empty[:5]])
-        raise ValueError(f"row(s) {named} of {what} have every entry "
-                         "missing: there is nothing to score. Drop them (X.dropna(how='all')).")
-
-
-def _plain(label):
-    """An index label as it reads in a message: 1002, not np.int64(1002)."""
-    return label.item() if isinstance(label, np.generic) else label
+        rows = (f"row(s) {list(map(int, empty[:5]))}" if index is None
+                else f"row(s) labelled {index[empty[:5]].tolist()}")
+        raise ValueError(f"{rows} of {what} have every entry missing: there is nothing to "
+                         "score. Drop them (X.dropna(how='all')).")
 
 
 def check_no_infinity(rows: np.ndarray, feature_names: Sequence[str] | None = None,
@@ -123,6 +118,15 @@ def check_no_infinity(rows: np.ndarray, feature_names: Sequence[str] | None = No
         names = [_feature_label(j, feature_names) for j in infinite[:5]]
         raise ValueError(f"{what} contains infinity in {', '.join(names)}. A missing value is "
                          "NaN (or None, pd.NA, an empty CSV field); replace the infinities.")
+
+
+def is_one_image(shape: Sequence[int], image_shape: Sequence[int]) -> bool:
+    """True when an array of ``shape`` is one image of ``image_shape`` given without its
+    batch axis, and cannot be read as rows of flattened pixels instead (a (1, W) image
+    is also one row of W pixels: that reading wins)."""
+    shape, image_shape = tuple(shape), tuple(image_shape)
+    return (shape == image_shape and len(image_shape) > 1
+            and image_shape[-1] != int(np.prod(image_shape)))
 
 
 def check_observed_columns(rows: np.ndarray, feature_names: Sequence[str] | None = None,

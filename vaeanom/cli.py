@@ -313,7 +313,8 @@ def load_detector(path: Path):
     from . import estimators
     from .estimators.persistence import read
 
-    if Path(path).is_file() and not _is_saved_model(path) and path.suffix.lower() == ".onnx":
+    path = Path(path)
+    if path.suffix.lower() == ".onnx" and path.is_file() and not _is_saved_model(path):
         raise ValueError(f"{str(path)!r} is an ONNX export, not a saved model: score it with "
                          f"--onnx {str(path)!r}.")
     estimator = read(path)[0]["estimator"]

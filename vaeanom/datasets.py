@@ -6,6 +6,7 @@ a network or files of ours.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,24 +107,37 @@ def _index_column(index_col: int | str, columns: list, path: Path) -> int | str:
 
 
 def _refuse_other_separators(path: Path) -> None:
-    """A CSV whose header has no comma but ';', a tab or '|', as often as its first row
-    has (or it has no row), was written with that separator (common where the comma is
+    """A CSV whose header has no comma but splits on ';', a tab or '|', as its first row
+    does (or it has no row), was written with that separator (common where the comma is
     the decimal mark): say so, instead of pandas' tokenizing error, a misleading one
     when a text field holds a comma, or one text column fitted. A one-column file whose
-    name merely holds the character, over values that do not, is read as it is."""
+    name merely holds the character, over values that do not, is read as it is; so is a
+    quoted name. Excel's ``sep=;`` first line names the separator outright."""
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
         lines = (line.rstrip("\r\n") for line in file if line.strip())
         header, first = next(lines, ""), next(lines, "")
-    if "," in header:
+    declared = header[4:] if header.lower().startswith("sep=") and len(header) == 5 else None
+    if declared is None and "," in header:
         return
     for separator, shown in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
-        fields = header.count(separator)
-        if fields and (not first or first.count(separator) == fields):
+        if declared is not None and declared == separator:
+            raise ValueError(
+                f"{str(path)!r} starts with {header!r} (as Excel writes it): its fields are "
+                f"separated by {shown}, and vaeanom reads comma-separated files. Rewrite it "
+                f"with commas: pd.read_csv(path, sep={separator!r}, skiprows=1).to_csv("
+                "new_path, index=False) (add decimal=',' where commas are its decimal marks).")
+        if declared is None and _n_fields(header, separator) > 1 and (
+                not first or _n_fields(first, separator) > 1):
             raise ValueError(
                 f"{str(path)!r} reads as one column named {header!r}: its fields look "
                 f"separated by {shown}, and vaeanom reads comma-separated files. Rewrite it "
                 f"with commas: pd.read_csv(path, sep={separator!r}).to_csv(new_path, "
                 "index=False) (add decimal=',' where commas are its decimal marks).")
+
+
+def _n_fields(line: str, separator: str) -> int:
+    """How many fields ``line`` splits into on ``separator``, quotes respected."""
+    return len(next(csv.reader([line], delimiter=separator), []))
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> None:

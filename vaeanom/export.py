@@ -467,7 +467,8 @@ def export_triton(detector, repo_dir: str | os.PathLike, name: str = "vaeanom",
 
     if check_count(max_batch_size, "max_batch_size") < 1:
         raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}.")
-    version = check_count(version, "version")   # Triton reads a folder named by a number
+    if check_count(version, "version") < 1:   # Triton ignores a folder named 0 (or 01)
+        raise ValueError(f"version must be >= 1, Triton's version folders; got {version}.")
     check_triton_name(name)
     folder = Path(repo_dir) / name
     if (folder / "config.pbtxt").is_dir():   # found now, not after model.onnx is written

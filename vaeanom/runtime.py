@@ -41,8 +41,8 @@ import onnxruntime as ort
 
 from . import digest
 from .checks import (TABLE_MODEL, are_class_labels, check_count, check_missing_values,
-                     column_names, feature_labels, finite_decoded, finite_scores,
-                     image_shape_hint, is_outlier, outlier_labels)
+                     check_no_infinity, column_names, feature_labels, finite_decoded,
+                     finite_scores, image_shape_hint, is_one_image, is_outlier, outlier_labels)
 from .codes import check_code_values
 from .onnx_format import DIGEST_MARKER, FORMAT, FORMAT_VERSION, METADATA_KEY, table_inputs
 from .preprocessing import Preprocessing
@@ -456,9 +456,12 @@ class OnnxModel:
     def _check_input(self, X) -> np.ndarray:
         """Validate X and convert it to the graph's input dtype and shape."""
         values = self._frame_values(X)
+        if not self.is_image:   # infinities named by column first, as the estimator does
+            check_no_infinity(_numeric_array(values, "X", allow_nan=True),
+                              getattr(self, "feature_names_in_", None))
         array = _numeric_array(values, "X", kind="images" if self.is_image else "rows")
         expected = self.data_shape
-        if self.is_image and tuple(array.shape) == expected:
+        if self.is_image and is_one_image(array.shape, expected):
             raise ValueError(f"X is one image of shape {array.shape}; the model takes a batch "
                              f"(n, {', '.join(map(str, expected))}): pass X[None].")
         if self.is_image and array.ndim == 2:  # flattened pixels
@@ -536,8 +539,8 @@ class OnnxModel:
 def _read_checked(path: Path) -> tuple[bytes, bool]:
     """The file's bytes and whether they carry a seal (a seal that does not match raises)."""
     if path.is_dir():
-        raise IsADirectoryError(f"{str(path)!r} is a folder; give the .onnx file (a Triton "
-                                "repository is served with vaeanom serve).")
+        raise FileNotFoundError(f"{str(path)!r} is a folder, not an ONNX file; give the .onnx "
+                                "file (a Triton repository is served with vaeanom serve).")
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {str(path)!r}.")
     data = path.read_bytes()

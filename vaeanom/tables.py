@@ -75,20 +75,42 @@ def as_numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
 
     ``dtype_backend="pyarrow"`` readers, Arrow batches and pandas' nullable types give
     such columns, whose ``to_numpy()`` is an object array: a model fitted on an array
-    (every image model) would refuse it as not numeric, and a hole in it (``pd.NA``)
-    is no float. A SQL NUMERIC column read with the pyarrow backend is a decimal.
-    Columns are converted by position, so two columns sharing a label keep their own
-    dtypes.
+    (every image model) would refuse it as not numeric. Columns are converted by
+    position, so two columns sharing a label keep their own dtypes.
     """
+    return _converted(frame, _numpy_dtype_of)
+
+
+def decimals_as_floats(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its pyarrow decimal columns as float64, holes as NaN; the rest as it is.
+
+    A SQL NUMERIC column read with the pyarrow backend (``read_parquet``,
+    ``read_sql``) is a decimal: numbers to pandas, but a hole in it is ``pd.NA``,
+    which no float() takes.
+    """
+    return _converted(frame, lambda dtype: np.dtype(np.float64) if _is_arrow_decimal(dtype)
+                      else None)
+
+
+def _numpy_dtype_of(dtype) -> np.dtype | None:
+    """The numpy dtype a nullable, pyarrow numeric or decimal column converts to; None for
+    any other column (numpy's own dtypes have no ``numpy_dtype``)."""
+    if _is_arrow_decimal(dtype):
+        return np.dtype(np.float64)
+    numpy_dtype = getattr(dtype, "numpy_dtype", None)
+    return numpy_dtype if numpy_dtype is not None and numpy_dtype.kind in "iuf" else None
+
+
+def _converted(frame: pd.DataFrame, target) -> pd.DataFrame:
+    """``frame`` with each column whose ``target(dtype)`` is a dtype converted to it (to
+    float64 where the column has holes), by position; ``frame`` itself if none is."""
     converted = frame
     for position, (_, column) in enumerate(frame.items()):
-        numpy_dtype = getattr(column.dtype, "numpy_dtype", None)   # None for numpy's own
-        if _is_arrow_decimal(column.dtype):
-            numpy_dtype = np.dtype(np.float64)
-        elif numpy_dtype is None or numpy_dtype.kind not in "iuf":
+        numpy_dtype = target(column.dtype)
+        if numpy_dtype is None:
             continue
         if converted is frame:
-            converted = frame.copy()
+            converted = frame.copy(deep=False)
         converted.isetitem(position, column.astype(np.float64 if column.isna().any()
                                                    else numpy_dtype))
     return converted

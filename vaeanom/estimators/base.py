@@ -121,16 +121,23 @@ def _seed_from(random_state: Any) -> int:
 
 
 @contextmanager
-def _unchanged_on_failure(estimator: BaseEstimator) -> Iterator[None]:
+def _unchanged_on_failure(estimator: BaseEstimator, in_place: tuple[str, ...] = ()
+                          ) -> Iterator[None]:
     """A fit that raises leaves ``estimator`` as it was: fitted as before, or unfitted.
 
     ``fit`` sets the standardisation and the columns before the checks that need
     them; without this, a refused refit left new ``center_`` over the old network
     (scores silently off, or a shape error), and ``save`` wrote a file that
-    ``load`` calls corrupt. Fitting replaces attributes rather than changing them
-    in place, so the old ones are all it takes to go back.
+    ``load`` calls corrupt. ``fit`` replaces attributes rather than changing them,
+    so the old ones are all it takes to go back; the attributes named in
+    ``in_place`` (what ``partial_fit`` trains: the network, the stream's optimiser
+    state, the history) are copied first, as a chunk that fails midway (a
+    divergence, Ctrl-C) has already changed them.
     """
     before = dict(estimator.__dict__)
+    for name in in_place:
+        if name in before:
+            before[name] = copy.deepcopy(before[name])
     try:
         yield
     except BaseException:
@@ -267,7 +274,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         (or loaded) goes on training it, with a fresh optimiser and reservoir.
         A chunk that is refused leaves the detector as it was before the call.
         """
-        with _unchanged_on_failure(self):
+        with _unchanged_on_failure(self, in_place=("model_", "_stream_", "history_")):
             return self._partial_fit(X, y)
 
     def _partial_fit(self, X, y):
@@ -348,9 +355,13 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         stream = self.__dict__.get("_stream_")
         if stream is not None and stream.scoring_pending and name in type(self)._scoring_state:
             stream.scoring_pending = False
-            with self._params_as_fitted():
-                self._set_scoring_state(stream.reservoir.distinct_rows(),
-                                        _generator_at(stream.generator_state))
+            try:
+                with self._params_as_fitted():
+                    self._set_scoring_state(stream.reservoir.distinct_rows(),
+                                            _generator_at(stream.generator_state))
+            except BaseException:
+                stream.scoring_pending = True   # still owed: the next use tries again
+                raise
             if name in self.__dict__:   # not every model keeps every piece (bounds-only ones)
                 return self.__dict__[name]
         if isinstance(getattr(type(self), name, None), property):

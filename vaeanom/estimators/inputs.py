@@ -15,9 +15,10 @@ import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
 from ..checks import (TABLE_MODEL, check_missing_values, check_no_infinity,
-                      check_observed_columns, check_pixels, image_shape_hint)
-from ..tables import (TableSchema, as_numpy_dtypes, categorical_columns, check_frame_columns,
-                      numbers_of, numbers_only_error, numbers_read_as_numbers, shown_columns)
+                      check_observed_columns, check_pixels, image_shape_hint, is_one_image)
+from ..tables import (TableSchema, categorical_columns, check_frame_columns,
+                      decimals_as_floats, numbers_of, numbers_only_error, numbers_read_as_numbers,
+                      shown_columns)
 
 
 def is_image_input(X) -> bool:
@@ -68,7 +69,7 @@ def check_image_shape(estimator, shape: tuple[int, ...], fitted: tuple[int, ...]
 
 def unflatten_images(estimator, X, shape: tuple[int, ...]) -> np.ndarray:
     """Rows of flattened pixels (n, prod(shape)) -> images (n, *shape), dtype kept."""
-    if isinstance(X, np.ndarray) and X.shape == tuple(shape) and len(shape) > 1:
+    if isinstance(X, np.ndarray) and is_one_image(X.shape, shape):
         raise ValueError(f"X is one image of shape {tuple(shape)}; give a batch of images, "
                          "(n, *shape): X[None] for this one.")
     rows = check_array(X, dtype="numeric", input_name="X", estimator=estimator)
@@ -92,7 +93,7 @@ def check_rows(estimator, X, *, fitting: bool, schema: TableSchema | None = None
     """
     check_frame_columns(X)
     if isinstance(X, pd.DataFrame):
-        X = as_numpy_dtypes(X)   # nullable, pyarrow and decimal numbers: holes as NaN
+        X = decimals_as_floats(X)
     X = numbers_read_as_numbers(X) if fitting else X   # scoring reads them by the schema
     text = categorical_columns(X)
     if text and not fitting and (schema is None or not schema.has_categories):

@@ -454,15 +454,15 @@ class VAEDetector(BaseDetector):
         if not hasattr(self, "explain_reference_"):
             raise ValueError("this model was saved by a vaeanom without explanations; "
                              "refit it to use explain().")
+        schema = None if self.is_image_ else self._table_schema()
         bound = None
         if not self.is_image_:   # categorical codes are not capped
-            schema = self._table_schema()
             numeric = (np.ones(self.n_features_in_, dtype=bool) if schema is None
                        else np.asarray(schema.cardinalities) == 0)
             bound = torch.from_numpy(np.where(numeric, EXPLAIN_ENCODER_BOUND, np.inf)).float()
         return FeatureContributions(model, torch.from_numpy(self.noise_),
                                     torch.from_numpy(self.explain_reference_),
-                                    leave_one_out=self._table_schema() is not None, bound=bound)
+                                    leave_one_out=schema is not None, bound=bound)
 
     def _array_shapes(self, found):
         bank = found.get("latent_bank_")
@@ -893,7 +893,12 @@ class VAEDetector(BaseDetector):
         (the ELBO's reconstruction term, feature by feature, with the fixed
         scoring noise) minus its median over the training rows, so about 0 is
         typical and the largest values name the features that made the row
-        unusual. Rows: a DataFrame with X's index and one column per input
+        unusual. A table model takes each feature's code from the *other*
+        features (leave-one-out), and for rows the encoder sees each numeric
+        entry within ``EXPLAIN_ENCODER_BOUND`` (10) training standard deviations,
+        so that one wild entry keeps its own blame (the likelihood charges it
+        as it is; past the bound the row's contributions no longer sum to the
+        ELBO's term). Rows: a DataFrame with X's index and one column per input
         feature. Images: an array (n, H, W), summed over channels.
         """
         self._refuse_bounds_only("explain")
