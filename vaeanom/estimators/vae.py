@@ -163,9 +163,10 @@ class VAEDetector(BaseDetector):
         Share of training rows flagged as outliers; sets ``offset_`` (and
         ``label_offset_``). "auto" uses
         Tukey's lower fence (Q1 - 1.5 IQR) of the training scores instead.
-        New rows are flagged more often than training rows (17% at 0.1 for the
-        rows default on a Gaussian table; README, "Which score?"): for a share
-        of new rows, set ``offset_`` to that percentile of ``score_samples`` of
+        New normal rows are flagged more often than training rows, on small
+        tables far more (at 0.1, 16% of new Gaussian rows, 88% of new zeros on
+        the digits demo; ``benchmarks/threshold_new_rows.py``): for a share of
+        new rows, set ``offset_`` to that percentile of ``score_samples`` of
         normal rows not used in fit.
     epochs : int or "auto", default="auto"
         Passes over the training data. "auto" is 30 for images and, for rows,
