@@ -127,6 +127,20 @@ def test_continuous_labels_are_refused_at_fit(digits):
     assert whole.classes_.tolist() == [0.0, 1.0, 2.0]       # whole floats are classes
 
 
+def test_booleans_and_numbers_are_different_labels(digits):
+    """numpy has True == 1, so a True scored as class 1 (and 1 as True) without a word,
+    while '1' was refused: labels match by value and type."""
+    x, y, _, _ = digits
+    numbered = VAEDetector(conditional=True, epochs=1, random_state=0).fit(x[:60], y[:60] % 2)
+    with pytest.raises(ValueError, match=r"never saw in fit: \[True\].*nor True"):
+        numbered.score_samples(x[:3], [True] * 3)
+    flags = VAEDetector(conditional=True, epochs=1, random_state=0).fit(x[:60], y[:60] % 2 == 1)
+    with pytest.raises(ValueError, match=r"never saw in fit: \[1, 0\]"):
+        flags.score_samples(x[:3], [1, 0, 1])
+    np.testing.assert_array_equal(flags.score_samples(x[:3], [True, False, True]),
+                                  numbered.score_samples(x[:3], [1, 0, 1]))
+
+
 def test_files_without_label_offset_say_refit(digits, cvae):
     x, y, _, _ = digits
     old = copy.deepcopy(cvae)

@@ -59,6 +59,8 @@ def test_an_architecture_set_after_fit_is_refused_by_save_and_partial_fit(cancer
     det.set_params(n_score_samples=FAST.get("n_score_samples", 16), latent_dim=5)
     with pytest.raises(ValueError, match="latent_dim=5 was set after fit"):
         det.partial_fit(X)
+    with pytest.raises(ValueError, match="latent_dim=5 was set after fit"):
+        det.get_feature_names_out()           # gave 5 names for a model of 2 columns
     det.set_params(latent_dim=FAST.get("latent_dim", 16), learning_rate=-1.0)
     with pytest.raises(ValueError, match="learning_rate"):   # validated on every call
         det.partial_fit(X)

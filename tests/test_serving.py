@@ -264,6 +264,10 @@ def test_a_conditional_scorer_is_served_with_each_rows_label(server, repo, cance
     status, body = server.request("POST", "/v1/models/cancer/score", json.dumps(
         {"records": records[:1], "labels": ["benign"]}).encode())
     assert status == 400 and "takes none" in body["error"], body
+    for labels in ({"a": 1}, [["benign"]] * 40):     # were 'unhashable type' and accepted
+        status, body = server.request("POST", "/v1/models/given/score", json.dumps(
+            {"records": records, "labels": labels}).encode())
+        assert status == 400 and '"labels" must be one label' in body["error"], body
 
 
 def test_the_exported_repository_parses_with_tritons_own_model_config(repo):
@@ -519,6 +523,47 @@ def test_tritonclients_request_compression_is_inflated(server, cancer, algorithm
     plain = _infer(server.client, "cancer", X, True)
     squeezed = _infer(server.client, "cancer", X, True, request_compression_algorithm=algorithm)
     np.testing.assert_array_equal(squeezed, plain)
+
+
+def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_refused(server,
+                                                                                  cancer):
+    """RFC 1952 lets a gzip body hold members one after another; only the first was read,
+    and bytes after the end of the data were dropped without a word."""
+    import gzip
+    import zlib
+
+    X = cancer[0].to_numpy(np.float32)[:2]
+    body = _json_body([{**ROW, "shape": list(X.shape), "data": X.ravel().tolist()}])
+    gzipped = {"Content-Encoding": "gzip"}
+    status, whole = server.request("POST", "/v2/models/cancer/infer", gzip.compress(body),
+                                   gzipped)
+    assert status == 200, whole
+    half = len(body) // 2
+    status, answer = server.request("POST", "/v2/models/cancer/infer",
+                                    gzip.compress(body[:half]) + gzip.compress(body[half:]),
+                                    gzipped)
+    assert status == 200 and answer["outputs"] == whole["outputs"], answer
+    for encoding, data in (("gzip", gzip.compress(body) + b"GARBAGE"),
+                           ("deflate", zlib.compress(body) + b"GARBAGE")):
+        status, answer = server.request("POST", "/v2/models/cancer/infer", data,
+                                        {"Content-Encoding": encoding})
+        assert status == 400, (encoding, answer)
+
+
+def test_binary_data_output_applies_to_every_output_when_none_is_named(server, cancer):
+    """Triton reads "outputs": [] as every output, and the request-level
+    binary_data_output flag then covers each; they came back as JSON."""
+    X = cancer[0].to_numpy(np.float32)[:2]
+    body = json.loads(_json_body([{**ROW, "shape": list(X.shape), "data": X.ravel().tolist()}],
+                                 outputs=[]))
+    body["parameters"] = {"binary_data_output": True}
+    request = urllib.request.Request(f"http://{server.url}/v2/models/cancer/infer",
+                                     data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        header_length = int(response.headers["Inference-Header-Content-Length"])
+        header = json.loads(response.read()[:header_length])
+    assert header["outputs"] and all("data" not in out and out["parameters"]["binary_data_size"]
+                                     for out in header["outputs"]), header
 
 
 def test_a_large_body_is_parsed_off_the_loop_to_the_same_scores(server, repo, cancer):

@@ -87,14 +87,24 @@ def label_codes(y, classes: np.ndarray, n_rows: int, name: str = "y") -> np.ndar
     except TypeError:   # strings against numbers: numpy cannot order them
         known = np.zeros(len(labels), dtype=bool)
         codes = np.zeros(len(labels), dtype=np.int64)
+    if _are_booleans(labels) != _are_booleans(classes):   # numpy has True == 1
+        known = np.zeros(len(labels), dtype=bool)
     if not np.all(known):
         unseen = list(dict.fromkeys(labels[~known].tolist()))[:3]
-        texts = {str(c) for c in classes.tolist()}
-        hint = (" Labels match by value and type: 1 is not '1'; convert them to the "
-                "classes' type." if any(str(u) in texts for u in unseen) else "")
+        texts = {str(c) for c in classes.tolist()} | {str(int(c)) for c in classes.tolist()
+                                                       if isinstance(c, bool)}
+        hint = (" Labels match by value and type: 1 is not '1', nor True; convert them to "
+                "the classes' type." if any(str(u) in texts or isinstance(u, bool)
+                                            for u in unseen) else "")
         raise ValueError(f"{name} holds labels the model never saw in fit: {unseen}; it knows "
                          f"{classes.tolist()[:10]}{' ...' if len(classes) > 10 else ''}.{hint}")
     return codes.astype(np.int64)
+
+
+def _are_booleans(labels: np.ndarray) -> bool:
+    return labels.dtype.kind == "b" or (
+        labels.dtype == object and len(labels) > 0
+        and all(isinstance(v, (bool, np.bool_)) for v in labels))
 
 
 def one_label_per_row(y, n_rows: int) -> np.ndarray:

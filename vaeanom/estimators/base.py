@@ -669,7 +669,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """Latent column names ``z0, z1, ...`` (what ``transform`` returns)."""
-        check_is_fitted(self)
+        self._check_fitted_state()   # a latent_dim set after fit is not the model's width
         if not self.is_image_:
             _check_feature_names_in(self, input_features)
         return np.asarray([f"z{i}" for i in range(self._n_latent_columns())], dtype=object)

@@ -318,18 +318,28 @@ async def _body(state: _State, request: Request) -> bytes:
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     """A gzip or deflate body, inflated; 413 past ``limit`` bytes (a small body may
-    inflate to gigabytes: no more than limit + 1 bytes are ever made)."""
-    inflater = zlib.decompressobj(_COMPRESSED[encoding])
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as err:
-        raise ServerError(400, f"the body is not valid {encoding} data ({err}).") from None
-    if len(inflated) > limit or inflater.unconsumed_tail:
-        raise ServerError(413, f"the request body inflates to over {limit} bytes "
-                               "(--max-body-bytes).")
-    if not inflater.eof:
-        raise ServerError(400, f"the {encoding} body is cut short.")
-    return inflated
+    inflate to gigabytes: no more than limit + 1 bytes are ever made). A gzip body may
+    hold several members (RFC 1952), inflated one after the other; bytes after the end
+    of the data are refused, not dropped."""
+    parts, rest, total = [], body, 0
+    while True:
+        inflater = zlib.decompressobj(_COMPRESSED[encoding])
+        try:
+            part = inflater.decompress(rest, limit + 1 - total)
+        except zlib.error as err:
+            raise ServerError(400, f"the body is not valid {encoding} data ({err}).") from None
+        parts.append(part)
+        total += len(part)
+        if total > limit or inflater.unconsumed_tail:
+            raise ServerError(413, f"the request body inflates to over {limit} bytes "
+                                   "(--max-body-bytes).")
+        if not inflater.eof:
+            raise ServerError(400, f"the {encoding} body is cut short.")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding != "gzip":
+            raise ServerError(400, f"the {encoding} body has {len(rest)} bytes after its end.")
 
 
 def _served(state: _State, request: Request) -> repository.ServedModel:
@@ -493,10 +503,18 @@ def _read_records(model, body: bytes) -> dict[str, np.ndarray]:
                                                                 for r in records):
         raise ServerError(400, "the body must be a non-empty list of records (objects mapping "
                                "column names to values), or {\"records\": [...]}.")
+    if labels is not None and not all(map(_is_label, labels if isinstance(labels, list)
+                                          else [labels])):
+        raise ServerError(400, "\"labels\" must be one label (a string, number or boolean) "
+                               "for every record, or a list of them, one per record.")
     try:
         return model._with_labels(model._feeds(_frame(model, records)), labels)
     except (ValueError, TypeError, OverflowError) as err:
         raise ServerError(400, str(err)) from None
+
+
+def _is_label(value) -> bool:
+    return isinstance(value, (str, int, float, bool))
 
 
 def _by_column(contributions: np.ndarray, columns: list[str]) -> list[dict]:

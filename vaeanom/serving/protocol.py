@@ -238,7 +238,7 @@ def infer_response(model: str, version: str, request: InferRequest,
         array = np.ascontiguousarray(array)
         entry = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
         if name in request.binary_outputs or (request.binary_default
-                                              and request.outputs is None):
+                                              and not request.outputs):
             blob = array.astype(array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
