@@ -297,6 +297,25 @@ def test_cli_streams_parquet_batch_by_batch_like_onnx_model(scorer, cancer, tmp_
     np.testing.assert_array_equal(got["score"], OnnxModel(named).score_samples(plain))
 
 
+def test_a_key_column_streams_as_the_index(scorer, cancer, tmp_path):
+    """--index-col turned streaming off (the file was loaded whole); now a key column,
+    by name or position, is each batch's index, as the in-memory path gives it."""
+    from vaeanom.cli import main
+
+    named, _ = scorer
+    keyed = cancer[0].assign(key=[f"k{i}" for i in range(len(cancer[0]))])
+    keyed.to_parquet(tmp_path / "keyed.parquet", index=False, row_group_size=50)
+    expected = OnnxModel(named).score_frame(keyed.set_index("key"))
+    for index_col in ("key", str(keyed.shape[1] - 1)):
+        assert main(["score", str(tmp_path / "keyed.parquet"), "--onnx", str(named),
+                     "--index-col", index_col, "-o", str(tmp_path / "scores.parquet")]) == 0
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"), expected)
+    with pytest.raises(ValueError, match="one of the model's input columns"):
+        score_parquet(tmp_path / "keyed.parquet", named, tmp_path / "x.parquet",
+                      index_col="mean radius")
+    assert not (tmp_path / "x.parquet").exists()
+
+
 def test_a_stream_that_fails_midway_leaves_the_old_output(scorer, cancer, tmp_path):
     named, _ = scorer
     X = cancer[0].copy()

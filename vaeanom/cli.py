@@ -342,7 +342,7 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
     if (model is None) == (onnx is None):
         raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
     if engine in ENGINES:
-        if not _streams(data, output, onnx, index_col):
+        if not _streams(data, output, onnx) or index_col is not None:
             raise ValueError(f"--engine {engine} scores a Parquet file with an exported scorer into "
                              "a Parquet folder: give DATA.parquet --onnx M.onnx -o OUT.parquet "
                              "(no --index-col).")
@@ -351,9 +351,10 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
                                                                explain=explain, label=label)
         logger.info("%s scored %d rows into %s", engine, rows, output)
         return None
-    if _streams(data, output, onnx, index_col):
+    if _streams(data, output, onnx):
         from .distributed import score_parquet
-        rows = score_parquet(data, onnx, output, explain=explain, label=label)
+        rows = score_parquet(data, onnx, output, explain=explain, label=label,
+                             index_col=index_col)
         logger.info("streamed %d scores to %s", rows, output)
         return None
     if onnx is not None:
@@ -434,10 +435,10 @@ INDEX_COL_HELP = ("the CSV or Parquet column holding the row index: its name, el
 ENGINES = ("dask", "spark")
 
 
-def _streams(data: Path, output: Path | None, onnx: Path | None, index_col) -> bool:
+def _streams(data: Path, output: Path | None, onnx: Path | None) -> bool:
     """Parquet in, Parquet out, an ONNX scorer: stream batches instead of loading the file."""
     parquet = (".parquet", ".pq")
-    return (onnx is not None and index_col is None and output is not None
+    return (onnx is not None and output is not None
             and Path(data).suffix.lower() in parquet and Path(output).suffix.lower() in parquet)
 
 

@@ -77,7 +77,7 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
     if suffix == ".csv":
         _refuse_other_separators(path)   # before pandas, whose errors would not say it
         if index_col is not None:  # pandas fails obscurely on a missing one in some files
-            index_col = _index_column(index_col, list(pd.read_csv(path, nrows=0).columns), path)
+            index_col = index_column(index_col, list(pd.read_csv(path, nrows=0).columns), path)
         frame = pd.read_csv(path, index_col=index_col)
         return frame if index_col is not None else _written_index(frame)
     frame = pd.read_parquet(path)
@@ -85,7 +85,7 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
         return frame
     if any(name is not None for name in frame.index.names):
         frame = frame.reset_index()      # a named index the file keeps stays, as a column
-    column = _index_column(index_col, list(frame.columns), path)
+    column = index_column(index_col, list(frame.columns), path)
     return frame.set_index(frame.columns[column] if isinstance(column, int) else column)
 
 
@@ -96,7 +96,7 @@ def _written_index(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.set_index(UNNAMED_FIRST).rename_axis(None)
 
 
-def _index_column(index_col: int | str, columns: list, path: Path) -> int | str:
+def index_column(index_col: int | str, columns: list, path: Path) -> int | str:
     """The index column as a name in ``columns``, else as a position; refused by name."""
     if str(index_col) in map(str, columns):
         return next(c for c in columns if str(c) == str(index_col))

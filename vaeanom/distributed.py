@@ -221,12 +221,13 @@ STREAM_BATCH_ROWS = 65_536
 def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
                   output: str | os.PathLike, columns: Sequence | None = None,
                   batch_rows: int = STREAM_BATCH_ROWS, threads: int | None = None,
-                  explain: int = 0, label: str | None = None) -> int:
+                  explain: int = 0, label: str | None = None, index_col=None) -> int:
     """Score a Parquet file into another, one batch at a time; returns the rows scored.
 
     Memory stays bounded by a batch (and a row group being decoded), whatever
     the file's size. The output holds the input's index (a stored index is
-    carried; a default range index becomes the row number) and ``score`` and
+    carried; a default range index becomes the row number; ``index_col``, a
+    column's name or position, takes its place: a key column) and ``score`` and
     ``is_outlier`` (and ``explain=k``'s columns), as ``vaeanom score`` writes without
     streaming. It is written to a temporary file and renamed: an interrupted run
     leaves no half file. ``threads``: onnxruntime's intra-op threads (None: all cores).
@@ -240,6 +241,11 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
     reader = pq.ParquetFile(source)
     index_columns, index_range = _stored_index(reader.schema_arrow)
     names, appended = _file_columns(reader.schema_arrow, model_path, columns, explain, label)
+    if index_col is not None:
+        index_columns, index_range = [_key_column(reader.schema_arrow, index_col, source)], {}
+        if index_columns[0] in names:
+            raise ValueError(f"index_col {index_col!r} is one of the model's input columns; "
+                             "the index must be another column (a key).")
     read = [*index_columns, *names, *([] if label is None else [label])]
     counted = 0
 
@@ -266,6 +272,14 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
 
     atomic_write(output, write)
     return counted
+
+
+def _key_column(schema, index_col, source) -> str:
+    """The name of the column ``index_col`` names (a name, else a position), refused by name."""
+    from .datasets import index_column
+
+    column = index_column(index_col, list(schema.names), Path(source))
+    return schema.names[column] if isinstance(column, int) else column
 
 
 def _refuse_other_formats(output: str | os.PathLike) -> None:
