@@ -263,8 +263,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         calls. What scoring needs (a VAE's scoring noise, score units and latent
         bank, a VQ-VAE's code statistics, and the threshold ``offset_``) comes
         from a reservoir of up to ``RESERVOIR_ROWS`` rows drawn uniformly from
-        every chunk so far; it is
-        computed when first used after a call, so a call costs its training
+        every chunk so far; it is computed when first used after a call, under
+        the parameters of that call, so a call costs its training
         steps only, and looking at the model mid-stream changes nothing later.
         ``validation_fraction`` is not used, and ``epochs`` only as the length
         of a schedule (a KL warm-up counts each call as one of the epochs the
@@ -272,7 +272,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         chunks in the same order give the same model, bit for bit; ``fit`` on
         all the rows stays the reference. A call on a model fitted by ``fit``
         (or loaded) goes on training it, with a fresh optimiser and reservoir.
-        A chunk that is refused leaves the detector as it was before the call.
+        A call that raises (a refused chunk, a divergence, Ctrl-C) leaves the
+        detector as it was before the call: its network and Adam's state too.
         """
         with _unchanged_on_failure(self, in_place=("model_", "_stream_", "history_")):
             return self._partial_fit(X, y)
