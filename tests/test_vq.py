@@ -271,3 +271,11 @@ def test_fast_training_options_reconstruct(digits_vq, params, floor, within):
     np.testing.assert_array_equal(detector.encode(images[:50]),
                                   VQVAEDetector(**{**VQ_FAST, **params}).fit(
                                       images[:1200]).encode(images[:50]))   # deterministic
+
+
+def test_an_ema_decay_of_one_is_refused(digit_images):
+    """At decay 1 the moving averages never move, so the codebook never learns; it fitted
+    without a word."""
+    images, _ = digit_images
+    with pytest.raises(ValueError, match=r"'ema_decay' must be a float in \[0.0, 1.0\); got 1.0"):
+        VQVAEDetector(ema_decay=1.0, epochs=1).fit(images[:50])
