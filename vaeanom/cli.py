@@ -341,6 +341,9 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
 
     if (model is None) == (onnx is None):
         raise ValueError("give exactly one of --model (a saved model) or --onnx (an exported scorer).")
+    if onnx is not None and Path(onnx).is_file() and _is_saved_model(onnx):   # on every path
+        raise ValueError(f"{str(onnx)!r} is a saved model, not an ONNX export: score it "
+                         f"with --model {str(onnx)!r}, or export it first (vaeanom export).")
     if engine in ENGINES:
         if not _streams(data, output, onnx) or index_col is not None:
             raise ValueError(f"--engine {engine} scores a Parquet file with an exported scorer into "
@@ -359,9 +362,6 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         return None
     if onnx is not None:
         from .runtime import OnnxModel
-        if Path(onnx).is_file() and _is_saved_model(onnx):
-            raise ValueError(f"{str(onnx)!r} is a saved model, not an ONNX export: score it "
-                             f"with --model {str(onnx)!r}, or export it first (vaeanom export).")
         scorer = OnnxModel(onnx)
     else:
         scorer = load_detector(model)

@@ -106,6 +106,10 @@ def index_column(index_col: int | str, columns: list, path: Path) -> int | str:
                      f"its columns are {columns[:8]}.")
 
 
+#: the separators a CSV is refused for, as its error shows them
+OTHER_SEPARATORS = {";": "';'", "\t": "tabs", "|": "'|'"}
+
+
 def _refuse_other_separators(path: Path) -> None:
     """A CSV whose header has no comma but splits on ';', a tab or '|', as its first row
     does (or it has no row), was written with that separator (common where the comma is
@@ -117,17 +121,17 @@ def _refuse_other_separators(path: Path) -> None:
         lines = (line.rstrip("\r\n") for line in file if line.strip())
         header, first = next(lines, ""), next(lines, "")
     declared = header[4:] if header.lower().startswith("sep=") and len(header) == 5 else None
-    if declared is None and "," in header:
+    if declared in OTHER_SEPARATORS:
+        raise ValueError(
+            f"{str(path)!r} starts with {header!r} (as Excel writes it): its fields are "
+            f"separated by {OTHER_SEPARATORS[declared]}, and vaeanom reads comma-separated "
+            f"files. Rewrite it with commas: pd.read_csv(path, sep={declared!r}, skiprows=1)"
+            ".to_csv(new_path, index=False) (add decimal=',' where commas are its decimal "
+            "marks).")
+    if declared is not None or "," in header:
         return
-    for separator, shown in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
-        if declared is not None and declared == separator:
-            raise ValueError(
-                f"{str(path)!r} starts with {header!r} (as Excel writes it): its fields are "
-                f"separated by {shown}, and vaeanom reads comma-separated files. Rewrite it "
-                f"with commas: pd.read_csv(path, sep={separator!r}, skiprows=1).to_csv("
-                "new_path, index=False) (add decimal=',' where commas are its decimal marks).")
-        if declared is None and _n_fields(header, separator) > 1 and (
-                not first or _n_fields(first, separator) > 1):
+    for separator, shown in OTHER_SEPARATORS.items():
+        if _n_fields(header, separator) > 1 and (not first or _n_fields(first, separator) > 1):
             raise ValueError(
                 f"{str(path)!r} reads as one column named {header!r}: its fields look "
                 f"separated by {shown}, and vaeanom reads comma-separated files. Rewrite it "

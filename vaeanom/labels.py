@@ -87,15 +87,15 @@ def label_codes(y, classes: np.ndarray, n_rows: int, name: str = "y") -> np.ndar
     except TypeError:   # strings against numbers: numpy cannot order them
         known = np.zeros(len(labels), dtype=bool)
         codes = np.zeros(len(labels), dtype=np.int64)
-    if _are_booleans(labels) != _are_booleans(classes):   # numpy has True == 1
+    other_kind = _are_booleans(labels) != _are_booleans(classes)   # numpy has True == 1
+    if other_kind:
         known = np.zeros(len(labels), dtype=bool)
     if not np.all(known):
         unseen = list(dict.fromkeys(labels[~known].tolist()))[:3]
-        texts = {str(c) for c in classes.tolist()} | {str(int(c)) for c in classes.tolist()
-                                                       if isinstance(c, bool)}
+        texts = {str(c) for c in classes.tolist()}
         hint = (" Labels match by value and type: 1 is not '1', nor True; convert them to "
-                "the classes' type." if any(str(u) in texts or isinstance(u, bool)
-                                            for u in unseen) else "")
+                "the classes' type." if other_kind or any(str(u) in texts for u in unseen)
+                else "")
         raise ValueError(f"{name} holds labels the model never saw in fit: {unseen}; it knows "
                          f"{classes.tolist()[:10]}{' ...' if len(classes) > 10 else ''}.{hint}")
     return codes.astype(np.int64)

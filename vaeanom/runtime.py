@@ -455,11 +455,11 @@ class OnnxModel:
 
     def _check_input(self, X) -> np.ndarray:
         """Validate X and convert it to the graph's input dtype and shape."""
-        values = self._frame_values(X)
+        kind = "images" if self.is_image else "rows"
+        array = _numeric_array(self._frame_values(X), "X", allow_nan=True)
         if not self.is_image:   # infinities named by column first, as the estimator does
-            check_no_infinity(_numeric_array(values, "X", allow_nan=True),
-                              getattr(self, "feature_names_in_", None))
-        array = _numeric_array(values, "X", kind="images" if self.is_image else "rows")
+            check_no_infinity(array, getattr(self, "feature_names_in_", None))
+        _check_finite(array, "X", kind)
         expected = self.data_shape
         if self.is_image and is_one_image(array.shape, expected):
             raise ValueError(f"X is one image of shape {array.shape}; the model takes a batch "
@@ -734,9 +734,14 @@ def _numeric_array(values, name: str, allow_nan: bool = False,
                          f"Use {name}.reshape(1, -1) for a single row.")
     if len(array) == 0:
         raise ValueError(f"{name} has 0 rows; pass at least one.")
-    if array.dtype.kind == "f" and not allow_nan and not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinity. {_NOT_FINITE[kind]}")
+    if not allow_nan:
+        _check_finite(array, name, kind)
     return array
+
+
+def _check_finite(array: np.ndarray, name: str, kind: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity. {_NOT_FINITE[kind]}")
 
 
 def _check_width(array: np.ndarray, width: int, name: str) -> None:

@@ -88,17 +88,20 @@ def decimals_as_floats(frame: pd.DataFrame) -> pd.DataFrame:
     ``read_sql``) is a decimal: numbers to pandas, but a hole in it is ``pd.NA``,
     which no float() takes.
     """
-    return _converted(frame, lambda dtype: np.dtype(np.float64) if _is_arrow_decimal(dtype)
-                      else None)
+    return _converted(frame, _float_if_decimal)
+
+
+def _float_if_decimal(dtype) -> np.dtype | None:
+    return np.dtype(np.float64) if _is_arrow(dtype, "is_decimal") else None
 
 
 def _numpy_dtype_of(dtype) -> np.dtype | None:
     """The numpy dtype a nullable, pyarrow numeric or decimal column converts to; None for
     any other column (numpy's own dtypes have no ``numpy_dtype``)."""
-    if _is_arrow_decimal(dtype):
-        return np.dtype(np.float64)
     numpy_dtype = getattr(dtype, "numpy_dtype", None)
-    return numpy_dtype if numpy_dtype is not None and numpy_dtype.kind in "iuf" else None
+    if numpy_dtype is not None and numpy_dtype.kind in "iuf":
+        return numpy_dtype
+    return _float_if_decimal(dtype)
 
 
 def _converted(frame: pd.DataFrame, target) -> pd.DataFrame:
@@ -116,12 +119,14 @@ def _converted(frame: pd.DataFrame, target) -> pd.DataFrame:
     return converted
 
 
-def _is_arrow_decimal(dtype) -> bool:
+def _is_arrow(dtype, kind: str) -> bool:
+    """Whether ``dtype`` is a pyarrow one for which ``pyarrow.types.<kind>`` holds, e.g.
+    "is_decimal", or "is_time" (a time of day, which pandas sees as no date type at all)."""
     arrow_type = getattr(dtype, "pyarrow_dtype", None)
     if arrow_type is None:
         return False
     import pyarrow   # there: the dtype is pyarrow's
-    return pyarrow.types.is_decimal(arrow_type)
+    return getattr(pyarrow.types, kind)(arrow_type)
 
 
 def integer_bytes(table):
@@ -203,7 +208,7 @@ def check_frame_columns(X) -> None:
         if pd.api.types.is_datetime64_any_dtype(dtype) or held in ("date", "datetime"):
             _refuse_time(name, held or dtype, f"t = {column}; then t.dt.day_of_week or "
                                               "(t - t.min()).dt.total_seconds()")
-        if held == "time" or _is_arrow_time(dtype):
+        if held == "time" or _is_arrow(dtype, "is_time"):
             _refuse_time(name, held or dtype, f"X[{name!r}].map(lambda t: 3600 * t.hour + "
                                               "60 * t.minute + t.second) (seconds since midnight)")
         if (pd.api.types.is_timedelta64_dtype(dtype) or getattr(dtype, "kind", None) == "m"
@@ -214,15 +219,6 @@ def check_frame_columns(X) -> None:
         if pd.api.types.is_complex_dtype(dtype) or held == "complex":
             raise ValueError(f"column {str(name)!r} holds complex numbers; pass real numbers "
                              "(e.g. the real and imaginary parts as two columns).")
-
-
-def _is_arrow_time(dtype) -> bool:
-    """A pyarrow time of day (time32, time64), which pandas sees as no date type at all."""
-    arrow_type = getattr(dtype, "pyarrow_dtype", None)
-    if arrow_type is None:
-        return False
-    import pyarrow   # there: the dtype is pyarrow's
-    return pyarrow.types.is_time(arrow_type)
 
 
 def _refuse_time(name, dtype, example: str) -> None:

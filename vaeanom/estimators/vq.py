@@ -430,8 +430,7 @@ class VQVAEDetector(BaseDetector):
         takes them.
         """
         check_is_fitted(self)
-        if (self._any_size() and inputs.is_image_input(X)
-                and tuple(np.shape(X)[1:]) != tuple(self.input_shape_)):
+        if self._of_another_size(X):
             raise ValueError(
                 f"transform gives {self._n_latent_columns()} columns, the codes of images of "
                 f"the fitted shape {tuple(self.input_shape_)}; X holds images of shape "
@@ -459,6 +458,11 @@ class VQVAEDetector(BaseDetector):
     def _any_size(self) -> bool:
         return bool(self.is_image_) and self._backbone(True) == "conv"
 
+    def _of_another_size(self, X) -> bool:
+        """Images that a convolutional model encodes at their own size, not the fitted one."""
+        return (self._any_size() and inputs.is_image_input(X)
+                and tuple(np.shape(X)[1:]) != tuple(self.input_shape_))
+
     def _check_any_size(self) -> None:
         check_is_fitted(self)
         if not self._any_size():
@@ -480,8 +484,7 @@ class VQVAEDetector(BaseDetector):
     def _images_of_any_size(self, X) -> Tensor:
         """X in model units; images of another size are edge-padded to :meth:`padded_size`."""
         check_is_fitted(self)
-        if not (self._any_size() and inputs.is_image_input(X)
-                and tuple(np.shape(X)[1:]) != tuple(self.input_shape_)):
+        if not self._of_another_size(X):
             return self._preprocess(X)
         images, shape, _ = inputs.check_images(self, X, fitting=False)
         if len(shape) != len(self.input_shape_) or shape[:-2] != tuple(self.input_shape_[:-2]):
