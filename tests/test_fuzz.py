@@ -604,6 +604,7 @@ FIT_PARAMS = {
                "weight_decay": ([0, 1.0], [-1]),
                "clip_grad_norm": ([None, 1.0], [0, -1]),
                "validation_fraction": ([None, 0.5, 0.2], [0, 0.6]),
+               "threshold_folds": ([None, 2, 3], [0, 1, 2.5, "2", True]),
                "patience": ([1], [0]),
                "epochs": ([1, 2, np.int64(1)], [0, -1, 1.5, "1", None]),
                "device": (["cpu", "auto"], ["cuda", "tpu", None]),

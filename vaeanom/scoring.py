@@ -9,7 +9,8 @@ Which score to use:
 
 - ``"elbo"``: the evidence lower bound log p(x|z) - KL(q(z|x) || p(z))
   with KL weight 1 whatever ``beta`` the model was trained with, so it is a bound
-  on log p(x) in nats of the preprocessed data. Uses every part of the model,
+  on log p(x) in nats of the preprocessed data (with a Gaussian likelihood, or a
+  Bernoulli one on binary data). Uses every part of the model,
   including the learned per-feature variance.
 - ``"iwae"``: the importance-weighted bound with K = ``n_score_samples``
   samples: ELBO <= IWAE_K <= log p(x) in expectation, tightening as K grows. The
@@ -438,7 +439,9 @@ class FeatureContributions(nn.Module):
     minus its median over the training rows (``reference``): about 0 for a
     typical value, large and positive for a feature the model finds unlikely
     for this row. Summed over features (without the reference) it is minus
-    the ELBO's reconstruction term, so the explanation adds up to the part of
+    the ELBO's reconstruction term for a complete row (for a row with holes,
+    that term scales the observed entries' sum by d / observed; the
+    contributions do not), so the explanation adds up to the part of
     the score the likelihood accounts for (the KL and kNN terms belong to the
     code, not to any one feature).
 

@@ -28,6 +28,7 @@ from ..checks import column_names, finite_scores, outlier_labels
 from ..preprocessing import Preprocessing
 from ..tables import TableSchema
 from . import inputs, persistence
+from .thresholds import check_folds, out_of_fold_thresholds
 from .params import (AnyOf, InvalidParameterError, Number, OneOf, RandomState, Rule,
                      validate_params)
 
@@ -165,6 +166,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         "weight_decay": Number(0.0),
         "clip_grad_norm": AnyOf((OneOf((None,)), Number(0.0, low_open=True))),
         "validation_fraction": AnyOf((OneOf((None,)), Number(0.0, 0.5, low_open=True))),
+        "threshold_folds": AnyOf((OneOf((None,)), Number(2, integer=True))),
         "patience": Number(1, integer=True),
         "device": OneOf(("auto", "cpu", "cuda")),
         "verbose": Number(0, integer=True),
@@ -177,7 +179,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     #: threshold ``offset_`` was computed under: set after fit, the model no longer
     #: matches them (see :meth:`_refuse_changes_since_fit`)
     _state_params: ClassVar[tuple[str, ...]] = ()
-    _threshold_params: ClassVar[tuple[str, ...]] = ("contamination",)
+    _threshold_params: ClassVar[tuple[str, ...]] = ("contamination", "threshold_folds")
 
     def _set_params(self, params: dict[str, Any]) -> None:
         """Store the constructor's arguments as they are (``__init__`` passes ``locals()``)."""
@@ -229,6 +231,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         x = self._preprocess(X, fitting=True)
         data = self._training_data(x, y)
         self._resolved_score_kind()  # refuse a score kind this data can't have before training
+        if self.threshold_folds is not None:
+            check_folds(len(x), self.threshold_folds, self._fold_labels())
         seed = _seed_from(self.random_state)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # layer init uses the global RNG: fence it
@@ -248,6 +252,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 "training diverged: the fitted model cannot score its training data (threshold "
                 f"{', '.join(map(str, thresholds))}). Try a lower learning_rate (now "
                 f"{self.learning_rate}) or set clip_grad_norm (e.g. 1.0).")
+        if self.threshold_folds is not None:
+            for name, value in out_of_fold_thresholds(self, X, y, len(x), seed,
+                                                      self._fold_labels()).items():
+                setattr(self, name, value)
         return self
 
     def partial_fit(self, X, y=None):
@@ -281,6 +289,11 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _partial_fit(self, X, y):
         stream = getattr(self, "_stream_", None)
         validate_params(self, self._rules)
+        if self.threshold_folds is not None:
+            raise ValueError(f"partial_fit sets offset_ from the rows it trained on; "
+                             f"threshold_folds={self.threshold_folds} needs every row in one "
+                             "fit call. Set threshold_folds=None for a stream, and set offset_ "
+                             "from normal rows the model did not see (README, 'Which score?').")
         if hasattr(self, "model_"):
             self._refuse_changes_since_fit("partial_fit", self._state_params)
         if stream is None:
@@ -463,6 +476,15 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     def _thresholds(self) -> tuple[float, ...]:
         """The fitted thresholds on scores (``offset_``, and any a subclass adds)."""
         return (self.offset_,)
+
+    def _fold_scores(self, member: BaseDetector, X, y) -> dict[str, np.ndarray]:
+        """What a cross-fitted member scores of its held-out rows X, per threshold attribute
+        (see :mod:`.thresholds`)."""
+        return {"offset_": member.score_samples(X)}
+
+    def _fold_labels(self) -> np.ndarray | None:
+        """The training labels that stratify ``threshold_folds`` (conditional models)."""
+        return None
 
     def _offset_from(self, train_scores: np.ndarray) -> float:
         """Threshold on score_samples: the contamination quantile, or Tukey's lower fence."""

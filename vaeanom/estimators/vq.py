@@ -133,8 +133,8 @@ class VQVAEDetector(BaseDetector):
         (``benchmarks/compression_recipes.py``, which judges recipes on
         training images only); the earlier 30 epochs at 1e-3 in float32 took
         27 minutes.
-    contamination, batch_size, weight_decay, clip_grad_norm, validation_fraction,
-    patience, device, verbose, random_state :
+    contamination, threshold_folds, batch_size, weight_decay, clip_grad_norm,
+    validation_fraction, patience, device, verbose, random_state :
         As in :class:`vaeanom.VAEDetector`.
 
     Attributes
@@ -199,8 +199,8 @@ class VQVAEDetector(BaseDetector):
     def __init__(self, codebook_size="auto", code_dim=32, conv_channels=(48, 96),
                  hidden_dims=(256, 128), n_codes=4, backbone="auto", commitment_weight=0.25,
                  codebook_update="ema", ema_decay=0.99, dead_code_threshold=1.0,
-                 rate_weight=1.0, contamination=0.1, epochs=22, batch_size=128,
-                 learning_rate=2e-3, lr_schedule="constant", weight_decay=0.0,
+                 rate_weight=1.0, contamination=0.1, threshold_folds=None, epochs=22,
+                 batch_size=128, learning_rate=2e-3, lr_schedule="constant", weight_decay=0.0,
                  clip_grad_norm=10.0, validation_fraction=None, patience=10, precision="auto",
                  device="auto", verbose=0, random_state=None):
         self._set_params(locals())

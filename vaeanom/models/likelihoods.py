@@ -59,12 +59,20 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
 
 
 def bernoulli_log_prob_elementwise(x: Tensor, logits: Tensor) -> Tensor:
-    """log Bernoulli(x | sigmoid(logits)) per entry, for x in [0, 1] (grey levels allowed)."""
+    """log Bernoulli(x | sigmoid(logits)) per entry, for x in [0, 1].
+
+    A normalised log-probability only for binary x. Grey levels are allowed, as
+    the usual cross-entropy surrogate, but over x in [0, 1] its exponential
+    integrates to less than 1 (0.5 at p = 0.5, 0.21 at p = 0.99: the continuous
+    Bernoulli's constant is missing, Loaiza-Ganem & Cunningham 2019), and by an
+    amount that depends on the prediction: on grey levels it is a score, not a
+    density in nats.
+    """
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
-    """log Bernoulli(x | sigmoid(logits)) for x in [0, 1] (grey levels allowed), per row."""
+    """log Bernoulli(x | sigmoid(logits)) per row (see the elementwise version on grey levels)."""
     return _sum_rows(bernoulli_log_prob_elementwise(x, logits))
 
 

@@ -104,7 +104,9 @@ class VAE(nn.Module):
         """E_q[log p(x_j | z)] per entry (b, ...): the reconstruction term feature by feature.
 
         The same Monte-Carlo mean over z_l = mu + sigma * eps_l as ``forward``;
-        summed over features it is ``forward``'s ``log_px`` (up to float rounding).
+        summed over features it is ``forward``'s ``log_px`` (up to float rounding)
+        for a complete row. For a row with holes it is the observed entries'
+        terms as they are, where ``log_px`` scales their sum by d / observed.
         ``seen`` as in ``forward``.
         """
         mu, log_var = self.encode(x if seen is None else seen)
@@ -118,7 +120,10 @@ class VAE(nn.Module):
     def iwae(self, x: Tensor, eps: Tensor, context: Tensor | None = None) -> Tensor:
         """Importance-weighted bound log (1/L) sum_l p(x, z_l) / q(z_l|x), per row.
 
-        Tighter than the ELBO and tends to log p(x) as L grows (Burda et al. 2016).
+        Tighter than the ELBO in expectation, and tends to log p(x) as L grows
+        (Burda et al. 2016). Not row by row: the ELBO's KL is in closed form, the
+        bound's log p(z) - log q(z|x) is sampled, so with the noise fixed a row's
+        bound can fall a little below its ELBO at small L.
         With z = mu + sigma * eps, log p(z) - log q(z|x) = sum(-z^2/2 + eps^2/2 + log sigma):
         the 2 pi terms cancel.
         """
