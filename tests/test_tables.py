@@ -357,6 +357,7 @@ def test_pyarrow_decimals_with_holes_are_numbers():
 
 @pytest.mark.parametrize("convert", [
     lambda column: column.astype(object).where(column.notna(), None),     # NaN -> None
+    lambda column: column.astype(object).where(column.notna(), pd.NA),    # NaN -> pd.NA
     lambda column: column.map(lambda v: None if pd.isna(v) else decimal.Decimal(str(v))),
 ])
 def test_an_object_column_of_numbers_is_fitted_as_numbers(convert):

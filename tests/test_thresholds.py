@@ -1,6 +1,9 @@
 """threshold_folds: the contamination rule on out-of-fold scores, checked on real fits."""
 
+import pickle
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_digits
@@ -54,17 +57,49 @@ def test_a_conditional_model_gets_both_thresholds_from_stratified_folds():
                                   np.where(det.score_samples(X, y) < det.label_offset_, -1, 1))
 
 
-@pytest.mark.parametrize("fit", [
-    lambda: VAEDetector(**FAST, threshold_folds=5).fit(np.random.default_rng(0).normal(
-        size=(9, 3))),
-    lambda: VAEDetector(**FAST, threshold_folds=2, conditional=True).fit(
-        np.random.default_rng(0).normal(size=(20, 3)), [0] * 10 + [1] * 9 + [7]),
-], ids=["too few rows", "a label on one row"])
-def test_folds_that_cannot_work_are_refused_before_training(fit):
+def _column_seen_once() -> pd.DataFrame:
+    table = pd.DataFrame(np.random.default_rng(0).normal(size=(60, 3)), columns=list("abc"))
+    table["rare"] = np.nan
+    table.loc[10, "rare"] = 1.0
+    return table
+
+
+NORMAL = np.random.default_rng(0).normal(size=(20, 3))
+
+
+@pytest.mark.parametrize("fit, named", [
+    (lambda: VAEDetector(**FAST, threshold_folds=5).fit(NORMAL[:9]), "got 9"),
+    (lambda: VAEDetector(**FAST, threshold_folds=2, conditional=True).fit(
+        NORMAL, [0] * 10 + [1] * 9 + [7]), "[7]"),
+    (lambda: VAEDetector(**FAST, threshold_folds=5, conditional=True).fit(
+        NORMAL[:12], np.repeat(["a", "b", "c"], 4)), "threshold_folds=4 or fewer"),
+    (lambda: VAEDetector(**FAST, threshold_folds=3).fit(_column_seen_once()), "'rare' (1 rows)"),
+], ids=["too few rows", "a label on one row", "no label on K rows", "a column seen once"])
+def test_folds_that_cannot_work_are_refused_before_training(fit, named, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+    monkeypatch.setattr("vaeanom.training.fit", no_training)
     with pytest.raises(ValueError, match=r"threshold_folds=\d") as error:
         fit()
     assert "threshold_folds=None" in str(error.value)
-    assert "[7]" in str(error.value) or "got 9" in str(error.value)
+    assert named in str(error.value)
+
+
+def test_the_copies_train_silently_and_old_pickles_still_score(cancer, recwarn):
+    """Warnings and progress come once, from the detector's own fit; a detector pickled
+    before the parameter existed reads it as None."""
+    X = cancer[0].iloc[:60].assign(id=[f"u{i}" for i in range(60)])   # warns: an identifier
+    VAEDetector(**FAST).fit(X)
+    once = len(recwarn)
+    recwarn.clear()
+    det = VAEDetector(**FAST, threshold_folds=3).fit(X)
+    assert once >= 1 and len(recwarn) == once
+    del det.__dict__["threshold_folds"]                     # as pickled before it existed
+    det._fitted_params_.pop("threshold_folds")
+    old = pickle.loads(pickle.dumps(det))
+    assert old.threshold_folds is None
+    np.testing.assert_array_equal(old.predict(X), np.where(old.score_samples(X) < old.offset_,
+                                                           -1, 1))
 
 
 def test_partial_fit_refuses_folds_and_set_params_after_fit_is_caught(cancer, tmp_path):

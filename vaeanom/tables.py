@@ -420,7 +420,10 @@ def _warn_if_identifier(name, n_categories: int, n_observed: int) -> None:
 
 
 def _numeric(column: pd.Series, name) -> np.ndarray:
-    """A numeric column as float64 with NaN for every kind of missing value."""
+    """A numeric column as float64 with NaN for every kind of missing value (pd.NA in an
+    object column too, which ``astype("float64")`` refuses)."""
+    if column.dtype == object:
+        column = column.where(column.notna(), np.nan)
     try:
         return column.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError):

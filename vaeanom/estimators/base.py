@@ -28,7 +28,7 @@ from ..checks import column_names, finite_scores, outlier_labels
 from ..preprocessing import Preprocessing
 from ..tables import TableSchema
 from . import inputs, persistence
-from .thresholds import check_folds, out_of_fold_thresholds
+from .thresholds import folds_for, out_of_fold_thresholds
 from .params import (AnyOf, InvalidParameterError, Number, OneOf, RandomState, Rule,
                      validate_params)
 
@@ -180,6 +180,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     #: matches them (see :meth:`_refuse_changes_since_fit`)
     _state_params: ClassVar[tuple[str, ...]] = ()
     _threshold_params: ClassVar[tuple[str, ...]] = ("contamination", "threshold_folds")
+    #: what detectors pickled before the parameter existed read (get_params asks for it)
+    threshold_folds = None
 
     def _set_params(self, params: dict[str, Any]) -> None:
         """Store the constructor's arguments as they are (``__init__`` passes ``locals()``)."""
@@ -231,9 +233,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         x = self._preprocess(X, fitting=True)
         data = self._training_data(x, y)
         self._resolved_score_kind()  # refuse a score kind this data can't have before training
-        if self.threshold_folds is not None:
-            check_folds(len(x), self.threshold_folds, self._fold_labels())
         seed = _seed_from(self.random_state)
+        labels = self._fold_labels() if self.threshold_folds is not None else None
+        folds = None if self.threshold_folds is None else folds_for(self, x.cpu().numpy(), seed,
+                                                                     labels)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # layer init uses the global RNG: fence it
             torch.manual_seed(seed)
@@ -252,10 +255,9 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 "training diverged: the fitted model cannot score its training data (threshold "
                 f"{', '.join(map(str, thresholds))}). Try a lower learning_rate (now "
                 f"{self.learning_rate}) or set clip_grad_norm (e.g. 1.0).")
-        if self.threshold_folds is not None:
-            for name, value in out_of_fold_thresholds(self, X, y, len(x), seed,
-                                                      self._fold_labels()).items():
-                setattr(self, name, value)
+        if folds is not None:
+            self.__dict__.update(out_of_fold_thresholds(self, X, y, folds, seed,
+                                                        conditional=labels is not None))
         return self
 
     def partial_fit(self, X, y=None):

@@ -177,7 +177,8 @@ class VAEDetector(BaseDetector):
         scores instead, so that about ``contamination`` of *new* rows from the
         training distribution are flagged: K copies of the detector, each fitted
         on all folds but one with these parameters, score the rows they did not
-        see (cross-conformal, :mod:`vaeanom.estimators.thresholds`). At 0.1
+        see (a cross-fitted heuristic with no coverage guarantee,
+        :mod:`vaeanom.estimators.thresholds`). At 0.1
         and K=5, 9-11% of new normal rows are flagged on the three tables of
         ``benchmarks/threshold_new_rows.py`` (16-88% with None). The
         detector is still fitted on every row and its scores do not change;
