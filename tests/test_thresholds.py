@@ -117,6 +117,20 @@ def test_partial_fit_refuses_folds_and_set_params_after_fit_is_caught(cancer, tm
         det.predict(X)
 
 
+def test_an_array_like_without_indexing_is_split_too(cancer):
+    """scikit-learn's _NotAnArray: only __array__, as fit accepts."""
+    class OnlyArray:
+        def __init__(self, values):
+            self.values = values
+
+        def __array__(self, dtype=None, copy=None):
+            return self.values if dtype is None else self.values.astype(dtype)
+
+    X = cancer[0].to_numpy()[:60]
+    det = VAEDetector(**FAST, threshold_folds=2).fit(OnlyArray(X))
+    assert det.offset_ == VAEDetector(**FAST, threshold_folds=2).fit(X).offset_
+
+
 def test_vq_detector_takes_folds_too(digit_images):
     images = digit_images[0][:80]
     det = VQVAEDetector(epochs=1, conv_channels=(4,), code_dim=2, codebook_size=4,

@@ -107,6 +107,8 @@ def out_of_fold_thresholds(detector: BaseDetector, X, y, splits: Folds, seed: in
     has shown its warnings and progress once."""
     scores: dict[str, np.ndarray] = {}
     n_rows = sum(len(held_out) for _, held_out in splits)
+    X, y = (v if v is None or hasattr(v, "__getitem__") else np.asarray(v)   # __array__ only
+            for v in (X, y))
     for fold, (train, held_out) in enumerate(splits):
         member = clone(detector).set_params(threshold_folds=None, random_state=_seed(seed),
                                             verbose=0)

@@ -183,7 +183,9 @@ class VAEDetector(BaseDetector):
         ``benchmarks/threshold_new_rows.py`` (16-88% with None). The
         detector is still fitted on every row and its scores do not change;
         fit costs K more fits. Folds are stratified by label for a conditional
-        model. Not for ``partial_fit``.
+        model. Not for ``partial_fit``. The training rows are then flagged
+        less often than ``contamination``, so scikit-learn's outlier checks
+        hold for None only.
     epochs : int or "auto", default="auto"
         Passes over the training data. "auto" is 30 for images and, for rows,
         as many as make about ``ROW_STEPS`` = 1000 gradient steps whatever the
