@@ -116,3 +116,22 @@ def test_precision_at_n_ignores_row_order_among_ties(rows, rng):
     ranked = np.sort(score)[::-1]
     if n == len(rows) or ranked[n - 1] != ranked[n]:
         assert value == pytest.approx(labels[np.argsort(-score, kind="stable")[:n]].mean())
+
+
+def test_anomaly_roc_auc_is_the_scorer_a_search_needs(case):
+    """scikit-learn's "roc_auc" ranks decision_function (higher = normal): with anomalies
+    labelled 1 it gives 1 - AUC. anomaly_roc_auc reads labels as evaluate does."""
+    from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+
+    from vaeanom import anomaly_roc_auc
+
+    det, split = case
+    expected = evaluate(det, split.X_test, split.y_test)["value"]["roc_auc"]
+    for y in (split.y_test, split.y_test.astype(bool), np.where(split.y_test == 1, -1, 1)):
+        assert anomaly_roc_auc(det, split.X_test, y) == expected
+    folds = KFold(2, shuffle=True, random_state=0)
+    ours = cross_val_score(det, split.X_test, split.y_test, scoring=anomaly_roc_auc, cv=folds)
+    theirs = cross_val_score(det, split.X_test, split.y_test, scoring="roc_auc", cv=folds)
+    np.testing.assert_allclose(ours, 1 - theirs)
+    search = GridSearchCV(det, {"latent_dim": [2, 3]}, scoring=anomaly_roc_auc, cv=folds)
+    assert search.fit(split.X_test, split.y_test).best_score_ > 0.5

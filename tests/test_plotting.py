@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaeanom.plotting import (save_image_grid, save_roc_curve, save_score_histograms,
-                              save_training_curves)
+from vaeanom.plotting import (save_explanation, save_image_grid, save_roc_curve,
+                              save_score_histograms, save_training_curves)
 
 
 def _bar_pixels(path) -> int:
@@ -83,3 +83,29 @@ def test_image_grids_take_one_image_and_name_their_mistakes(tmp_path):
                                   (np.zeros(5), 8, r"\(n, H, W\)")]:
         with pytest.raises(ValueError, match=message):
             save_image_grid(images, tmp_path / "bad.png", nrow=nrow)
+
+
+def test_predicts_minus_one_labels_are_drawn_as_anomalies(tmp_path):
+    """-1 marks an outlier (predict, evaluate); the plots drew -1/+1 labels upside down:
+    the normal rows as "anomaly" and the anomalies not at all."""
+    rng = np.random.default_rng(0)
+    scores, anomalies = rng.normal(size=80), rng.random(80) < 0.3
+    scores[anomalies] -= 3.0
+    for labels, name in ((anomalies.astype(int), "01"), (np.where(anomalies, -1, 1), "pm")):
+        save_score_histograms(scores, labels, 0.0, tmp_path / f"h_{name}.png")
+        save_roc_curve(labels, -scores, tmp_path / f"r_{name}.png")
+    for kind in ("h", "r"):
+        assert (Image.open(tmp_path / f"{kind}_01.png").tobytes()
+                == Image.open(tmp_path / f"{kind}_pm.png").tobytes())
+    with pytest.raises(ValueError, match="mark anomalies"):
+        save_roc_curve(np.arange(80) % 3, -scores, tmp_path / "bad.png")
+
+
+def test_an_image_map_is_drawn_as_a_heat_map(tmp_path):
+    pixels = np.zeros((8, 8))
+    pixels[0:2, 0:2] = 40.0                   # nats: far outside an image's [0, 1]
+    save_explanation(pixels, tmp_path / "map.png")
+    image = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(int)
+    assert ((image[..., 0] > 150) & (image[..., 2] < 80)).sum() > 50     # the red corner
+    with pytest.raises(ValueError, match=r"det.explain\(images\)\[i\]"):
+        save_explanation(np.zeros((2, 8, 8)), tmp_path / "maps.png")

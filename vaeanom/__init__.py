@@ -16,6 +16,7 @@ _EXPORTS = {
     "OnnxModel": "vaeanom.runtime",
     "Preprocessing": "vaeanom.preprocessing",
     "evaluate": "vaeanom.evaluation",
+    "anomaly_roc_auc": "vaeanom.evaluation",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -14,8 +14,24 @@ from sklearn.utils.validation import check_consistent_length, column_or_1d
 from .checks import is_outlier, rankable_scores
 
 
-def _anomaly_labels(y) -> np.ndarray:
-    """y as 0/1 with 1 = anomaly; accepts bool, 0/1 and scikit-learn's +1/-1."""
+def anomaly_roc_auc(detector, X, y) -> float:
+    """A scorer for ``GridSearchCV(..., scoring=anomaly_roc_auc)`` and ``cross_val_score``:
+    ROC-AUC of ``-score_samples(X)`` against ``y`` with anomalies as the positive class
+    (1, True, or -1 as ``predict`` marks them), as :func:`evaluate` reads labels.
+
+    scikit-learn's ``scoring="roc_auc"`` ranks ``decision_function``, which is higher
+    for *normal* rows: with anomalies labelled 1 (PyOD's habit) it gives 1 - AUC, and a
+    search picks the worst setting. Higher is better here, as scorers need.
+    """
+    labels = _anomaly_labels(y)
+    scores = np.asarray(detector.score_samples(X), dtype=np.float64)
+    check_consistent_length(scores, labels)
+    return float(roc_auc_score(labels, -rankable_scores(scores)))
+
+
+def _anomaly_labels(y, *, both_classes: bool = True) -> np.ndarray:
+    """y as 0/1 with 1 = anomaly; accepts bool, 0/1 and scikit-learn's +1/-1. A single
+    class is refused where a metric needs both (``both_classes``)."""
     y = column_or_1d(np.asarray(y, dtype=object) if isinstance(y, list) else y)
     missing = pd.isna(y)
     if missing.any():
@@ -29,7 +45,7 @@ def _anomaly_labels(y) -> np.ndarray:
     else:
         raise ValueError(f"y must mark anomalies with 1 (or True, or -1 as predict does) and "
                          f"normal rows with 0; got values {sorted(values)[:5]}.")
-    if labels.min() == labels.max():
+    if both_classes and labels.min() == labels.max():
         raise ValueError("y holds one class only; ROC-AUC needs normal rows and anomalies.")
     return labels
 

@@ -26,9 +26,19 @@ def _save(figure, path: str | os.PathLike) -> None:
                                                    bbox_inches="tight"))
 
 
+def _anomalies(labels, both_classes: bool = True) -> np.ndarray:
+    """Labels as 0/1, 1 = anomaly, read as :func:`vaeanom.evaluate` reads them (1 or True,
+    or -1 as ``predict`` marks them); a -1/+1 array was drawn upside down."""
+    from .evaluation import _anomaly_labels
+
+    return _anomaly_labels(labels, both_classes=both_classes)
+
+
 def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
-    """ROC curve of ``anomaly_score`` (higher = more anomalous) against 0/1 labels; a
-    NaN or infinite anomaly score ranks as the most anomalous (the outlier rule)."""
+    """ROC curve of ``anomaly_score`` (higher = more anomalous) against labels that mark
+    anomalies with 1 (or True, or -1 as ``predict`` does); a NaN or infinite anomaly
+    score ranks as the most anomalous (the outlier rule)."""
+    labels = _anomalies(labels)
     anomaly_score = -rankable_scores(-np.asarray(anomaly_score, dtype=np.float64))
     from sklearn.metrics import RocCurveDisplay
 
@@ -40,12 +50,13 @@ def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
 
 
 def save_score_histograms(scores: np.ndarray, labels: np.ndarray, offset: float, path) -> None:
-    """Histograms of ``score_samples`` for normal rows and anomalies, with the threshold.
+    """Histograms of ``score_samples`` for normal rows and anomalies, with the threshold;
+    ``labels`` as :func:`save_roc_curve` reads them.
 
     A row that could not be scored (-inf, NaN) is drawn in the lowest bin, as the
     least normal; histograms would otherwise drop it, or draw nothing at all."""
     scores = rankable_scores(scores)
-    labels = np.asarray(labels)
+    labels = _anomalies(labels, both_classes=False)
     figure, ax = _subplots(figsize=(6, 3.5))
     low, high = np.percentile(scores, [0.5, 100])
     bins = np.linspace(low, high, 60)
@@ -60,13 +71,19 @@ def save_score_histograms(scores: np.ndarray, labels: np.ndarray, offset: float,
 
 def save_explanation(contributions, path, top: int = 10) -> None:
     """One row's feature contributions (a row of ``det.explain(X)``, or its one-row
-    frame, ``det.explain(X.iloc[[i]])``) as a bar chart.
+    frame, ``det.explain(X.iloc[[i]])``) as a bar chart; one image's map
+    (``det.explain(images)[i]``, shape (H, W)) as a heat map.
 
     The ``top`` largest, most anomalous at the top; a feature's bar is its
-    negative log-likelihood in nats above its training median.
+    negative log-likelihood in nats above its training median. A map's colours
+    are the same nats, red above the training median and blue below, on a scale
+    symmetric about 0 (``top`` does not apply).
     """
     import pandas as pd
 
+    if isinstance(contributions, np.ndarray) and contributions.ndim >= 2:
+        _save_pixel_map(contributions, path)
+        return
     if isinstance(contributions, pd.DataFrame):
         if len(contributions) != 1:
             raise ValueError(f"contributions has {len(contributions)} rows; draw one row, "
@@ -83,10 +100,30 @@ def save_explanation(contributions, path, top: int = 10) -> None:
     _save(figure, path)
 
 
+def _save_pixel_map(contributions: np.ndarray, path) -> None:
+    """One image's per-pixel contributions (H, W) as a heat map with a colour bar in nats."""
+    if contributions.ndim != 2:
+        raise ValueError(f"save_explanation draws one image's map, shape (H, W); got shape "
+                         f"{contributions.shape}. Pass det.explain(images)[i].")
+    values = np.asarray(contributions, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    limit = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+    height, width = values.shape
+    figure, ax = _subplots(figsize=(1.2 + 4.0 * width / max(height, width),
+                                    0.8 + 4.0 * height / max(height, width)))
+    shown = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    figure.colorbar(shown, ax=ax, label="nats above the training median")
+    ax.set_axis_off()
+    ax.set_title("per-pixel contribution")
+    _save(figure, path)
+
+
 def save_image_grid(images: np.ndarray, path, nrow: int = 8, scale: int = 4) -> None:
     """Images (n, H, W) or (n, C, H, W), floats in [0, 1] or uint8 in 0..255 (as the
     estimators take them), as one grid PNG, ``nrow`` to a row, each pixel drawn
-    ``scale`` x ``scale`` (torchvision's make_grid)."""
+    ``scale`` x ``scale`` (torchvision's make_grid). Floats are clipped to [0, 1]
+    (a decoded image can overshoot a little); ``explain`` maps are nats, not pixels:
+    draw them with :func:`save_explanation`."""
     import torch
     from torchvision.utils import save_image
 

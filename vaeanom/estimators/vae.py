@@ -143,7 +143,10 @@ class VAEDetector(BaseDetector):
         row's code to its 5 nearest training codes, the three voting
         together, (images only) the ELBO corrected by the image's
         complexity, or (hierarchical VAEs only) the likelihood ratio of
-        ``latent_dim``. "auto" is "elbo_complexity" for images and "elbo_kl_knn"
+        ``latent_dim``. "auto" is "elbo_complexity" for images (its weight was
+        chosen for the MLP's standardised pixels: with ``backbone="conv"`` it
+        ranked a small bright defect as more normal, so use "elbo" there;
+        ``benchmarks/image_defects.py``) and "elbo_kl_knn"
         for rows ("elbo" for the rows of a conditional or hierarchical VAE,
         which score by their bounds alone). See :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
         name for the ``score(X, y)`` method that model selection calls.)
