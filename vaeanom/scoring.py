@@ -166,16 +166,10 @@ class LatentNeighbours(nn.Module):
         self.k = int(min(k, len(bank) - 1))
         self.register_buffer("bank", bank.float())
 
-    def forward(self, mu: Tensor, exclude_self: bool = False,
-                own: Tensor | None = None) -> Tensor:
-        """``own`` (fit time only): each row's own code's index in the bank, or -1; that
-        code is left out, for a training row seen with a hole (no longer its nearest)."""
+    def forward(self, mu: Tensor, exclude_self: bool = False) -> Tensor:
         # differences, not |a|^2 - 2ab + |b|^2: that form cancels in float32 for near
         # neighbours, and the runtimes' matmuls would then disagree in the last digits
         squared = (mu[:, None, :] - self.bank[None]).pow(2).sum(-1)        # (b, bank)
-        if own is not None:
-            rows = torch.arange(len(mu), device=mu.device)[own >= 0]
-            squared[rows, own[own >= 0]] = float("inf")
         k = self.k + int(exclude_self)
         nearest = torch.topk(squared, k, dim=1, largest=False).values
         return nearest[:, int(exclude_self):].sqrt().mean(1)

@@ -239,10 +239,7 @@ class VAEDetector(BaseDetector):
     score_reference_ : ndarray of shape (3, 2)
         Median and interquartile range of -ELBO, of KL and of the latent kNN
         distance on the training rows (each training row leaving its own code
-        out): the units of the "elbo_kl" and "elbo_kl_knn" votes. For the
-        table model, over the training rows and a copy of them with one entry
-        hidden per row, so that a hole's shift of the code is not an anomaly
-        by itself (README, "Missing values").
+        out): the units of the "elbo_kl" and "elbo_kl_knn" votes.
     categories_ : list of (list of str or None)
         Table models only: per column, None (numeric) or the categories seen in fit.
     classes_, class_log_prior_ : ndarray of shape (n_classes,)
@@ -475,42 +472,10 @@ class VAEDetector(BaseDetector):
         distance = self._map_chunks(neighbours, torch.from_numpy(codes).float())
         distance[in_bank] = self._map_chunks(lambda mu: neighbours(mu, exclude_self=True),
                                              torch.from_numpy(self.latent_bank_))
-        vote_terms = (-terms.elbo, terms.kl, distance)
-        if self._table_schema() is not None and x.shape[1] > 1:
-            vote_terms = self._with_holed_copies(vote_terms, x, in_bank, generator)
-        self.score_reference_ = term_reference(*vote_terms)
+        self.score_reference_ = term_reference(-terms.elbo, terms.kl, distance)
         self.explain_reference_ = np.zeros(tuple(x.shape[1:]), dtype=np.float32)
         nll = self._map_chunks(self._contributions(), x)            # reference 0: the raw NLL
         self.explain_reference_ = _median_observed(nll).astype(np.float32)
-
-    def _with_holed_copies(self, vote_terms: tuple[np.ndarray, ...], x: Tensor,
-                           in_bank: np.ndarray, generator: torch.Generator
-                           ) -> tuple[np.ndarray, ...]:
-        """The vote's terms on the training rows and on a copy of them with one entry
-        hidden per row, as the table model was trained to see them.
-
-        A hole shifts a row's code. Where the codes hold little (a narrow table's
-        median KL can be 0.003 nats), the KL and latent kNN terms spread so little
-        over complete rows that the shift alone put every holed row beyond the
-        threshold (``benchmarks/holes_narrow_tables.py``). Units that include rows
-        with a hole count that shift as the ordinary variation it is. A copy left
-        with no observed entry is dropped; a copy of a bank row leaves its own code
-        out of its neighbours, as the row itself does.
-        """
-        device = next(self.model_.parameters()).device
-        holed = self._hide_entries(x, generator)
-        kept = torch.isnan(holed).logical_not().any(dim=1).cpu()
-        holed, rows = holed[kept.to(holed.device)], torch.arange(len(x))[kept]
-        scorer = Scorer(self.model_, torch.from_numpy(self.noise_).to(device), "elbo")
-        terms = self._map_chunks(scorer.terms, holed)
-        codes = torch.from_numpy(self._map_chunks(lambda r: self.model_.encode(r)[0], holed))
-        bank_index = torch.full((len(x),), -1, dtype=torch.long)
-        bank_index[torch.from_numpy(in_bank)] = torch.arange(len(in_bank))
-        neighbours = self._neighbours()
-        distance = self._map_chunks(lambda mu, own: neighbours(mu, own=own), codes.float(),
-                                    bank_index[rows])
-        holed_terms = (-terms.elbo, terms.kl, distance)
-        return tuple(np.concatenate([a, b]) for a, b in zip(vote_terms, holed_terms))
 
     def _contributions(self) -> FeatureContributions:
         device = next(self.model_.parameters()).device
