@@ -69,7 +69,8 @@ def flagged(detector, X_train, X_new, X_anomalies) -> dict[str, float]:
 def cross_fitted(params: dict, X_train, X_new, X_anomalies) -> dict[str, float]:
     """The shares under ``threshold_folds=FOLDS`` (the same scores, another offset_)."""
     detector = VAEDetector(**params, threshold_folds=FOLDS).fit(X_train)
-    return {f"new rows, threshold_folds={FOLDS}": share_flagged(detector, X_new),
+    return {f"training rows, threshold_folds={FOLDS}": share_flagged(detector, X_train),
+            f"new rows, threshold_folds={FOLDS}": share_flagged(detector, X_new),
             f"new anomalies, threshold_folds={FOLDS}": share_flagged(detector, X_anomalies)}
 
 

@@ -102,10 +102,27 @@ def test_predicts_minus_one_labels_are_drawn_as_anomalies(tmp_path):
 
 
 def test_an_image_map_is_drawn_as_a_heat_map(tmp_path):
-    pixels = np.zeros((8, 8))
-    pixels[0:2, 0:2] = 40.0                   # nats: far outside an image's [0, 1]
-    save_explanation(pixels, tmp_path / "map.png")
-    image = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(int)
-    assert ((image[..., 0] > 150) & (image[..., 2] < 80)).sum() > 50     # the red corner
+    """Red above the training median, blue below: the same colour bar (symmetric about
+    0) in both drawings, so only the corner cells can differ, by their colour."""
+    def colours(sign: float) -> tuple[int, int]:
+        pixels = np.zeros((8, 8))
+        pixels[0:2, 0:2] = sign * 40.0           # nats: far outside an image's [0, 1]
+        save_explanation(pixels.tolist(), tmp_path / "map.png")       # a nested list too
+        image = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(int)
+        red = (image[..., 0] - image[..., 2] > 60).sum()
+        blue = (image[..., 2] - image[..., 0] > 60).sum()
+        return int(red), int(blue)
+
+    (red_up, blue_up), (red_down, blue_down) = colours(1.0), colours(-1.0)
+    assert red_up > red_down + 100 and blue_down > blue_up + 100
     with pytest.raises(ValueError, match=r"det.explain\(images\)\[i\]"):
         save_explanation(np.zeros((2, 8, 8)), tmp_path / "maps.png")
+
+
+def test_one_class_of_labels_is_drawn_when_it_says_which(tmp_path):
+    scores = np.random.default_rng(0).normal(size=20)
+    save_score_histograms(scores, np.zeros(20), 0.0, tmp_path / "normal.png")
+    save_score_histograms(scores, -np.ones(20), 0.0, tmp_path / "anomalies.png")
+    save_score_histograms(scores, np.ones(20, dtype=bool), 0.0, tmp_path / "true.png")
+    with pytest.raises(ValueError, match="all 1"):      # anomalies as 0/1, inliers as -1/+1
+        save_score_histograms(scores, np.ones(20), 0.0, tmp_path / "ones.png")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_digits
-from sklearn.model_selection import KFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from vaeanom import VAEDetector, VQVAEDetector
 from vaeanom.datasets import digits_one_class
@@ -50,9 +50,15 @@ def test_a_conditional_model_gets_both_thresholds_from_stratified_folds():
     X, y = load_digits(return_X_y=True)
     X, y = X[:200] / 16.0, y[:200]
     det = VAEDetector(**FAST, conditional=True, threshold_folds=2).fit(X, y)
+    marginal, given = np.empty(len(X)), np.empty(len(X))
+    for train, held_out in StratifiedKFold(2, shuffle=True, random_state=0).split(X, y):
+        member = clone(det).set_params(threshold_folds=None).fit(X[train], y[train])
+        marginal[held_out] = member.score_samples(X[held_out])
+        given[held_out] = member.score_samples(X[held_out], y[held_out])
+    assert det.offset_ == np.percentile(marginal, 10)
+    assert det.label_offset_ == np.percentile(given, 10)
     plain = clone(det).set_params(threshold_folds=None).fit(X, y)
     np.testing.assert_array_equal(det.score_samples(X, y), plain.score_samples(X, y))
-    assert det.offset_ != plain.offset_ and det.label_offset_ != plain.label_offset_
     np.testing.assert_array_equal(det.predict(X, y),
                                   np.where(det.score_samples(X, y) < det.label_offset_, -1, 1))
 
@@ -85,15 +91,16 @@ def test_folds_that_cannot_work_are_refused_before_training(fit, named, monkeypa
     assert named in str(error.value)
 
 
-def test_the_copies_train_silently_and_old_pickles_still_score(cancer, recwarn):
+def test_the_copies_train_silently_and_old_pickles_still_score(cancer, recwarn, capsys):
     """Warnings and progress come once, from the detector's own fit; a detector pickled
     before the parameter existed reads it as None."""
     X = cancer[0].iloc[:60].assign(id=[f"u{i}" for i in range(60)])   # warns: an identifier
-    VAEDetector(**FAST).fit(X)
-    once = len(recwarn)
+    VAEDetector(**FAST, verbose=1).fit(X)
+    once, bars = len(recwarn), capsys.readouterr().err.count("?epoch/s]")   # a bar's first line
     recwarn.clear()
-    det = VAEDetector(**FAST, threshold_folds=3).fit(X)
+    det = VAEDetector(**FAST, verbose=1, threshold_folds=3).fit(X)
     assert once >= 1 and len(recwarn) == once
+    assert bars == 1 and capsys.readouterr().err.count("?epoch/s]") == 1
     del det.__dict__["threshold_folds"]                     # as pickled before it existed
     det._fitted_params_.pop("threshold_folds")
     old = pickle.loads(pickle.dumps(det))
@@ -135,6 +142,10 @@ def test_vq_detector_takes_folds_too(digit_images):
     images = digit_images[0][:80]
     det = VQVAEDetector(epochs=1, conv_channels=(4,), code_dim=2, codebook_size=4,
                         random_state=0, threshold_folds=2).fit(images)
+    out_of_fold = np.empty(len(images))
+    for train, held_out in KFold(2, shuffle=True, random_state=0).split(images):
+        member = clone(det).set_params(threshold_folds=None).fit(images[train])
+        out_of_fold[held_out] = member.score_samples(images[held_out])
+    assert det.offset_ == np.percentile(out_of_fold, 10)
     plain = clone(det).set_params(threshold_folds=None).fit(images)
     np.testing.assert_array_equal(det.score_samples(images), plain.score_samples(images))
-    assert det.offset_ != plain.offset_

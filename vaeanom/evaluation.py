@@ -23,15 +23,16 @@ def anomaly_roc_auc(detector, X, y) -> float:
     for *normal* rows: with anomalies labelled 1 (PyOD's habit) it gives 1 - AUC, and a
     search picks the worst setting. Higher is better here, as scorers need.
     """
-    labels = _anomaly_labels(y)
+    labels = anomaly_labels(y)
     scores = np.asarray(detector.score_samples(X), dtype=np.float64)
     check_consistent_length(scores, labels)
     return float(roc_auc_score(labels, -rankable_scores(scores)))
 
 
-def _anomaly_labels(y, *, both_classes: bool = True) -> np.ndarray:
+def anomaly_labels(y, *, both_classes: bool = True) -> np.ndarray:
     """y as 0/1 with 1 = anomaly; accepts bool, 0/1 and scikit-learn's +1/-1. A single
-    class is refused where a metric needs both (``both_classes``)."""
+    class is refused where a metric needs both (``both_classes``); otherwise all 1s are
+    refused too, since they are anomalies as 0/1 and inliers as ``predict`` marks them."""
     y = column_or_1d(np.asarray(y, dtype=object) if isinstance(y, list) else y)
     missing = pd.isna(y)
     if missing.any():
@@ -45,6 +46,10 @@ def _anomaly_labels(y, *, both_classes: bool = True) -> np.ndarray:
     else:
         raise ValueError(f"y must mark anomalies with 1 (or True, or -1 as predict does) and "
                          f"normal rows with 0; got values {sorted(values)[:5]}.")
+    if not both_classes and values == {1} and not isinstance(next(iter(values)), bool):
+        raise ValueError("y is all 1: anomalies as 0/1 labels, inliers as predict's -1/+1. "
+                         "Pass True for anomalies (or -1 as predict does), False for normal "
+                         "rows.")
     if both_classes and labels.min() == labels.max():
         raise ValueError("y holds one class only; ROC-AUC needs normal rows and anomalies.")
     return labels
@@ -53,7 +58,8 @@ def _anomaly_labels(y, *, both_classes: bool = True) -> np.ndarray:
 def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd.DataFrame:
     """Metrics of a fitted detector on (X, y), one row per metric.
 
-    ``y`` marks anomalies with 1 (or True) and normal rows with 0. Threshold-free
+    ``y`` marks anomalies with 1 (or True) and normal rows with 0, or anomalies with -1
+    and normal rows with +1, as ``predict`` does. Threshold-free
     metrics rank by ``-score_samples`` (ROC-AUC, average precision,
     precision@n with n the number of true anomalies); precision, recall and F1
     use the fitted threshold, i.e. ``predict``; then the counts n_anomalies, n_flagged and
@@ -61,7 +67,7 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     curve (``roc.png``) and the score histograms by class (``scores.png``)
     are saved there.
     """
-    labels = _anomaly_labels(y)
+    labels = anomaly_labels(y)
     scores = np.asarray(detector.score_samples(X), dtype=np.float64)
     check_consistent_length(scores, labels)
     offset = _threshold_of(detector, X, scores)

@@ -29,9 +29,9 @@ def _save(figure, path: str | os.PathLike) -> None:
 def _anomalies(labels, both_classes: bool = True) -> np.ndarray:
     """Labels as 0/1, 1 = anomaly, read as :func:`vaeanom.evaluate` reads them (1 or True,
     or -1 as ``predict`` marks them); a -1/+1 array was drawn upside down."""
-    from .evaluation import _anomaly_labels
+    from .evaluation import anomaly_labels
 
-    return _anomaly_labels(labels, both_classes=both_classes)
+    return anomaly_labels(labels, both_classes=both_classes)
 
 
 def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
@@ -81,8 +81,8 @@ def save_explanation(contributions, path, top: int = 10) -> None:
     """
     import pandas as pd
 
-    if isinstance(contributions, np.ndarray) and contributions.ndim >= 2:
-        _save_pixel_map(contributions, path)
+    if not isinstance(contributions, (pd.DataFrame, pd.Series)) and np.ndim(contributions) >= 2:
+        _save_pixel_map(np.asarray(contributions, dtype=np.float64), path)
         return
     if isinstance(contributions, pd.DataFrame):
         if len(contributions) != 1:

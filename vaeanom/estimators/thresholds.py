@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.utils import _safe_indexing
 
 from ..checks import column_names
 from ..training import TrainingDivergedError
@@ -107,20 +106,18 @@ def out_of_fold_thresholds(detector: BaseDetector, X, y, splits: Folds, seed: in
     has shown its warnings and progress once."""
     scores: dict[str, np.ndarray] = {}
     n_rows = sum(len(held_out) for _, held_out in splits)
-    X, y = (v if v is None or hasattr(v, "__getitem__") else np.asarray(v)   # __array__ only
-            for v in (X, y))
     for fold, (train, held_out) in enumerate(splits):
         member = clone(detector).set_params(threshold_folds=None, random_state=_seed(seed),
                                             verbose=0)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                member.fit(_safe_indexing(X, train), _rows(y, train) if conditional else None)
+                member.fit(_take(X, train), _rows(y, train) if conditional else None)
         except (ValueError, TrainingDivergedError) as error:
             raise type(error)(f"threshold_folds={detector.threshold_folds}: the copy fitted "
                               f"without fold {fold + 1} failed ({error}). Use fewer folds, or "
                               "set threshold_folds=None.") from error
-        fold_scores = detector._fold_scores(member, _safe_indexing(X, held_out),
+        fold_scores = detector._fold_scores(member, _take(X, held_out),
                                             _rows(y, held_out) if conditional else None)
         for name, values in fold_scores.items():
             scores.setdefault(name, np.empty(n_rows))[held_out] = values
@@ -133,4 +130,17 @@ def _seed(seed: int) -> int:
 
 
 def _rows(y, rows: np.ndarray):
-    return None if y is None else _safe_indexing(y, rows)
+    return None if y is None else _take(y, rows)
+
+
+def _take(X, rows: np.ndarray):
+    """The rows of X, in a container fit takes as it took X: pandas by position, a
+    pyarrow Table by ``take``, a list or tuple as a list, anything else (arrays, tensors,
+    array-likes with ``__array__`` only) as a numpy array."""
+    if hasattr(X, "iloc"):
+        return X.iloc[rows]
+    if hasattr(X, "schema") and hasattr(X, "take"):
+        return X.take(rows)
+    if isinstance(X, (list, tuple)):
+        return [X[i] for i in rows]
+    return np.asarray(X)[rows]
