@@ -23,10 +23,16 @@ def anomaly_roc_auc(detector, X, y) -> float:
     for *normal* rows: with anomalies labelled 1 (PyOD's habit) it gives 1 - AUC, and a
     search picks the worst setting. Higher is better here, as scorers need.
     """
+    labels, scores = _labels_and_scores(detector, X, y)
+    return float(roc_auc_score(labels, -rankable_scores(scores)))
+
+
+def _labels_and_scores(detector, X, y) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` read as 0/1 anomaly labels, and ``score_samples(X)``, checked to match."""
     labels = anomaly_labels(y)
     scores = np.asarray(detector.score_samples(X), dtype=np.float64)
     check_consistent_length(scores, labels)
-    return float(roc_auc_score(labels, -rankable_scores(scores)))
+    return labels, scores
 
 
 def anomaly_labels(y, *, both_classes: bool = True) -> np.ndarray:
@@ -67,9 +73,7 @@ def evaluate(detector, X, y, *, plots_to: str | os.PathLike | None = None) -> pd
     curve (``roc.png``) and the score histograms by class (``scores.png``)
     are saved there.
     """
-    labels = anomaly_labels(y)
-    scores = np.asarray(detector.score_samples(X), dtype=np.float64)
-    check_consistent_length(scores, labels)
+    labels, scores = _labels_and_scores(detector, X, y)
     offset = _threshold_of(detector, X, scores)
     anomaly_score = -rankable_scores(scores)
     flagged = is_outlier(scores, offset).astype(int)

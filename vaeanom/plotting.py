@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from .checks import check_count, rankable_scores
+from .evaluation import anomaly_labels   # labels read as evaluate reads them (-1/+1 too)
 from .fileio import atomic_write
 
 
@@ -26,19 +27,11 @@ def _save(figure, path: str | os.PathLike) -> None:
                                                    bbox_inches="tight"))
 
 
-def _anomalies(labels, both_classes: bool = True) -> np.ndarray:
-    """Labels as 0/1, 1 = anomaly, read as :func:`vaeanom.evaluate` reads them (1 or True,
-    or -1 as ``predict`` marks them); a -1/+1 array was drawn upside down."""
-    from .evaluation import anomaly_labels
-
-    return anomaly_labels(labels, both_classes=both_classes)
-
-
 def save_roc_curve(labels: np.ndarray, anomaly_score: np.ndarray, path) -> None:
     """ROC curve of ``anomaly_score`` (higher = more anomalous) against labels that mark
     anomalies with 1 (or True, or -1 as ``predict`` does); a NaN or infinite anomaly
     score ranks as the most anomalous (the outlier rule)."""
-    labels = _anomalies(labels)
+    labels = anomaly_labels(labels)
     anomaly_score = -rankable_scores(-np.asarray(anomaly_score, dtype=np.float64))
     from sklearn.metrics import RocCurveDisplay
 
@@ -56,7 +49,7 @@ def save_score_histograms(scores: np.ndarray, labels: np.ndarray, offset: float,
     A row that could not be scored (-inf, NaN) is drawn in the lowest bin, as the
     least normal; histograms would otherwise drop it, or draw nothing at all."""
     scores = rankable_scores(scores)
-    labels = _anomalies(labels, both_classes=False)
+    labels = anomaly_labels(labels, both_classes=False)
     figure, ax = _subplots(figsize=(6, 3.5))
     low, high = np.percentile(scores, [0.5, 100])
     bins = np.linspace(low, high, 60)
@@ -100,12 +93,11 @@ def save_explanation(contributions, path, top: int = 10) -> None:
     _save(figure, path)
 
 
-def _save_pixel_map(contributions: np.ndarray, path) -> None:
+def _save_pixel_map(values: np.ndarray, path) -> None:
     """One image's per-pixel contributions (H, W) as a heat map with a colour bar in nats."""
-    if contributions.ndim != 2:
+    if values.ndim != 2:
         raise ValueError(f"save_explanation draws one image's map, shape (H, W); got shape "
-                         f"{contributions.shape}. Pass det.explain(images)[i].")
-    values = np.asarray(contributions, dtype=np.float64)
+                         f"{values.shape}. Pass det.explain(images)[i].")
     finite = values[np.isfinite(values)]
     limit = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
     height, width = values.shape

@@ -234,9 +234,10 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         data = self._training_data(x, y)
         self._resolved_score_kind()  # refuse a score kind this data can't have before training
         seed = _seed_from(self.random_state)
-        labels = self._fold_labels() if self.threshold_folds is not None else None
-        folds = None if self.threshold_folds is None else folds_for(self, x.cpu().numpy(), seed,
-                                                                     labels)
+        folds = labels = None
+        if self.threshold_folds is not None:   # refused here, before any training
+            labels = self._fold_labels()
+            folds = folds_for(self, x.cpu().numpy(), seed, labels)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # layer init uses the global RNG: fence it
             torch.manual_seed(seed)

@@ -106,19 +106,19 @@ def out_of_fold_thresholds(detector: BaseDetector, X, y, splits: Folds, seed: in
     has shown its warnings and progress once."""
     scores: dict[str, np.ndarray] = {}
     n_rows = sum(len(held_out) for _, held_out in splits)
+    y = y if conditional else None
     for fold, (train, held_out) in enumerate(splits):
         member = clone(detector).set_params(threshold_folds=None, random_state=_seed(seed),
                                             verbose=0)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                member.fit(_take(X, train), _rows(y, train) if conditional else None)
+                member.fit(_take(X, train), _rows(y, train))
         except (ValueError, TrainingDivergedError) as error:
             raise type(error)(f"threshold_folds={detector.threshold_folds}: the copy fitted "
                               f"without fold {fold + 1} failed ({error}). Use fewer folds, or "
                               "set threshold_folds=None.") from error
-        fold_scores = detector._fold_scores(member, _take(X, held_out),
-                                            _rows(y, held_out) if conditional else None)
+        fold_scores = detector._fold_scores(member, _take(X, held_out), _rows(y, held_out))
         for name, values in fold_scores.items():
             scores.setdefault(name, np.empty(n_rows))[held_out] = values
     return {name: detector._offset_from(values) for name, values in scores.items()}

@@ -263,7 +263,7 @@ class VAEDetector(BaseDetector):
 
     _state_params: ClassVar = ("backbone", "hidden_dims", "conv_channels", "latent_dim",
                                "likelihood", "sigma", "conditional", "n_score_samples")
-    _threshold_params: ClassVar = ("contamination", "threshold_folds", "score_kind")
+    _threshold_params: ClassVar = (*BaseDetector._threshold_params, "score_kind")
     _rules: ClassVar = {
         "latent_dim": AnyOf((Number(1, integer=True), IntTuple(min_length=2))),
         "hidden_dims": IntTuple(),
