@@ -327,6 +327,48 @@ def test_images_default_to_standardised_pixels_and_the_complexity_score(digit_im
         .score_samples(images[:20]))
     conv = VAEDetector(epochs=2, latent_dim=4, backbone="conv", random_state=0).fit(images)
     assert np.all(conv.center_ == 0) and np.all(conv.scale_ == 1)  # conv sees [0, 1]
+    assert det.score_kind_ == "elbo_complexity"
+
+
+def _format_version(path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata()["format_version"]
+
+
+def test_conv_images_default_to_the_elbo_and_older_conv_models_keep_their_kind(
+        digit_images, tmp_path, monkeypatch):
+    """Under the conv model "elbo_complexity" ranked a bright corner defect as normal
+    (benchmarks/image_defects.py), so conv's "auto" is "elbo". A conv model fitted
+    before that change has its threshold on "elbo_complexity" scores: loaded from its
+    file or pickle it keeps scoring them."""
+    images, y = digit_images
+    conv = VAEDetector(epochs=2, latent_dim=4, backbone="conv", random_state=0).fit(images[y == 0])
+    assert conv.score_kind_ == "elbo"
+    elbo = clone(conv).set_params(score_kind="elbo").fit(images[y == 0])
+    np.testing.assert_array_equal(conv.score_samples(images[:20]), elbo.score_samples(images[:20]))
+    assert conv.offset_ == elbo.offset_
+
+    conv.save(tmp_path / "now.safetensors")
+    loaded = VAEDetector.load(tmp_path / "now.safetensors")
+    assert loaded.score_kind_ == "elbo"
+    assert _format_version(tmp_path / "now.safetensors") == "4"   # older vaeanom says "upgrade"
+    np.testing.assert_array_equal(loaded.score_samples(images[:20]), conv.score_samples(images[:20]))
+
+    monkeypatch.setattr(VAEDetector, "_saved_fitted_values",   # what earlier versions wrote
+                        lambda self: tuple(n for n in self._fitted_values if n != "score_kind_"))
+    conv.save(tmp_path / "before.safetensors")
+    assert _format_version(tmp_path / "before.safetensors") == "2"
+    older = VAEDetector.load(tmp_path / "before.safetensors")
+    assert older.score_kind_ == "elbo_complexity"
+    before = clone(conv).set_params(score_kind="elbo_complexity").fit(images[y == 0])
+    np.testing.assert_array_equal(older.score_samples(images[:20]),
+                                  before.score_samples(images[:20]))
+    pickled = copy.deepcopy(conv)
+    del pickled.score_kind_                                # a pickle from before
+    np.testing.assert_array_equal(pickled.score_samples(images[:20]),
+                                  before.score_samples(images[:20]))
 
 
 def test_image_only_score_kind_on_rows_says_so(fitted):

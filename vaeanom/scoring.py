@@ -47,7 +47,7 @@ Which score to use:
   selection half of benchmarks/anomaly_tabular.py it lifted the mean
   ROC-AUC from 0.866 ("elbo_kl") to 0.875, and equal weights did as well as
   any weighting tried.
-- ``"elbo_complexity"`` (images only; the default for images): the ELBO plus
+- ``"elbo_complexity"`` (images only; the default for the MLP's images): the ELBO plus
   ``COMPLEXITY_WEIGHT`` times the image's code length under a simple universal
   image code (:class:`ImageComplexity`), a likelihood ratio in the spirit of
   Serra et al. (ICLR 2020), "Input complexity and out-of-distribution

@@ -232,7 +232,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         validate_params(self, self._rules)
         x = self._preprocess(X, fitting=True)
         data = self._training_data(x, y)
-        self._resolved_score_kind()  # refuse a score kind this data can't have before training
+        self._fix_score_kind()  # refuses a score kind this data can't have, before training
         seed = _seed_from(self.random_state)
         folds = labels = None
         if self.threshold_folds is not None:   # refused here, before any training
@@ -304,7 +304,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 x = self._unseen_as_holes(self._preprocess(X))
             else:
                 x = self._preprocess(X, fitting=True)
-                self._resolved_score_kind()
+                self._fix_score_kind()
             stream = self._start_stream(x)
         else:
             x = self._unseen_as_holes(self._preprocess(X))
@@ -472,9 +472,17 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                              "Use backbone='mlp' or 'auto'.")
         return backbone
 
-    def _resolved_score_kind(self) -> str:
+    def _resolved_score_kind(self, fitting: bool = False) -> str:
         """The score kind ``score_samples`` computes (what an export records)."""
         return self.score_kind
+
+    def _fix_score_kind(self) -> None:
+        """Resolve the score kind for a new fit: refuses a kind this data can't have."""
+        self._resolved_score_kind(fitting=True)
+
+    def _saved_fitted_values(self) -> tuple[str, ...]:
+        """The fitted values ``save`` writes (those the detector has)."""
+        return self._fitted_values
 
     def _thresholds(self) -> tuple[float, ...]:
         """The fitted thresholds on scores (``offset_``, and any a subclass adds)."""
@@ -801,6 +809,8 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             model = detector._build_model(detector._model_shape(), detector.is_image_)
         model.load_state_dict(weights, strict=True)
         detector.model_ = model.to(training.resolve_device(device)).eval()
+        if "score_kind_" in cls._fitted_values and "score_kind_" not in detector.__dict__:
+            detector.score_kind_ = detector._resolved_score_kind()   # files record it for conv only
         detector._remember_fitted_params()
         return detector
 

@@ -31,15 +31,17 @@ from .. import digest
 from ..checks import are_class_labels
 from ..fileio import atomic_write
 from ..preprocessing import PIXEL_DTYPES, jsonable_params
+from ..scoring import SCORE_KINDS
 from ..tables import TableSchema
 from .params import InvalidParameterError, validate_params
 
 FORMAT = "vaeanom-model"
 #: 2: the metadata holds a SHA-256 seal of the file (version-1 files load unsealed);
-#: 3: a table model keeps how its categories decode (``category_levels_``). A file is
-#: written with the lowest version that holds it, so older vaeanom reads what it can and
+#: 3: a table model keeps how its categories decode (``category_levels_``);
+#: 4: a conv image model keeps the score kind "auto" resolved to (``score_kind_``). A file
+#: is written with the lowest version that holds it, so older vaeanom reads what it can and
 #: says "upgrade" of the rest.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _MARKER = b'"sha256":"'
 _REQUIRED = ("estimator", "params", "fitted")
 
@@ -52,7 +54,7 @@ def save(detector, path: str | os.PathLike) -> None:
         if not hasattr(detector, name):  # an optional array a file from an older version lacked
             continue
         tensors[f"array.{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(detector, name)))
-    fitted = {name: getattr(detector, name) for name in detector._fitted_values
+    fitted = {name: getattr(detector, name) for name in detector._saved_fitted_values()
               if hasattr(detector, name)}
     if "feature_names_in_" in fitted:
         fitted["feature_names_in_"] = [str(f) for f in fitted["feature_names_in_"]]
@@ -60,7 +62,7 @@ def save(detector, path: str | os.PathLike) -> None:
         fitted["classes_"] = np.asarray(fitted["classes_"]).tolist()
     from .. import __version__
 
-    version = FORMAT_VERSION if "category_levels_" in fitted else 2
+    version = 4 if "score_kind_" in fitted else 3 if "category_levels_" in fitted else 2
     metadata = {"format": FORMAT, "format_version": str(version),
                 "vaeanom_version": __version__, "estimator": type(detector).__name__,
                 "params": json.dumps(jsonable_params(detector.get_params(deep=False))),
@@ -203,6 +205,7 @@ _FITTED_CHECKS = {
     "label_offset_": _is_number,
     "n_code_classes_": lambda v: _is_int(v, 1),
     "quantisation_error_": lambda v: _is_number(v) and v >= 0,
+    "score_kind_": lambda v: v in (*SCORE_KINDS, "llr"),
 }
 _FITTED_REQUIRED = ("offset_", "n_features_in_", "input_shape_", "is_image_")
 

@@ -143,15 +143,17 @@ class VAEDetector(BaseDetector):
         row's code to its 5 nearest training codes, the three voting
         together, (images only) the ELBO corrected by the image's
         complexity, or (hierarchical VAEs only) the likelihood ratio of
-        ``latent_dim``. "auto" is "elbo_complexity" for images (its weight was
-        chosen for the MLP's standardised pixels: with ``backbone="conv"`` it
-        ranked a small bright defect as more normal, and on Fashion-MNIST it
-        scored a mean ROC-AUC of 0.764 against 0.935 for "elbo", so use
-        "elbo" there; ``benchmarks/image_defects.py``,
-        ``results/anomaly_images_conv.md``) and "elbo_kl_knn"
-        for rows ("elbo" for the rows of a conditional or hierarchical VAE,
-        which score by their bounds alone). See :mod:`vaeanom.scoring`. (Not called ``score``: scikit-learn reserves that
-        name for the ``score(X, y)`` method that model selection calls.)
+        ``latent_dim``. "auto" is "elbo_kl_knn" for rows ("elbo" for the rows
+        of a conditional or hierarchical VAE, which score by their bounds
+        alone), "elbo_complexity" for images under the MLP backbone, and
+        "elbo" under ``backbone="conv"``: the complexity weight was chosen
+        for the MLP's standardised pixels, and under the conv model it
+        ranked a small bright defect as more normal and scored a mean
+        ROC-AUC of 0.764 on Fashion-MNIST against 0.935 for "elbo"
+        (``benchmarks/image_defects.py``, ``results/anomaly_images_conv.md``).
+        The kind fit resolved is ``score_kind_``. See :mod:`vaeanom.scoring`.
+        (Not called ``score``: scikit-learn reserves that name for the
+        ``score(X, y)`` method that model selection calls.)
     n_score_samples : int, default=16
         Monte-Carlo samples of z per row for the ELBO and IWAE bounds; the noise
         is drawn once at fit time and shared by all rows, so scores are deterministic.
@@ -230,6 +232,8 @@ class VAEDetector(BaseDetector):
     label_offset_ : float
         Conditional models only: the same threshold for scores given labels,
         ``score_samples(X, y)``, on the training rows given their own.
+    score_kind_ : str
+        The score kind ``score_samples`` computes, "auto" resolved at fit.
     history_ : list of dict
         Per-epoch means of loss, elbo, reconstruction (-log p(x|z)) and kl.
     n_features_in_, feature_names_in_, input_shape_, is_image_
@@ -282,7 +286,8 @@ class VAEDetector(BaseDetector):
     }
     _fitted_arrays: ClassVar = ("center_", "scale_", "noise_", "score_reference_",
                                 "latent_bank_", "explain_reference_", "class_log_prior_")
-    _fitted_values: ClassVar = (*BaseDetector._fitted_values, "classes_", "label_offset_")
+    _fitted_values: ClassVar = (*BaseDetector._fitted_values, "classes_", "label_offset_",
+                                "score_kind_")
     _optional_arrays: ClassVar = ("explain_reference_",)   # files from before explain()
     _scoring_state: ClassVar = ("offset_", "noise_", "score_reference_", "latent_bank_",
                                 "explain_reference_")
@@ -560,8 +565,25 @@ class VAEDetector(BaseDetector):
             values["score_kind"] = self._resolved_score_kind()
         return values
 
-    def _resolved_score_kind(self) -> str:
-        """``score_kind`` with "auto" resolved; refuses image-only kinds on rows."""
+    def _fix_score_kind(self) -> None:
+        self.score_kind_ = self._resolved_score_kind(fitting=True)
+
+    def _saved_fitted_values(self) -> tuple[str, ...]:
+        """A file records ``score_kind_`` only where "auto" needs it (conv images, whose
+        "auto" changed), so that every other file stays readable by older vaeanom."""
+        if self.score_kind == "auto" and self._is_conv_images():
+            return self._fitted_values
+        return tuple(name for name in self._fitted_values if name != "score_kind_")
+
+    def _is_conv_images(self) -> bool:
+        return bool(self.is_image_) and self._backbone(True) == "conv"
+
+    def _resolved_score_kind(self, fitting: bool = False) -> str:
+        """``score_kind`` with "auto" resolved; refuses image-only kinds on rows.
+
+        A fitted conv image model keeps the kind it was fitted under: one fitted
+        before "auto" became "elbo" there (no ``score_kind_``) has its threshold
+        on "elbo_complexity" scores, and goes on scoring them."""
         if self.conditional and self.score_kind not in ("auto", *CONDITIONAL_SCORE_KINDS):
             raise ValueError(f"score_kind={self.score_kind!r} is not defined for "
                              f"conditional=True; use one of {CONDITIONAL_SCORE_KINDS} or 'auto'.")
@@ -572,9 +594,11 @@ class VAEDetector(BaseDetector):
             raise ValueError("score_kind='llr' needs a hierarchical VAE: give latent_dim as a "
                              "tuple of layer sizes, e.g. latent_dim=(32, 8).")
         if self.score_kind == "auto":
-            if self._bounds_only():
-                return "elbo_complexity" if self.is_image_ else "elbo"
-            return "elbo_complexity" if self.is_image_ else "elbo_kl_knn"
+            if not self.is_image_:
+                return "elbo" if self._bounds_only() else "elbo_kl_knn"
+            if not self._is_conv_images():
+                return "elbo_complexity"
+            return "elbo" if fitting else self.__dict__.get("score_kind_", "elbo_complexity")
         if self.score_kind in IMAGE_SCORE_KINDS and not self.is_image_:
             rows_kind = "elbo" if self._bounds_only() else "elbo_kl_knn"
             raise ValueError(f"score_kind={self.score_kind!r} needs a model fitted on images; "
