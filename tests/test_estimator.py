@@ -1,6 +1,7 @@
 """VAEDetector behaviour on real data: determinism, persistence, pandas, errors, quality."""
 
 import copy
+import json
 import pickle
 
 import numpy as np
@@ -342,34 +343,66 @@ def test_conv_images_default_to_the_elbo_and_older_conv_models_keep_their_kind(
     """Under the conv model "elbo_complexity" ranked a bright corner defect as normal
     (benchmarks/image_defects.py), so conv's "auto" is "elbo". A conv model fitted
     before that change has its threshold on "elbo_complexity" scores: loaded from its
-    file or pickle it keeps scoring them."""
+    file or pickle it keeps scoring them until it is refitted."""
     images, y = digit_images
-    conv = VAEDetector(epochs=2, latent_dim=4, backbone="conv", random_state=0).fit(images[y == 0])
+    zeros, probe = images[y == 0], images[:20]
+    conv = VAEDetector(epochs=2, latent_dim=4, backbone="conv", random_state=0).fit(zeros)
     assert conv.score_kind_ == "elbo"
-    elbo = clone(conv).set_params(score_kind="elbo").fit(images[y == 0])
-    np.testing.assert_array_equal(conv.score_samples(images[:20]), elbo.score_samples(images[:20]))
+    elbo = clone(conv).set_params(score_kind="elbo").fit(zeros)
+    np.testing.assert_array_equal(conv.score_samples(probe), elbo.score_samples(probe))
     assert conv.offset_ == elbo.offset_
 
     conv.save(tmp_path / "now.safetensors")
     loaded = VAEDetector.load(tmp_path / "now.safetensors")
     assert loaded.score_kind_ == "elbo"
     assert _format_version(tmp_path / "now.safetensors") == "4"   # older vaeanom says "upgrade"
-    np.testing.assert_array_equal(loaded.score_samples(images[:20]), conv.score_samples(images[:20]))
+    np.testing.assert_array_equal(loaded.predict(probe), conv.predict(probe))
+    elbo.save(tmp_path / "elbo.safetensors")                       # needs no record
+    assert _format_version(tmp_path / "elbo.safetensors") == "2"
 
-    monkeypatch.setattr(VAEDetector, "_saved_fitted_values",   # what earlier versions wrote
-                        lambda self: tuple(n for n in self._fitted_values if n != "score_kind_"))
-    conv.save(tmp_path / "before.safetensors")
+    before = clone(conv).set_params(score_kind="elbo_complexity").fit(zeros)
+    old = copy.deepcopy(conv)                     # as vaeanom pickled it before the record
+    del old.score_kind_
+    old.offset_, old._fitted_params_["score_kind"] = before.offset_, "elbo_complexity"
+    old = pickle.loads(pickle.dumps(old))
+    assert old.score_kind_ == "elbo_complexity"
+    np.testing.assert_array_equal(old.decision_function(probe), before.decision_function(probe))
+    old.save(tmp_path / "before.safetensors")      # a file as older vaeanom wrote it
     assert _format_version(tmp_path / "before.safetensors") == "2"
     older = VAEDetector.load(tmp_path / "before.safetensors")
     assert older.score_kind_ == "elbo_complexity"
-    before = clone(conv).set_params(score_kind="elbo_complexity").fit(images[y == 0])
-    np.testing.assert_array_equal(older.score_samples(images[:20]),
-                                  before.score_samples(images[:20]))
-    pickled = copy.deepcopy(conv)
-    del pickled.score_kind_                                # a pickle from before
-    np.testing.assert_array_equal(pickled.score_samples(images[:20]),
-                                  before.score_samples(images[:20]))
+    np.testing.assert_array_equal(older.decision_function(probe), before.decision_function(probe))
+    assert older.fit(zeros).score_kind_ == "elbo"  # refitted under today's "auto"
 
+
+def test_score_kind_records_the_kind_the_threshold_was_set_under(digit_images, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    images, y = digit_images
+    zeros = images[y == 0]
+    iwae = VAEDetector(epochs=1, latent_dim=4, backbone="conv", score_kind="iwae",
+                       random_state=0).fit(zeros)
+    assert iwae.score_kind_ == "iwae"
+    with pytest.raises(ValueError, match="fitted with score_kind='iwae'"):
+        iwae.set_params(score_kind="auto").predict(zeros)    # "auto" is "elbo", not the fit's
+    iwae.set_params(score_kind="iwae").partial_fit(zeros)
+    assert iwae.score_kind_ == "iwae"
+    iwae.set_params(score_kind="elbo").partial_fit(zeros)     # a call sets the threshold again
+    assert iwae.score_kind_ == "elbo"
+
+    conv = VAEDetector(epochs=1, latent_dim=4, backbone="conv", random_state=0).fit(zeros)
+    conv.save(tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    fitted = json.loads(metadata["fitted"])
+    fitted["score_kind_"] = "iwae"
+    metadata = {**metadata, "fitted": json.dumps(fitted), "format_version": "1"}   # unsealed
+    del metadata["sha256"]
+    save_file(tensors, str(tmp_path / "edited.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="score kind 'iwae'.*corrupt"):
+        VAEDetector.load(tmp_path / "edited.safetensors")
 
 def test_image_only_score_kind_on_rows_says_so(fitted):
     det, X = fitted

@@ -308,6 +308,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             stream = self._start_stream(x)
         else:
             x = self._unseen_as_holes(self._preprocess(X))
+        self._fix_score_kind(fresh=False)     # the threshold follows this call's parameters
         generator = _generator_at(stream.generator_state)
         device = next(self.model_.parameters()).device
         config = replace(self._training_config(len(x)), epochs=stream.epochs)
@@ -472,17 +473,21 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                              "Use backbone='mlp' or 'auto'.")
         return backbone
 
-    def _resolved_score_kind(self, fitting: bool = False) -> str:
+    def _resolved_score_kind(self) -> str:
         """The score kind ``score_samples`` computes (what an export records)."""
         return self.score_kind
 
-    def _fix_score_kind(self) -> None:
-        """Resolve the score kind for a new fit: refuses a kind this data can't have."""
-        self._resolved_score_kind(fitting=True)
+    def _fix_score_kind(self, fresh: bool = True) -> None:
+        """Resolve the score kind a fit (``fresh``) or a later ``partial_fit`` call sets
+        the threshold under; refuses a kind this data can't have."""
+        self._resolved_score_kind()
 
     def _saved_fitted_values(self) -> tuple[str, ...]:
         """The fitted values ``save`` writes (those the detector has)."""
         return self._fitted_values
+
+    def _loaded_score_kind(self, what: str) -> None:
+        """``load``'s hook for a detector that records the score kind it was fitted under."""
 
     def _thresholds(self) -> tuple[float, ...]:
         """The fitted thresholds on scores (``offset_``, and any a subclass adds)."""
@@ -809,8 +814,7 @@ class BaseDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             model = detector._build_model(detector._model_shape(), detector.is_image_)
         model.load_state_dict(weights, strict=True)
         detector.model_ = model.to(training.resolve_device(device)).eval()
-        if "score_kind_" in cls._fitted_values and "score_kind_" not in detector.__dict__:
-            detector.score_kind_ = detector._resolved_score_kind()   # files record it for conv only
+        detector._loaded_score_kind(what)
         detector._remember_fitted_params()
         return detector
 

@@ -151,7 +151,7 @@ class VAEDetector(BaseDetector):
         ranked a small bright defect as more normal and scored a mean
         ROC-AUC of 0.764 on Fashion-MNIST against 0.935 for "elbo"
         (``benchmarks/image_defects.py``, ``results/anomaly_images_conv.md``).
-        The kind fit resolved is ``score_kind_``. See :mod:`vaeanom.scoring`.
+        The kind a fit resolved is ``score_kind_``. See :mod:`vaeanom.scoring`.
         (Not called ``score``: scikit-learn reserves that name for the
         ``score(X, y)`` method that model selection calls.)
     n_score_samples : int, default=16
@@ -233,7 +233,8 @@ class VAEDetector(BaseDetector):
         Conditional models only: the same threshold for scores given labels,
         ``score_samples(X, y)``, on the training rows given their own.
     score_kind_ : str
-        The score kind ``score_samples`` computes, "auto" resolved at fit.
+        The score kind the model was fitted under ("auto" resolved), on whose
+        scores ``offset_`` was set (a ``partial_fit`` call sets both again).
     history_ : list of dict
         Per-epoch means of loss, elbo, reconstruction (-log p(x|z)) and kl.
     n_features_in_, feature_names_in_, input_shape_, is_image_
@@ -565,25 +566,47 @@ class VAEDetector(BaseDetector):
             values["score_kind"] = self._resolved_score_kind()
         return values
 
-    def _fix_score_kind(self) -> None:
-        self.score_kind_ = self._resolved_score_kind(fitting=True)
+    # Conv image models fitted before "auto" meant "elbo" for them (model format 4) have
+    # their threshold on "elbo_complexity" scores, and keep scoring those: such a model,
+    # loaded from a file or a pickle without score_kind_, is marked _legacy_conv_auto_
+    # until it is refitted.
+    def _fix_score_kind(self, fresh: bool = True) -> None:
+        if fresh:
+            self.__dict__.pop("_legacy_conv_auto_", None)
+        self.score_kind_ = self._resolved_score_kind()
 
     def _saved_fitted_values(self) -> tuple[str, ...]:
-        """A file records ``score_kind_`` only where "auto" needs it (conv images, whose
-        "auto" changed), so that every other file stays readable by older vaeanom."""
-        if self.score_kind == "auto" and self._is_conv_images():
+        """A file records ``score_kind_`` only where "auto" needs it to load right (conv
+        images fitted since "auto" became "elbo"), so other files stay readable by older
+        vaeanom."""
+        if self._records_conv_auto():
             return self._fitted_values
         return tuple(name for name in self._fitted_values if name != "score_kind_")
+
+    def _records_conv_auto(self) -> bool:
+        return (self.score_kind == "auto" and self._is_conv_images()
+                and not self.__dict__.get("_legacy_conv_auto_"))
+
+    def _loaded_score_kind(self, what: str) -> None:
+        saved = self.__dict__.get("score_kind_")
+        if saved is None:                       # written before the record, or not needed
+            self._legacy_conv_auto_ = self.score_kind == "auto"   # only conv reads it
+        elif not self._records_conv_auto() or saved != self._resolved_score_kind():
+            raise ValueError(f"{what}: its fitted score kind {saved!r} is not one this model "
+                             "is saved with; the file is corrupt.")
+        self.score_kind_ = self._resolved_score_kind()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "model_" in state and "score_kind_" not in state:    # pickled before the record
+            self._legacy_conv_auto_ = self.score_kind == "auto"
+            self.score_kind_ = self._resolved_score_kind()
 
     def _is_conv_images(self) -> bool:
         return bool(self.is_image_) and self._backbone(True) == "conv"
 
-    def _resolved_score_kind(self, fitting: bool = False) -> str:
-        """``score_kind`` with "auto" resolved; refuses image-only kinds on rows.
-
-        A fitted conv image model keeps the kind it was fitted under: one fitted
-        before "auto" became "elbo" there (no ``score_kind_``) has its threshold
-        on "elbo_complexity" scores, and goes on scoring them."""
+    def _resolved_score_kind(self) -> str:
+        """``score_kind`` with "auto" resolved; refuses image-only kinds on rows."""
         if self.conditional and self.score_kind not in ("auto", *CONDITIONAL_SCORE_KINDS):
             raise ValueError(f"score_kind={self.score_kind!r} is not defined for "
                              f"conditional=True; use one of {CONDITIONAL_SCORE_KINDS} or 'auto'.")
@@ -598,7 +621,7 @@ class VAEDetector(BaseDetector):
                 return "elbo" if self._bounds_only() else "elbo_kl_knn"
             if not self._is_conv_images():
                 return "elbo_complexity"
-            return "elbo" if fitting else self.__dict__.get("score_kind_", "elbo_complexity")
+            return "elbo_complexity" if self.__dict__.get("_legacy_conv_auto_") else "elbo"
         if self.score_kind in IMAGE_SCORE_KINDS and not self.is_image_:
             rows_kind = "elbo" if self._bounds_only() else "elbo_kl_knn"
             raise ValueError(f"score_kind={self.score_kind!r} needs a model fitted on images; "
