@@ -316,6 +316,31 @@ def test_a_key_column_streams_as_the_index(scorer, cancer, tmp_path):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_a_key_column_is_the_index_on_dask_too_and_an_array_model_skips_it(
+        scorer, cancer, tmp_path):
+    """--engine dask refused --index-col; and a model fitted on an array took a key
+    column for one of its inputs by position."""
+    from vaeanom.cli import main
+
+    named, unnamed = scorer
+    keyed = cancer[0].assign(key=[f"k{i}" for i in range(len(cancer[0]))])
+    keyed = keyed[["key", *cancer[0].columns]]        # the key first: positions would shift
+    keyed.to_parquet(tmp_path / "keyed.parquet", index=False, row_group_size=50)
+    for onnx in (named, unnamed):
+        expected = OnnxModel(onnx).score_frame(keyed.set_index("key"))
+        assert main(["score", str(tmp_path / "keyed.parquet"), "--onnx", str(onnx),
+                     "--index-col", "key", "-o", str(tmp_path / "dask.parquet"),
+                     "--engine", "dask", "--workers", "1"]) == 0
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dask.parquet"), expected)
+        assert main(["score", str(tmp_path / "keyed.parquet"), "--onnx", str(onnx),
+                     "--index-col", "0", "-o", str(tmp_path / "stream.parquet")]) == 0
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "stream.parquet"), expected)
+    with pytest.raises(ValueError, match="spark keeps every column.*leave out --index-col"):
+        from vaeanom.cli import run_score
+        run_score(None, tmp_path / "keyed.parquet", tmp_path / "o.parquet", onnx=named,
+                  engine="spark", index_col="key")
+
+
 def test_a_stream_that_fails_midway_leaves_the_old_output(scorer, cancer, tmp_path):
     named, _ = scorer
     X = cancer[0].copy()

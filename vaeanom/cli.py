@@ -345,13 +345,17 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         raise ValueError(f"{str(onnx)!r} is a saved model, not an ONNX export: score it "
                          f"with --model {str(onnx)!r}, or export it first (vaeanom export).")
     if engine in ENGINES:
-        if not _streams(data, output, onnx) or index_col is not None:
+        if not _streams(data, output, onnx):
             raise ValueError(f"--engine {engine} scores a Parquet file with an exported scorer into "
-                             "a Parquet folder: give DATA.parquet --onnx M.onnx -o OUT.parquet "
-                             "(no --index-col).")
+                             "a Parquet folder: give DATA.parquet --onnx M.onnx -o OUT.parquet.")
+        if engine == "spark" and index_col is not None:
+            raise ValueError("--engine spark keeps every column that is not a model input, "
+                             "keys included (Spark has no index): leave out --index-col.")
         from . import distributed
+        keyed = {} if index_col is None else {"index_col": index_col}
         rows = getattr(distributed, f"score_parquet_{engine}")(data, onnx, output, workers,
-                                                               explain=explain, label=label)
+                                                               explain=explain, label=label,
+                                                               **keyed)
         logger.info("%s scored %d rows into %s", engine, rows, output)
         return None
     if _streams(data, output, onnx):

@@ -239,13 +239,9 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
 
     _refuse_other_formats(output)
     reader = pq.ParquetFile(source)
-    index_columns, index_range = _stored_index(reader.schema_arrow)
-    names, appended = _file_columns(reader.schema_arrow, model_path, columns, explain, label)
-    if index_col is not None:
-        index_columns, index_range = [_key_column(reader.schema_arrow, index_col, source)], {}
-        if index_columns[0] in names:
-            raise ValueError(f"index_col {index_col!r} is one of the model's input columns; "
-                             "the index must be another column (a key).")
+    index_columns, index_range = _file_index(reader.schema_arrow, source, index_col)
+    names, appended = _file_columns(reader.schema_arrow, model_path, columns, explain, label,
+                                    index_columns)
     read = [*index_columns, *names, *([] if label is None else [label])]
     counted = 0
 
@@ -274,12 +270,15 @@ def score_parquet(source: str | os.PathLike, model_path: str | os.PathLike,
     return counted
 
 
-def _key_column(schema, index_col, source) -> str:
-    """The name of the column ``index_col`` names (a name, else a position), refused by name."""
+def _file_index(schema, source, index_col=None) -> tuple[list[str], dict]:
+    """The index the rows of a Parquet file get: ``index_col``'s column (a key, by name or
+    position), else the index pandas stored (:func:`_stored_index`)."""
+    if index_col is None:
+        return _stored_index(schema)
     from .datasets import index_column
 
     column = index_column(index_col, list(schema.names), Path(source))
-    return schema.names[column] if isinstance(column, int) else column
+    return [schema.names[column] if isinstance(column, int) else column], {}
 
 
 def _refuse_other_formats(output: str | os.PathLike) -> None:
@@ -446,18 +445,19 @@ PARTITION_ROWS = 262_144
 
 
 def parquet_partitions(source: str | os.PathLike, columns: Sequence[str],
-                       partition_rows: int = PARTITION_ROWS):
+                       partition_rows: int = PARTITION_ROWS, index_col=None):
     """A dask DataFrame of a Parquet file's ``columns``, read by row groups, with the
-    file's index: its stored index columns, or the row number where pandas stored
-    a range index (``dd.read_parquet`` restarts that at 0 in every partition, which
-    would lose the rows' identity). Divisions are known for a range index of some
-    rows; a file without rows is one empty partition."""
+    file's index: ``index_col``'s column (a key, by name or position), else its
+    stored index columns, or the row number where pandas stored a range index
+    (``dd.read_parquet`` restarts that at 0 in every partition, which would lose
+    the rows' identity). Divisions are known for a range index of some rows; a
+    file without rows is one empty partition."""
     dd = _engine("dask.dataframe", "dask")
     import pyarrow.parquet as pq
 
     metadata = pq.ParquetFile(source).metadata
     schema = metadata.schema.to_arrow_schema()
-    index_columns, index_range = _stored_index(schema)
+    index_columns, index_range = _file_index(schema, source, index_col)
     parts, offsets, rows, group = [], [], 0, 0
     while group < metadata.num_row_groups:
         first, size = group, 0
@@ -505,20 +505,22 @@ class _RowGroupReader:
 def score_parquet_dask(source: str | os.PathLike, model_path: str | os.PathLike,
                        output: str | os.PathLike, workers: int = 2,
                        columns: Sequence | None = None, explain: int = 0,
-                       label: str | None = None) -> int:
+                       label: str | None = None, index_col=None) -> int:
     """Score a Parquet file on a local Dask cluster of ``workers`` processes (one
-    thread each) into a folder of Parquet parts: the file's index, ``score`` and
-    ``is_outlier`` (and ``explain=k``'s columns), as :func:`score_parquet` writes.
-    Returns the rows scored."""
+    thread each) into a folder of Parquet parts: the file's index (or ``index_col``'s
+    key column), ``score`` and ``is_outlier`` (and ``explain=k``'s columns), as
+    :func:`score_parquet` writes. Returns the rows scored."""
     _engine("distributed", "dask")
     from distributed import Client, LocalCluster
 
     from .fileio import atomic_write_dir
 
-    names, appended = _file_columns(_schema_of(source), model_path, columns, explain, label)
+    schema = _schema_of(source)
+    index_columns, _ = _file_index(schema, source, index_col)
+    names, appended = _file_columns(schema, model_path, columns, explain, label, index_columns)
     read = [*names, *([] if label is None else [label])]
-    scored = score_dask(parquet_partitions(source, read), model_path, names, explain=explain,
-                        label=label)
+    scored = score_dask(parquet_partitions(source, read, index_col=index_col), model_path,
+                        names, explain=explain, label=label)
     scored = scored[appended]
     with _dask_logs_at_our_level(), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -592,12 +594,19 @@ def score_parquet_spark(source: str | os.PathLike, model_path: str | os.PathLike
 
 
 def _file_columns(schema, model_path, columns: Sequence[str] | None, explain: int = 0,
-                  label: str | None = None) -> tuple[list[str], list[str]]:
+                  label: str | None = None, index_columns: Sequence[str] = ()
+                  ) -> tuple[list[str], list[str]]:
     """The model's input columns in a Parquet file's Arrow ``schema`` (by position for
-    an array-fitted model), and the columns scoring appends."""
-    index_columns, _ = _stored_index(schema)
-    available = [n for n in schema.names if n not in index_columns]
+    an array-fitted model: every column but the index, stored or ``index_columns``,
+    and the labels), and the columns scoring appends."""
+    keys = [*_stored_index(schema)[0], *index_columns]
     model = cached_model(os.fspath(model_path), 1)
+    inputs = getattr(model, "feature_names_in_", None)
+    named_input = [k for k in index_columns if inputs is not None and k in list(inputs)]
+    if named_input:
+        raise ValueError(f"index column {named_input[0]!r} is one of the model's input "
+                         "columns; the index must be another column (a key).")
+    available = [n for n in schema.names if n not in keys]
     if columns is None and getattr(model, "feature_names_in_", None) is None:
         # a model fitted on an array takes the columns by position (all but the labels)
         columns = [name for name in available if name != label]
