@@ -336,7 +336,10 @@ BAD_REQUESTS = {
                            {}, 400, "unknown input"),
     "NaN": ("/v2/models/cancer/infer",
             b'{"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ['
-            + b"NaN, " * 29 + b"1.0]}]}", {}, 400, "NaN"),
+            + b"NaN, " * 29 + b"1.0]}]}", {}, 400, "NaN is not a JSON number"),
+    "Infinity": ("/v2/models/cancer/infer",
+                 b'{"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ['
+                 + b"1.0, " * 29 + b"-Infinity]}]}", {}, 400, "-Infinity is not a JSON number"),
     "unknown model": ("/v2/models/nope/infer", _json_body([ROW]), {}, 404, "unknown model"),
     "unknown version": ("/v2/models/cancer/versions/7/infer", _json_body([ROW]), {}, 404,
                         "no version '7'"),
@@ -430,6 +433,12 @@ def test_infer_paths_are_matched_like_the_routes_they_bypass(server):
                           _json_body([ROW]))[0] == 200
     assert server.request("GET", "/v2/models/cancer/infer")[0] == 405
     assert server.request("POST", "/v2/models/cancer/x/infer", _json_body([ROW]))[0] == 404
+    for method, path in (("GET", "/v2/models/cancer/infer"), ("POST", "/v2/health/live")):
+        request = urllib.request.Request(f"http://{server.url}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 405              # RFC 9110 15.5.6: Allow must be there
+        assert method not in refused.value.headers["Allow"] and refused.value.headers["Allow"]
 
 
 @pytest.mark.parametrize("limit, flag", [
@@ -437,7 +446,8 @@ def test_infer_paths_are_matched_like_the_routes_they_bypass(server):
     ({"request_timeout_s": 0}, "--request-timeout"), ({"workers": 0}, "--workers"),
     ({"request_timeout_s": float("nan")}, "--request-timeout"),
     ({"graceful_timeout_s": -1.0}, "--graceful-timeout"),
-    ({"intra_op_num_threads": 0}, "--threads"), ({"chunk_rows": 2.5}, "--chunk-rows")])
+    ({"intra_op_num_threads": 0}, "--threads"), ({"chunk_rows": 2.5}, "--chunk-rows"),
+    ({"port": 70000}, "--port"), ({"port": 65536}, "--port"), ({"port": -1}, "--port")])
 def test_serve_refuses_a_limit_that_would_refuse_every_request_before_starting(repo, limit,
                                                                                 flag):
     from vaeanom.serving import serve

@@ -519,6 +519,23 @@ def test_a_bare_onnxruntime_session_takes_numbers_codes_and_a_mask(table_model,
     assert 'name: "codes"' in config and "TYPE_BOOL" in config and "TYPE_INT64" in config
 
 
+def test_a_nan_number_marked_observed_is_refused_not_taken_for_a_hole(table_model,
+                                                                       table_exports):
+    """The server's path: tensors as a client sends them. NaN where ``observed`` says
+    present was scored as a hole, against what the client said."""
+    det, train = table_model
+    model = OnnxModel(table_exports["scorer"])
+    feeds = model._table_feeds(train.iloc[:2])
+    numbers = feeds["numbers"].copy()
+    numbers[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"'numbers' holds NaN at row 1, column 0.*observed"):
+        model.check_feeds({**feeds, "numbers": numbers})
+    holed = feeds["observed"].copy()
+    holed[1, model.table_schema.cardinalities.index(0)] = False   # the same entry, as a hole
+    checked = model.check_feeds({**feeds, "numbers": numbers, "observed": holed})
+    assert not checked["observed"][1].all()
+
+
 def test_onnx_table_input_errors_are_named(table_model, table_exports):
     det, train = table_model
     model = OnnxModel(table_exports["scorer"])

@@ -370,16 +370,23 @@ class OnnxModel:
         return codes
 
     def _rows_from_table_feeds(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
-        """numbers, codes and observed -> the float64 rows with NaN holes they stand for."""
+        """numbers, codes and observed -> the float64 rows with NaN holes they stand for.
+
+        A code outside 0..K-1 is a category ``fit`` never saw (as documented: -1
+        included, so a missing entry must be marked by ``observed``). A NaN number
+        in an entry ``observed`` marks present is refused: the two inputs disagree."""
         cardinalities = np.asarray(self.table_schema.cardinalities)
         observed = tensors["observed"]
+        numeric = cardinalities == 0
         rows = np.empty(observed.shape, dtype=np.float64)
         if "numbers" in tensors:
-            rows[:, cardinalities == 0] = tensors["numbers"]
+            numbers = tensors["numbers"]
+            _refuse_in_observed(np.isnan(numbers), observed[:, numeric], "numbers", "NaN")
+            rows[:, numeric] = numbers
         if "codes" in tensors:
             codes = tensors["codes"]
-            known = (codes >= 0) & (codes < cardinalities[cardinalities > 0])
-            rows[:, cardinalities > 0] = np.where(known, codes, cardinalities[cardinalities > 0])
+            known = (codes >= 0) & (codes < cardinalities[~numeric])
+            rows[:, ~numeric] = np.where(known, codes, cardinalities[~numeric])
         rows[~observed] = np.nan
         return rows
 
@@ -721,6 +728,16 @@ _NOT_FINITE = {
 def _as_float64(values: np.ndarray) -> np.ndarray:
     """A graph's float32 output in the dtype the detector returns it in (and scores have)."""
     return np.asarray(values, dtype=np.float64)
+
+
+def _refuse_in_observed(bad: np.ndarray, observed: np.ndarray, name: str, what: str) -> None:
+    """Refuse ``what`` where ``observed`` says the entry is there: the two inputs disagree."""
+    clash = bad & observed
+    if clash.any():
+        row, column = (int(i[0]) for i in np.nonzero(clash))
+        raise ValueError(f"input {name!r} holds {what} at row {row}, column {column}, an "
+                         "entry input 'observed' marks present; a missing entry is "
+                         "observed=false (its value is then ignored).")
 
 
 def _numeric_array(values, name: str, allow_nan: bool = False,

@@ -34,6 +34,7 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
     """
     import uvicorn
 
+    _check_port(port)
     _check_limits(workers=workers, max_body_bytes=max_body_bytes,
                   request_timeout_s=request_timeout_s, graceful_timeout_s=graceful_timeout_s,
                   intra_op_num_threads=intra_op_num_threads, chunk_rows=chunk_rows)
@@ -60,6 +61,15 @@ _LIMITS = {"workers": ("--workers", int, False),
            "graceful_timeout_s": ("--graceful-timeout", float, True),
            "intra_op_num_threads": ("--threads", int, False),
            "chunk_rows": ("--chunk-rows", int, False)}
+
+
+def _check_port(port) -> None:
+    """Refuse a port no socket can have: the system would bind another (70000 wraps to
+    4464, 65536 becomes a random one) while the log names the one asked for."""
+    if isinstance(port, bool) or not isinstance(port, (int, np.integer)) or not (
+            0 <= port <= 65535):
+        raise ValueError(f"port (--port) must be an integer in 0..65535 (0: one the system "
+                         f"picks); got {port!r}.")
 
 
 def _check_limits(**limits) -> None:

@@ -275,13 +275,15 @@ CLIENT_CLOSED = 499
 SHUTTING_DOWN = "the server is shutting down; send the request again (to another replica)."
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    """The router's own refusals (no such route, wrong method), counted and logged."""
-    response = _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+    """The router's own refusals (no such route, wrong method), counted and logged; a 405
+    keeps the router's Allow header (RFC 9110 15.5.6: it must name the methods)."""
+    response = _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}",
+                      exc.headers)
     _record(request.app.state.vaeanom, request, response.status_code, 0.0,
             "unrouted" if exc.status_code == 404 else None)    # a 405's path is ours
     return response
