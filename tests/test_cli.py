@@ -218,6 +218,53 @@ def test_other_separators_are_named_before_pandas_misreads_them(tmp_path, text, 
         read_data(tmp_path / "data.csv")
 
 
+def test_a_csv_scores_as_the_frame_a_model_was_fitted_on(tmp_path):
+    """Text categories that look like numbers ("01234", "4.00") were re-read as numbers
+    at score time and became unseen categories: most rows flagged. The model's
+    categorical columns are now read as the file's text (a value it does not know that
+    is a number is still read as one: 1.0 finds a category fitted as 1)."""
+    rng = np.random.default_rng(0)
+    votes = pd.DataFrame({"zip": rng.choice(["01234", "02139", "10001"], 200),
+                          "vote": rng.choice(["y", "n"], 200),
+                          "price": rng.choice(["3.50", "4.00", "5.25"], 200)})
+    votes.to_csv(tmp_path / "votes.csv", index=False)
+    det = VAEDetector(epochs=5, random_state=0).fit(pd.read_csv(tmp_path / "votes.csv",
+                                                                dtype=str))
+    det.save(tmp_path / "votes.safetensors")
+    assert main(["score", str(tmp_path / "votes.csv"), "--model",
+                 str(tmp_path / "votes.safetensors"), "-o", str(tmp_path / "s.csv")]) == 0
+    scores = pd.read_csv(tmp_path / "s.csv", index_col=0)["score"].to_numpy()
+    np.testing.assert_array_equal(scores, det.score_samples(votes))
+    det.export_onnx(tmp_path / "votes.onnx")
+    assert main(["score", str(tmp_path / "votes.csv"), "--onnx", str(tmp_path / "votes.onnx"),
+                 "-o", str(tmp_path / "o.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "o.csv", index_col=0)["score"], scores,
+                               rtol=1e-4, atol=1e-4 * np.abs(scores).max())  # float32 graph
+    codes = pd.DataFrame({"x": rng.normal(size=60), "level": rng.choice([1, 2], 60)})
+    coded = VAEDetector(epochs=2, random_state=0).fit(codes.astype({"level": "category"}))
+    (tmp_path / "floats.csv").write_text("x,level\n0.5,1.0\n0.5,2\n")
+    read = read_data(tmp_path / "floats.csv", categories=cli._categories_of(coded))
+    np.testing.assert_array_equal(coded.score_samples(read),
+                                  coded.score_samples(pd.DataFrame({"x": [0.5, 0.5],
+                                                                    "level": [1, 2]})))
+
+
+def test_a_csv_keeps_na_as_text_in_a_text_column_and_a_hole_among_numbers(tmp_path):
+    """pandas reads NA, NULL, None, n/a... as missing everywhere: a region column's
+    North America became a hole in a third of the rows. Only numbers and booleans read
+    them as holes now (R writes NA for a missing number)."""
+    (tmp_path / "t.csv").write_text("amount,region,paid,note\n1.5,EU,True,\n"
+                                    "NA,NA,NA,None\n2.5,,False,ok\n")
+    table = read_data(tmp_path / "t.csv")
+    assert table["amount"].isna().tolist() == [False, True, False]
+    assert table["region"].tolist()[:2] == ["EU", "NA"] and pd.isna(table["region"][2])
+    assert table["paid"].tolist()[::2] == [True, False] and pd.isna(table["paid"][1])
+    assert table["note"].tolist()[1:] == ["None", "ok"]             # text: stays text
+    (tmp_path / "dup.csv").write_text("a,a,b\n1,2,x\n")
+    with pytest.raises(ValueError, match=r"names column\(s\) \['a'\] more than once"):
+        read_data(tmp_path / "dup.csv")
+
+
 def test_a_quoted_name_holding_a_separator_is_one_column(tmp_path):
     (tmp_path / "one.csv").write_text('"x;y"\n1.5\n2.5\n')
     assert read_data(tmp_path / "one.csv").columns.tolist() == ["x;y"]

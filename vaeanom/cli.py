@@ -308,6 +308,17 @@ def _is_saved_model(path: Path) -> bool:
         return file.read(10)[8:] == b'{"'
 
 
+def _categories_of(scorer) -> dict[str, tuple[str, ...]]:
+    """A table model's categorical columns -> their categories (a CSV reads them as text)."""
+    schema = (scorer._table_schema() if hasattr(scorer, "_table_schema")
+              else getattr(scorer, "table_schema", None))
+    names = getattr(scorer, "feature_names_in_", None)
+    if schema is None or names is None:
+        return {}
+    return {str(name): known for name, known in zip(names, schema.categories)
+            if known is not None}
+
+
 def load_detector(path: Path):
     """Whichever vaeanom estimator wrote ``path`` (read from the file's metadata)."""
     from . import estimators
@@ -373,7 +384,7 @@ def run_score(model: Path | None, data: Path, output: Path | None, index_col=Non
         raise ValueError("--explain needs a VAEDetector (--model) or a scorer exported with "
                          "`vaeanom export --explain` (--onnx); a VQ-VAE has no per-feature "
                          "explanations.")
-    table = read_data(data, index_col=index_col)
+    table = read_data(data, index_col=index_col, categories=_categories_of(scorer))
     labels = None if label is None else label_column(table, label)
     if labels is not None:
         if not (getattr(scorer, "conditional", False) or getattr(scorer, "takes_labels", False)):

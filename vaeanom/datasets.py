@@ -51,8 +51,28 @@ def breast_cancer_one_class(n_train: int = 200, seed: int = 0) -> OneClassSplit:
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npy")
 
 
-def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFrame | np.ndarray:
+#: the spellings of a missing value pandas reads by default (R writes NA, SQL tools NULL).
+#: In a column of numbers or booleans they are holes; in a text column they stay text: NA
+#: is also Namibia and North America.
+NA_TOKENS = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                       "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                       "nan", "null"})
+_BOOLEANS = {"True": True, "TRUE": True, "true": True,
+             "False": False, "FALSE": False, "false": False}
+
+
+def read_data(path: str | Path, index_col: int | str | None = None,
+              categories: dict | None = None) -> pd.DataFrame | np.ndarray:
     """Read a CSV or Parquet file into a DataFrame, or a .npy file into an array.
+
+    A CSV's empty fields are missing values, and so are pandas' other spellings of
+    one (:data:`NA_TOKENS`) in a column of numbers or booleans; in a text column
+    they are text. ``categories`` (a model's categorical columns -> the category
+    texts it knows) are read as the text in the file, as a model fitted on text saw
+    it ("01234", "4.00"); a value the model does not know that is a number is read
+    as one, so that 1.0 finds a category fitted as 1. The other columns are numbers
+    where they can be. A column name used twice is refused (pandas would rename the
+    second "a.1").
 
     ``index_col`` names the column that becomes the index (CSV and Parquet):
     a column's name, or else its position (``--index-col 2024`` finds a column
@@ -76,9 +96,17 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
         return np.load(path, allow_pickle=False)
     if suffix == ".csv":
         _refuse_other_separators(path)   # before pandas, whose errors would not say it
+        header = list(pd.read_csv(path, nrows=0).columns)
+        _refuse_repeated_names(path)
         if index_col is not None:  # pandas fails obscurely on a missing one in some files
-            index_col = index_column(index_col, list(pd.read_csv(path, nrows=0).columns), path)
-        frame = pd.read_csv(path, index_col=index_col)
+            index_col = index_column(index_col, header, path)
+        known = {name: texts for name, texts in (categories or {}).items() if name in header}
+        frame = pd.read_csv(path, index_col=index_col, keep_default_na=False, na_values=[""],
+                            dtype={name: str for name in known} or None)
+        frame = _na_tokens_as_holes(frame, skip=known)
+        for name, texts in known.items():
+            if name in frame.columns:
+                frame[name] = _numbers_where_unknown(frame[name], texts)
         return frame if index_col is not None else _written_index(frame)
     frame = pd.read_parquet(path)
     if index_col is None or str(index_col) in map(str, frame.index.names):  # the file's own
@@ -87,6 +115,51 @@ def read_data(path: str | Path, index_col: int | str | None = None) -> pd.DataFr
         frame = frame.reset_index()      # a named index the file keeps stays, as a column
     column = index_column(index_col, list(frame.columns), path)
     return frame.set_index(frame.columns[column] if isinstance(column, int) else column)
+
+
+def _na_tokens_as_holes(frame: pd.DataFrame, skip) -> pd.DataFrame:
+    """Each text column whose values are numbers, or booleans, and :data:`NA_TOKENS`,
+    as those numbers or booleans with holes where the tokens were (what pandas reads
+    by default); other text columns keep their text."""
+    for name in frame.columns:
+        column = frame[name]
+        if name in skip or not pd.api.types.is_string_dtype(column.dtype):
+            continue
+        tokens = column.isin(NA_TOKENS)
+        if not tokens.any():
+            continue
+        values = column[~tokens & column.notna()]
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().all():
+            frame[name] = pd.to_numeric(column.where(~tokens))
+        elif values.isin(_BOOLEANS).all():
+            frame[name] = column.where(~tokens).map(_BOOLEANS, na_action="ignore")
+    return frame
+
+
+def _numbers_where_unknown(column: pd.Series, known) -> pd.Series:
+    """A text column with each value ``known`` does not hold, and that is a number, as
+    that number (object dtype)."""
+    unknown = column.notna() & ~column.isin(list(known))
+    numbers = pd.to_numeric(column[unknown], errors="coerce").dropna()
+    if numbers.empty:
+        return column
+    column = column.astype(object)
+    column[numbers.index] = numbers.to_numpy(dtype=object)
+    return column
+
+
+def _refuse_repeated_names(path: Path) -> None:
+    """A CSV header that names a column twice: pandas renames the second "a.1", and a
+    model would be fitted on a column the file does not have."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        names = next(csv.reader(handle), [])
+    repeated = sorted({name for name in names if names.count(name) > 1 and name})
+    if repeated:
+        raise ValueError(f"{str(path)!r} names column(s) {repeated} more than once; give each "
+                         "column its own name.")
 
 
 def _written_index(frame: pd.DataFrame) -> pd.DataFrame:
