@@ -592,9 +592,9 @@ def test_bool_and_nullable_columns_among_numbers_score_alike_in_onnx(tmp_path):
     holed.loc[0, "flag"] = None
     assert np.isfinite(det.score_samples(holed)).all()
     np.testing.assert_array_equal(det.score_samples(holed.iloc[1:]), expected[1:4])
-    text = frame.head(2).astype({"flag": object})
+    text = frame.head(2).astype(object)          # every column object, one bad cell
     text.loc[0, "flag"] = "yes"
     for scorer in (det, model):
-        with pytest.raises(ValueError, match="non-numeric column.*'flag'.*fitted on numbers "
-                                             "only.*refit.*conditional=False"):
+        with pytest.raises(ValueError, match="non-numeric column\\(s\\) 'flag', but.*fitted on "
+                                             "numbers only.*refit.*conditional=False"):
             scorer.score_samples(text)

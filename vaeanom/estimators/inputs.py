@@ -17,8 +17,8 @@ from sklearn.utils.validation import check_array, validate_data
 from ..checks import (TABLE_MODEL, check_missing_values, check_no_infinity,
                       check_observed_columns, check_pixels, image_shape_hint, is_one_image)
 from ..tables import (TableSchema, categorical_columns, check_frame_columns,
-                      decimals_as_floats, numbers_of, numbers_only_error, numbers_read_as_numbers,
-                      shown_columns)
+                      decimals_as_floats, non_numeric_columns, numbers_of, numbers_only_error,
+                      numbers_read_as_numbers, shown_columns)
 
 
 def is_image_input(X) -> bool:
@@ -127,10 +127,11 @@ def _feature_names(estimator) -> list[str] | None:
 def _as_numbers(X: pd.DataFrame, text: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """For a model fitted on numbers: X with its object columns as numbers when they
     hold only numbers, booleans and holes (pandas makes a bool column that gets a None
-    object); X and ``text`` as they are otherwise, to be refused by name."""
+    object); X and the columns that hold something else otherwise, to be refused by name
+    (not every object column: one bad cell named them all)."""
     numbers = numbers_of(X)
     if numbers is None:
-        return X, text
+        return X, non_numeric_columns(X) or text
     return pd.DataFrame(numbers, index=X.index, columns=X.columns), []
 
 
