@@ -97,18 +97,14 @@ def parse_infer(body: bytes, header_length: str | None,
 
 def read_json(text: bytes) -> Any:
     """JSON from a request body; ProtocolError for anything unreadable (bad UTF-8,
-    syntax, nesting deeper than Python's recursion limit, integers of 4300+ digits,
-    and NaN or Infinity, which Python writes but JSON (RFC 8259) has not: a table's
-    hole is an entry its ``observed`` input marks false)."""
+    syntax, nesting deeper than Python's recursion limit, integers of 4300+ digits).
+    NaN and Infinity are read although JSON (RFC 8259) has neither: tritonclient
+    writes them (Python's json does), e.g. for a table's missing entries; the
+    model's checks then refuse what it cannot take."""
     try:
-        return json.loads(text, parse_constant=_not_json)
+        return json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ProtocolError(f"malformed JSON in the request: {str(err)[:200]}") from None
-
-
-def _not_json(token: str):
-    raise ValueError(f"{token} is not a JSON number (RFC 8259); send finite numbers, and "
-                     "a table's missing entries as observed: false")
 
 
 def _flag(parameters: dict, name: str, default: bool) -> bool:
